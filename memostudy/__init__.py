@@ -1,0 +1,7 @@
+"""memostudy: does this generative model copy patients out of its training set?
+
+The package reads like the study: data -> autoencoder -> diffusion -> sampling -> detector ->
+similarity -> metrics -> report. Each step is one module named for it.
+"""
+
+__version__ = "0.1.0"

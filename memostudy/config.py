@@ -1,0 +1,187 @@
+"""Config plumbing shared by every experiment: dataclass <-> YAML, dotted overrides, provenance.
+
+Each step defines its own small dataclass (``DataConfig``, ``LDMConfig``, ``DetectorConfig`` ...);
+this module only knows how to save, load and override dataclasses, so a config object built in a
+notebook flows unchanged into the package and is written next to every result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import platform
+import subprocess
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from memostudy.errors import ConfigError
+
+T = TypeVar("T")
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Return a plain, YAML-safe dict of a (nested) dataclass; tuples become lists."""
+    if not dataclasses.is_dataclass(cfg):
+        raise TypeError(f"expected a dataclass instance, got {type(cfg).__name__}")
+
+    def plain(v: Any) -> Any:
+        if dataclasses.is_dataclass(v):
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {str(k): plain(x) for k, x in v.items()}
+        if isinstance(v, Path):
+            return str(v)
+        return v
+
+    return plain(cfg)
+
+
+def _coerce(value: Any, typ: Any, name: str) -> Any:
+    """Coerce ``value`` (possibly a string from the command line) to the annotated type ``typ``."""
+    origin = typing.get_origin(typ)
+    args = typing.get_args(typ)
+    if typ is Any:
+        return value
+    if origin is typing.Union or (origin is not None and str(origin) == "<class 'types.UnionType'>"):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            if type(None) in args:
+                return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, name)
+            except (ConfigError, ValueError, TypeError) as e:
+                errors.append(str(e))
+        raise ConfigError(f"config value {name}={value!r} does not fit {typ}: {'; '.join(errors)}")
+    if dataclasses.is_dataclass(typ):
+        if isinstance(value, typ):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"config section {name} must be a mapping, got {value!r}")
+        return from_dict(typ, value, prefix=f"{name}.")
+    if origin in (tuple, list):
+        if isinstance(value, str):
+            value = yaml.safe_load(value if value.strip().startswith("[") else f"[{value}]")
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        inner = args[0] if args else Any
+        items = [_coerce(v, inner, name) for v in value]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config value {name} must be a mapping, got {value!r}")
+        return dict(value)
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
+            return False
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        raise ConfigError(f"config value {name} must be true or false, got {value!r}")
+    if typ in (int, float, str):
+        try:
+            if typ is int and isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            if typ is int and isinstance(value, str):
+                return int(float(value)) if float(value).is_integer() else int(value)
+            return typ(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"config value {name} must be {typ.__name__}, got {value!r}") from None
+    return value
+
+
+def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
+    """Build dataclass ``cls`` from a mapping, coercing types; unknown keys are an error."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ConfigError(
+            f"unknown config key(s) {', '.join(prefix + k for k in sorted(unknown))}; "
+            f"known keys: {', '.join(sorted(names))}"
+        )
+    kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def apply_overrides(cfg: T, overrides: dict[str, Any] | None) -> T:
+    """Return a copy of ``cfg`` with dotted-key overrides applied, e.g. ``{"ae.epochs": "3"}``.
+
+    Values may be strings (from a command line or papermill); they are coerced to the field type.
+    """
+    if not overrides:
+        return cfg
+    data = to_dict(cfg)
+    for key, value in overrides.items():
+        node = data
+        parts = key.split(".")
+        for p in parts[:-1]:
+            if p not in node or not isinstance(node[p], dict):
+                raise ConfigError(f"unknown config section {p!r} in override {key!r}")
+            node = node[p]
+        if parts[-1] not in node:
+            raise ConfigError(f"unknown config key {key!r}; known here: {', '.join(sorted(node))}")
+        node[parts[-1]] = value
+    out = from_dict(type(cfg), data)
+    validate = getattr(out, "validate", None)
+    if callable(validate):
+        validate()
+    return out
+
+
+def save_yaml(cfg: Any, path: str | Path) -> Path:
+    """Write a dataclass (or mapping) as YAML at ``path`` and return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = to_dict(cfg) if dataclasses.is_dataclass(cfg) else cfg
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def load_yaml(cls: type[T], path: str | Path) -> T:
+    """Read a dataclass of type ``cls`` back from YAML written by :func:`save_yaml`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e.__class__.__name__}); fix or delete it") from None
+    return from_dict(cls, data)
+
+
+def provenance() -> dict[str, Any]:
+    """What produced a result: package versions, git commit of the code, host, UTC time."""
+    import monai
+    import torch
+
+    import memostudy
+
+    commit = "unknown"
+    try:
+        root = Path(__file__).resolve().parent.parent
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+        ).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {
+        "memostudy": memostudy.__version__,
+        "git_commit": commit,
+        "torch": torch.__version__,
+        "monai": monai.__version__,
+        "python": platform.python_version(),
+        "host": platform.node(),
+        "cuda": torch.cuda.is_available(),
+        "time_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
