@@ -1,0 +1,1 @@
+"""One thin module per `memostudy` verb; each exposes ``register(subparsers)``."""

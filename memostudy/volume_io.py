@@ -1,0 +1,145 @@
+"""Reading and writing single volumes, with the checks that turn bad input into one clear line.
+
+Reading goes through MONAI's ``LoadImage`` (NIfTI via nibabel, NRRD via pynrrd, DICOM series via
+pydicom, ``.npy``), so a user's own CT/MRI takes the same path as the demo data. Files are only
+ever opened for reading. Writing uses nibabel.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+
+from memostudy.errors import DataError
+
+VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".npy", ".mha", ".mhd")
+
+
+def is_volume_path(path: Path) -> bool:
+    """True for a file with a volume suffix, or a folder holding a DICOM series (``*.dcm``)."""
+    name = path.name.lower()
+    if path.is_file():
+        return any(name.endswith(s) for s in VOLUME_SUFFIXES) or name.endswith(".dcm")
+    return path.is_dir() and any(path.glob("*.dcm"))
+
+
+def _reader_for(path: Path) -> str | None:
+    name = path.name.lower()
+    if path.is_dir() or name.endswith(".dcm"):
+        return "PydicomReader"
+    if name.endswith((".nrrd", ".nhdr")):
+        return "NrrdReader"
+    if name.endswith(".npy"):
+        return "NumpyReader"
+    if name.endswith((".nii", ".nii.gz")):
+        return "NibabelReader"
+    return None
+
+
+def read_volume(path: str | Path) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """Read one 3D volume and check it.
+
+    Args:
+        path: a NIfTI/NRRD/NumPy file, or a folder holding one DICOM series.
+
+    Returns:
+        ``(array, spacing)``: array (X, Y, Z) float32 in the file's own units (HU for CT);
+        spacing in mm per axis.
+
+    Raises:
+        DataError: missing or unreadable file, not 3D, non-finite voxels.
+    """
+    from monai.transforms import LoadImage
+
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: file not found; check the path or the manifest's `path` entry")
+    if path.is_file() and path.stat().st_size == 0:
+        raise DataError(f"{path}: file is empty; re-export or re-download it")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            img = LoadImage(reader=_reader_for(path), image_only=True, dtype=np.float32)(str(path))
+    except Exception as e:  # MONAI wraps reader errors in many types; all mean "cannot read"
+        msg = str(e).strip().splitlines()[-1][:160] if str(e).strip() else type(e).__name__
+        raise DataError(f"{path}: cannot read as a volume ({msg}); check the file is complete and not corrupt") from None
+    arr = np.asarray(img.detach().cpu().numpy() if isinstance(img, torch.Tensor) else img, dtype=np.float32)
+    if arr.ndim == 4 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim != 3:
+        raise DataError(f"{path}: expected a 3D volume, got shape {tuple(arr.shape)}; extract one 3D volume first")
+    if not np.isfinite(arr).all():
+        bad = int((~np.isfinite(arr)).sum())
+        raise DataError(f"{path}: {bad} voxels are NaN or infinite; fix or drop this volume")
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    pixdim = getattr(img, "pixdim", None)
+    if pixdim is not None:
+        pd_ = [float(x) for x in torch.as_tensor(pixdim).flatten()[:3]]
+        if len(pd_) == 3 and all(np.isfinite(pd_)) and all(p > 0 for p in pd_):
+            spacing = (pd_[0], pd_[1], pd_[2])
+    return arr, spacing
+
+
+def write_nifti(path: str | Path, volume: np.ndarray | torch.Tensor, spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> Path:
+    """Write a (X, Y, Z) or (1, X, Y, Z) volume as NIfTI with a diagonal affine of ``spacing`` (mm)."""
+    arr = volume.detach().cpu().numpy() if isinstance(volume, torch.Tensor) else np.asarray(volume)
+    arr = np.asarray(arr, dtype=np.float32)
+    if arr.ndim == 4 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim != 3:
+        raise ValueError(f"write_nifti expects a 3D volume, got shape {arr.shape}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    affine = np.diag([float(spacing[0]), float(spacing[1]), float(spacing[2]), 1.0])
+    nib.save(nib.Nifti1Image(arr, affine), str(path))
+    return path
+
+
+def list_volumes(folder: str | Path) -> list[Path]:
+    """Volume files (and DICOM-series folders) directly inside ``folder``, sorted by name.
+
+    Raises:
+        DataError: the folder is missing or holds no volume.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: folder not found; pass a folder of NIfTI/NRRD volumes")
+    items = sorted(p for p in folder.iterdir() if not p.name.startswith(".") and is_volume_path(p)
+                   and not (p.is_file() and p.name.lower().endswith(".dcm")))
+    if not items and any(folder.glob("*.dcm")):
+        items = [folder]
+    if not items:
+        raise DataError(f"{folder}: no volumes found (looked for {', '.join(VOLUME_SUFFIXES)} or DICOM series)")
+    return items
+
+
+def read_volume_folder(folder: str | Path) -> tuple[torch.Tensor, list[str], tuple[float, float, float]]:
+    """Read every volume in a folder; all must have the same shape.
+
+    Returns:
+        ``(volumes, ids, spacing)``: volumes (N, 1, X, Y, Z) float32 as stored in the files
+        (no rescaling), ids the file names, spacing of the first volume.
+
+    Raises:
+        DataError: empty folder, unreadable file, or shapes that differ (the message names the
+            first file of another shape and says to crop/resample to one shape).
+    """
+    paths = list_volumes(folder)
+    arrays, ids, spacing, shape0 = [], [], (1.0, 1.0, 1.0), None
+    for p in paths:
+        arr, sp = read_volume(p)
+        if shape0 is None:
+            shape0, spacing = arr.shape, sp
+        elif arr.shape != shape0:
+            raise DataError(
+                f"{p}: shape {arr.shape} differs from {paths[0].name} {shape0}; crop or resample all volumes "
+                "of a folder to one shape (e.g. the patch size of the study)"
+            )
+        arrays.append(arr)
+        ids.append(p.name)
+    return torch.from_numpy(np.stack(arrays)).unsqueeze(1), ids, spacing
