@@ -7,6 +7,7 @@ ever opened for reading. Writing uses nibabel.
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,6 +17,9 @@ import numpy as np
 import torch
 
 from memostudy.errors import DataError
+
+# MONAI's DICOM reader announces a missing optional GPU codec on every read; it is noise for users
+logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
 
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".npy", ".mha", ".mhd")
 
@@ -41,18 +45,27 @@ def _reader_for(path: Path) -> str | None:
     return None
 
 
-def read_volume(path: str | Path) -> tuple[np.ndarray, tuple[float, float, float]]:
-    """Read one 3D volume and check it.
-
-    Args:
-        path: a NIfTI/NRRD/NumPy file, or a folder holding one DICOM series.
-
-    Returns:
-        ``(array, spacing)``: array (X, Y, Z) float32 in the file's own units (HU for CT);
-        spacing in mm per axis.
+def check_volume(path: Path, arr: np.ndarray) -> np.ndarray:
+    """Squeeze a trailing singleton axis and check a loaded array is a finite 3D volume.
 
     Raises:
-        DataError: missing or unreadable file, not 3D, non-finite voxels.
+        DataError: not 3D (e.g. 4D time series) or non-finite voxels, naming ``path``.
+    """
+    if arr.ndim == 4 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim != 3:
+        raise DataError(f"{path}: expected a 3D volume, got shape {tuple(arr.shape)}; extract one 3D volume first")
+    if not np.isfinite(arr).all():
+        bad = int((~np.isfinite(arr)).sum())
+        raise DataError(f"{path}: {bad} voxels are NaN or infinite; fix or drop this volume")
+    return arr
+
+
+def load_image(path: str | Path):  # -> monai.data.MetaTensor
+    """Load one volume with MONAI's ``LoadImage`` as a MetaTensor (1, X, Y, Z) float32 with its affine.
+
+    Raises:
+        DataError: missing, empty or unreadable file; not 3D; NaN/inf voxels.
     """
     from monai.transforms import LoadImage
 
@@ -68,20 +81,29 @@ def read_volume(path: str | Path) -> tuple[np.ndarray, tuple[float, float, float
     except Exception as e:  # MONAI wraps reader errors in many types; all mean "cannot read"
         msg = str(e).strip().splitlines()[-1][:160] if str(e).strip() else type(e).__name__
         raise DataError(f"{path}: cannot read as a volume ({msg}); check the file is complete and not corrupt") from None
-    arr = np.asarray(img.detach().cpu().numpy() if isinstance(img, torch.Tensor) else img, dtype=np.float32)
-    if arr.ndim == 4 and arr.shape[-1] == 1:
-        arr = arr[..., 0]
-    if arr.ndim != 3:
-        raise DataError(f"{path}: expected a 3D volume, got shape {tuple(arr.shape)}; extract one 3D volume first")
-    if not np.isfinite(arr).all():
-        bad = int((~np.isfinite(arr)).sum())
-        raise DataError(f"{path}: {bad} voxels are NaN or infinite; fix or drop this volume")
+    arr = check_volume(path, np.asarray(img.detach().cpu().numpy(), dtype=np.float32))
+    return img.__class__(torch.from_numpy(np.ascontiguousarray(arr))[None], meta=img.meta)
+
+
+def read_volume(path: str | Path) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """Read one 3D volume and check it.
+
+    Args:
+        path: a NIfTI/NRRD/NumPy file, or a folder holding one DICOM series.
+
+    Returns:
+        ``(array, spacing)``: array (X, Y, Z) float32 in the file's own units (HU for CT);
+        spacing in mm per axis.
+
+    Raises:
+        DataError: missing or unreadable file, not 3D, non-finite voxels.
+    """
+    img = load_image(path)
+    arr = img[0].detach().cpu().numpy()
     spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    pixdim = getattr(img, "pixdim", None)
-    if pixdim is not None:
-        pd_ = [float(x) for x in torch.as_tensor(pixdim).flatten()[:3]]
-        if len(pd_) == 3 and all(np.isfinite(pd_)) and all(p > 0 for p in pd_):
-            spacing = (pd_[0], pd_[1], pd_[2])
+    pd_ = [float(x) for x in torch.as_tensor(img.pixdim).flatten()[:3]]
+    if len(pd_) == 3 and all(np.isfinite(pd_)) and all(p > 0 for p in pd_):
+        spacing = (pd_[0], pd_[1], pd_[2])
     return arr, spacing
 
 
