@@ -72,7 +72,11 @@ class Manifest:
             order = subjects[:]
             rng.shuffle(order)
             n = len(order)
-            counts = {k: int(round(float(fr.get(k, 0)) * n)) for k in SPLITS}
+            # floor for the held-out splits, at least one subject each when there are >= 3 subjects
+            counts = {k: int(float(fr.get(k, 0)) * n) for k in SPLITS}
+            for k in ("validation", "test"):
+                if n >= 3 and float(fr.get(k, 0)) > 0:
+                    counts[k] = max(1, counts[k])
             counts["train"] = n - counts["validation"] - counts["test"]
             out, i = {}, 0
             for k in SPLITS:

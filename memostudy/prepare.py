@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from memostudy.dataset import COMPLETE_MARKER, default_cache
 from memostudy.errors import DataError
-from memostudy.manifest import SPLITS, Manifest, load_manifest, sha256_of
+from memostudy.manifest import SPLITS, load_manifest, sha256_of
 from memostudy.sources import obtain
 from memostudy.volume_io import load_image
 

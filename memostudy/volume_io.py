@@ -45,6 +45,20 @@ def _reader_for(path: Path) -> str | None:
     return None
 
 
+def _check_gzip(path: Path) -> None:
+    """Read a gzip file to its end so a damaged stream or a CRC mismatch is caught before use
+    (readers may stop at the voxels they need and never see the damage)."""
+    import gzip
+    import zlib
+
+    try:
+        with gzip.open(path, "rb") as fh:
+            while fh.read(1 << 22):
+                pass
+    except (OSError, EOFError, zlib.error) as e:
+        raise DataError(f"{path}: cannot read as a volume (corrupt gzip: {e}); re-export or re-download it") from None
+
+
 def check_volume(path: Path, arr: np.ndarray) -> np.ndarray:
     """Squeeze a trailing singleton axis and check a loaded array is a finite 3D volume.
 
@@ -74,6 +88,8 @@ def load_image(path: str | Path):  # -> monai.data.MetaTensor
         raise DataError(f"{path}: file not found; check the path or the manifest's `path` entry")
     if path.is_file() and path.stat().st_size == 0:
         raise DataError(f"{path}: file is empty; re-export or re-download it")
+    if path.is_file() and path.name.lower().endswith(".gz"):
+        _check_gzip(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
