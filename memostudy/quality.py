@@ -1,0 +1,57 @@
+"""Sample quality for the over-training experiment: diversity (MS-SSIM) and a Fréchet distance.
+
+Pretrained FID networks cannot be downloaded here, so the Fréchet distance is computed on the
+copy detector's embeddings (MONAI's ``FIDMetric`` takes feature vectors); it is comparable
+between settings that use the same detector, not with published FID values.
+"""
+
+from __future__ import annotations
+
+import torch
+
+_MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)  # the standard 5-scale weights
+
+
+def ms_ssim_scales(size: int, kernel_size: int = 4) -> tuple[float, ...]:
+    """The standard MS-SSIM weights truncated to the scales a volume of edge ``size`` supports.
+
+    Each scale halves the volume; the coarsest must still be larger than ``(kernel_size - 1)``
+    times its downsampling factor, so 32^3 supports 3 scales and 64^3 supports 4.
+    """
+    n = 5
+    while n > 1 and size <= (kernel_size - 1) * 2 ** (n - 1):
+        n -= 1
+    w = torch.tensor(_MS_SSIM_WEIGHTS[:n])
+    return tuple(float(x) for x in w / w.sum())
+
+
+def ms_ssim_diversity(volumes: torch.Tensor, n_pairs: int = 64, seed: int = 0, kernel_size: int = 4) -> float:
+    """Mean MS-SSIM over random pairs of distinct volumes: lower means more diverse samples.
+
+    Args:
+        volumes: (N, 1, D, H, W) float32 in [-1, 1], N >= 2.
+        n_pairs: number of random pairs (seeded).
+
+    Returns:
+        Mean MS-SSIM in [0, 1] (1 = identical pairs).
+    """
+    from monai.metrics import MultiScaleSSIMMetric
+
+    n = volumes.shape[0]
+    if n < 2:
+        raise ValueError("ms_ssim_diversity needs at least two volumes")
+    g = torch.Generator().manual_seed(seed)
+    i = torch.randint(0, n, (n_pairs,), generator=g)
+    j = (i + torch.randint(1, n, (n_pairs,), generator=g)) % n  # j != i
+    metric = MultiScaleSSIMMetric(spatial_dims=3, data_range=2.0, kernel_size=kernel_size,
+                                  weights=ms_ssim_scales(min(volumes.shape[2:]), kernel_size))
+    with torch.no_grad():
+        vals = metric(volumes[i].float(), volumes[j].float())
+    return float(vals.mean())
+
+
+def frechet_distance(features_a: torch.Tensor, features_b: torch.Tensor) -> float:
+    """Fréchet distance between two sets of feature vectors (N, F) and (M, F); 0 = same Gaussian."""
+    from monai.metrics import FIDMetric
+
+    return float(FIDMetric()(features_a.double(), features_b.double()))
