@@ -15,11 +15,11 @@ _MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)  # the standard 5-sc
 def ms_ssim_scales(size: int, kernel_size: int = 4) -> tuple[float, ...]:
     """The standard MS-SSIM weights truncated to the scales a volume of edge ``size`` supports.
 
-    Each scale halves the volume; the coarsest must still be larger than ``(kernel_size - 1)``
-    times its downsampling factor, so 32^3 supports 3 scales and 64^3 supports 4.
+    Uses MONAI's own admissibility rule (``size // (n_scales - 1) ** 2 > kernel_size - 1``), so
+    32^3 supports 3 scales and 64^3 all 5.
     """
     n = 5
-    while n > 1 and size <= (kernel_size - 1) * 2 ** (n - 1):
+    while n > 1 and size // max(1, n - 1) ** 2 <= kernel_size - 1:
         n -= 1
     w = torch.tensor(_MS_SSIM_WEIGHTS[:n])
     return tuple(float(x) for x in w / w.sum())
