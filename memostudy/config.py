@@ -178,8 +178,8 @@ def provenance() -> dict[str, Any]:
     return {
         "memostudy": memostudy.__version__,
         "git_commit": commit,
-        "torch": torch.__version__,
-        "monai": monai.__version__,
+        "torch": str(torch.__version__),
+        "monai": str(monai.__version__),
         "python": platform.python_version(),
         "host": platform.node(),
         "cuda": torch.cuda.is_available(),

@@ -1,0 +1,77 @@
+"""Throughput and peak memory of the similarity search on this machine.
+
+Prints the fp32 matmul peak (a plain large ``torch.mm``), then for each case the chunked search's
+throughput in GFLOP/s (2 * Nq * Nb * F useful flops of the GEMM) as a fraction of that peak, and
+the peak memory it added. Each case runs in its own subprocess so ``ru_maxrss`` is its own.
+
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_similarity.py
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
+    """Best GFLOP/s of an n x n x n fp32 torch.mm."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    best = min(_timed(lambda: torch.mm(a, b)) for _ in range(repeats))
+    return 2 * n**3 / best / 1e9
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def case(name: str) -> dict:
+    """Run one case in this process; returns its figures."""
+    from memostudy.baseline import pixel_nearest
+    from memostudy.similarity import nearest
+
+    g = torch.Generator().manual_seed(0)
+    if name == "embeddings":
+        q, b = torch.randn(10_000, 32, generator=g), torch.randn(1_000, 32, generator=g)
+        flops = 2 * 10_000 * 1_000 * 32
+        before = _rss_mb()
+        secs = min(_timed(lambda: nearest(q, b, "pearson")) for _ in range(5))
+        secs_msd = min(_timed(lambda: nearest(q, b, "msd")) for _ in range(5))
+        return {"case": "10,000 synthetic x 1,000 training embeddings (32-d)", "seconds": secs,
+                "seconds_msd": secs_msd, "gflops": flops / secs / 1e9, "peak_added_mb": _rss_mb() - before}
+    q, b = torch.rand(1_000, 1, 32, 32, 32, generator=g), torch.rand(1_000, 1, 32, 32, 32, generator=g)
+    flops = 2 * 1_000 * 1_000 * 32**3
+    before = _rss_mb()
+    secs = min(_timed(lambda: pixel_nearest(q, b)) for _ in range(2))
+    return {"case": "pixel correlation 1,000 x 1,000 volumes of 32^3", "seconds": secs, "gflops": flops / secs / 1e9,
+            "peak_added_mb": _rss_mb() - before, "input_mb": 2 * q.numel() * 4 / 2**20}
+
+
+def main() -> None:
+    if len(sys.argv) == 3 and sys.argv[1] == "--case":
+        print(json.dumps(case(sys.argv[2])))
+        return
+    peak = matmul_peak()
+    print(f"fp32 matmul peak (torch.mm 2048^3, {torch.get_num_threads()} threads): {peak:.1f} GFLOP/s")
+    for name in ("embeddings", "pixel"):
+        out = subprocess.run([sys.executable, __file__, "--case", name], capture_output=True, text=True, check=True)
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        extra = f", msd {r['seconds_msd'] * 1e3:.1f} ms" if "seconds_msd" in r else ""
+        print(f"{r['case']}: {r['seconds'] * 1e3:.1f} ms{extra}, {r['gflops']:.1f} GFLOP/s = "
+              f"{r['gflops'] / peak:.0%} of peak; peak memory added {r['peak_added_mb']:.0f} MB"
+              + (f" (inputs {r['input_mb']:.0f} MB)" if "input_mb" in r else ""))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""``memostudy audit``: which synthetic volumes (from any model) are copies of training patients."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``audit`` verb."""
+    p = sub.add_parser("audit", help="find copies of training volumes among synthetic volumes (folders of NIfTI/NRRD)")
+    p.add_argument("--train", required=True, help="folder of the training volumes the generator saw")
+    p.add_argument("--reference", required=True, help="folder of real volumes never trained on (calibrates the threshold)")
+    p.add_argument("--synthetic", required=True, help="folder of generated volumes to audit")
+    p.add_argument("--out", required=True, help="output folder (summary.json, synthetic.csv, train.csv, report.html)")
+    p.add_argument("--detector", default=None, help="detector checkpoint (detector.pt); default: train one on --train")
+    p.add_argument("--percentile", type=float, default=95.0, help="threshold percentile of the reference similarities")
+    p.add_argument("--metric", default="pearson", choices=["pearson", "msd"], help="embedding similarity")
+    p.add_argument("--intensity", default="auto", choices=["auto", "as-stored", "joint"],
+                   help="auto: use volumes as stored when train and reference lie in [-1, 1], else map train's 0.5-99.5th "
+                        "percentile to [-1, 1] and apply that one map to all folders")
+    p.add_argument("--no-pixel", action="store_true", help="skip the pixel-correlation baseline")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="detector config override when training, e.g. --set epochs=10 (repeatable)")
+    p.add_argument("--force", action="store_true", help="replace results already in --out")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Read the folders, train or load the detector, assess, write the files, print the headline."""
+    import time
+
+    import torch
+
+    from memostudy.assessment import AssessConfig, assess, check_out_dir, scale_intensities, write_audit
+    from memostudy.config import apply_overrides
+    from memostudy.detector import DetectorConfig, load_detector, train_detector
+    from memostudy.errors import ConfigError, DataError
+    from memostudy.volume_io import read_volume_folder
+
+    cfg = AssessConfig(percentile=args.percentile, metric=args.metric, pixel_baseline=not args.no_pixel).validate()
+    overrides = {}
+    for item in args.set:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set epochs=10")
+        k, v = item.split("=", 1)
+        overrides[k.strip()] = v.strip()
+    det_cfg = apply_overrides(DetectorConfig(), overrides).validate()
+    out = check_out_dir(args.out, args.force)
+    t0 = time.perf_counter()
+    sets = {}
+    for name in ("train", "reference", "synthetic"):
+        vols, ids, spacing = read_volume_folder(getattr(args, name))
+        sets[name] = (vols, ids)
+        print(f"{name}: {len(ids)} volume(s) of shape {tuple(vols.shape[2:])} from {getattr(args, name)}")
+    shape = sets["train"][0].shape[2:]
+    for name in ("reference", "synthetic"):
+        if sets[name][0].shape[2:] != shape:
+            raise DataError(f"{getattr(args, name)}: volumes are {tuple(sets[name][0].shape[2:])} but --train volumes are "
+                            f"{tuple(shape)}; crop or resample every folder to one shape (e.g. the patch size of the study)")
+    (train, reference, synthetic), intensity = scale_intensities(sets["train"][0], sets["reference"][0],
+                                                                 sets["synthetic"][0], args.intensity)
+    print(f"intensities: {intensity['rule']}" + (f" (train [{intensity['lo']:.4g}, {intensity['hi']:.4g}] -> [-1, 1])"
+                                                if intensity["rule"] == "joint" else ""))
+    t_read = time.perf_counter() - t0
+    torch.manual_seed(det_cfg.seed)
+    if args.detector:
+        detector = load_detector(args.detector)
+        print(f"detector: loaded {args.detector}")
+    else:
+        print(f"detector: training on {len(train)} volume(s), {det_cfg.epochs} epoch(s) (reference = validation)")
+        detector = train_detector(train, reference, det_cfg, out_dir=out, progress=True)
+    t_train = time.perf_counter() - t0 - t_read
+    a = assess(train, reference, synthetic, detector, sets["train"][1], sets["reference"][1], sets["synthetic"][1], cfg=cfg)
+    t_assess = time.perf_counter() - t0 - t_read - t_train
+    extra = {"inputs": {"train": str(args.train), "reference": str(args.reference), "synthetic": str(args.synthetic),
+                        "detector": args.detector or str(out / "detector.pt"), "shape": list(shape)},
+             "intensity": intensity,
+             "seconds": {"read": round(t_read, 2), "detector": round(t_train, 2), "assess": round(t_assess, 2)}}
+    write_audit(a, out, extra=extra, force=True)
+    s = a.summary
+    print(f"threshold {s['threshold']:.6g} ({s['metric']}, {s['percentile']:g}th percentile of reference)")
+    print(f"memorized: {s['memorized_fraction']:.1%} of training volumes "
+          f"[{s['memorized_fraction_ci'][0]:.1%}, {s['memorized_fraction_ci'][1]:.1%}]")
+    print(f"copies: {s['copy_fraction']:.1%} of synthetic volumes [{s['copy_fraction_ci'][0]:.1%}, {s['copy_fraction_ci'][1]:.1%}]")
+    if s.get("pixel_baseline"):
+        px = s["pixel_baseline"]
+        print(f"pixel baseline: copies {px['copy_fraction']:.1%}, memorized {px['memorized_fraction']:.1%} "
+              f"(threshold {px['threshold']:.4g})")
+    print(f"wrote {out}/summary.json, synthetic.csv, train.csv, reference.csv, report.html")
+    return 0

@@ -1,0 +1,42 @@
+"""``memostudy sample``: draw volumes from a trained LDM run and write them as NIfTI."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``sample`` verb."""
+    p = sub.add_parser("sample", help="sample NIfTI volumes from a trained LDM run (DDIM or DDPM)")
+    p.add_argument("--run", required=True, help="run folder written by `memostudy train`")
+    p.add_argument("-n", type=int, default=None, help="number of volumes (default: the run's samples_per_training_patch x training patches)")
+    p.add_argument("--sampler", choices=["ddim", "ddpm"], default=None, help="default: the run's (ddim)")
+    p.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the run's, 50); DDPM always uses all")
+    p.add_argument("--checkpoint", default=None, help="final (default), last, a snapshot epoch number, or a .pt path")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=None, help="volumes denoised together (default: the run's)")
+    p.add_argument("--tag", default=None, help="sub-folder of samples/ (default e.g. final-ddim50-seed0)")
+    p.add_argument("--force", action="store_true", help="replace samples already written under that tag")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Sample and write."""
+    from memostudy.ldm import load_run
+    from memostudy.ldm_config import default_num_samples
+    from memostudy.sampling import default_tag, sample_from, write_samples
+    from memostudy.training import select_device
+
+    r = load_run(args.run, args.checkpoint, device=select_device())
+    sampler = args.sampler or r.cfg.sampling.sampler
+    steps = r.cfg.diffusion.num_train_timesteps if sampler == "ddpm" else (args.steps or r.cfg.sampling.steps)
+    n = args.n if args.n is not None else default_num_samples(r.cfg, len(r.data.get("train_ids", [])))
+    batch_size = args.batch_size or r.cfg.sampling.batch_size
+    tag = args.tag or default_tag(args.checkpoint, sampler, steps, args.seed)
+    vols = sample_from(r, n, sampler=sampler, steps=steps, seed=args.seed, batch_size=batch_size,
+                       progress=not args.no_progress)
+    folder = write_samples(args.run, vols, tag, checkpoint=args.checkpoint, sampler=sampler, steps=steps,
+                           seed=args.seed, batch_size=batch_size, force=args.force)
+    print(f"wrote {len(vols)} samples ({sampler}, {steps} steps, checkpoint {r.checkpoint.name}, epoch {r.epoch}) to {folder}")
+    return 0

@@ -1,0 +1,219 @@
+"""Memorization metrics: calibrated threshold, copy decisions, fractions with bootstrap CIs, and the
+detector's sensitivity / specificity / ROC AUC. Pure functions on arrays of similarities.
+
+Convention everywhere: a similarity is "higher = more similar" (see :mod:`memostudy.similarity`);
+a volume is a copy when its similarity is **strictly greater** than the threshold.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+
+def _arr(x) -> np.ndarray:
+    a = np.asarray(x.detach().cpu().numpy() if hasattr(x, "detach") else x, dtype=np.float64).ravel()
+    return a
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """A copy threshold calibrated on real reference volumes.
+
+    Attributes:
+        value: similarity above which a volume counts as a copy.
+        percentile: percentile (0-100) of the reference similarities it was taken at.
+        n_reference: number of reference similarities it was computed from.
+    """
+
+    value: float
+    percentile: float
+    n_reference: int
+
+
+def calibrate_threshold(reference_nearest, percentile: float = 95.0) -> Threshold:
+    """The ``percentile``-th percentile (linear interpolation, numpy's default) of the reference
+    volumes' nearest-training similarities.
+
+    Real held-out volumes are by definition not copies, so with the 95th percentile about 5 % of
+    novel real volumes would be called copies (the false-positive rate the threshold allows).
+
+    Args:
+        reference_nearest: (Nr,) each reference volume's similarity to its nearest training volume.
+        percentile: in [0, 100].
+    """
+    ref = _arr(reference_nearest)
+    if ref.size == 0:
+        raise ValueError("no reference similarities: the threshold needs at least one reference volume")
+    if not 0 <= percentile <= 100:
+        raise ValueError(f"percentile must be in [0, 100], got {percentile}")
+    return Threshold(float(np.percentile(ref, percentile)), float(percentile), int(ref.size))
+
+
+def is_copy(similarities, threshold: Threshold | float) -> np.ndarray:
+    """Boolean (N,): ``similarity > threshold``."""
+    t = threshold.value if isinstance(threshold, Threshold) else float(threshold)
+    return _arr(similarities) > t
+
+
+@dataclass(frozen=True)
+class Fraction:
+    """A fraction with a bootstrap confidence interval.
+
+    Attributes:
+        value: the observed fraction in [0, 1].
+        lo: lower end of the CI.
+        hi: upper end of the CI.
+        n: number of volumes it is a fraction of.
+        confidence: e.g. 0.95.
+    """
+
+    value: float
+    lo: float
+    hi: float
+    n: int
+    confidence: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def bootstrap_fraction(similarities, reference_nearest, percentile: float = 95.0, n_boot: int = 2000,
+                       confidence: float = 0.95, seed: int = 0) -> Fraction:
+    """Fraction of ``similarities`` above the threshold calibrated on ``reference_nearest``, with a
+    percentile-bootstrap CI that resamples **both** the volumes and the reference set (so the
+    threshold's own uncertainty is in the interval).
+
+    Args:
+        similarities: (N,) nearest similarities of the volumes being counted.
+        reference_nearest: (Nr,) nearest-training similarities of the reference volumes.
+        percentile: threshold percentile (0-100).
+        n_boot: bootstrap replicates.
+        confidence: CI level in (0, 1).
+        seed: seed of the resampling.
+    """
+    sims, ref = _arr(similarities), _arr(reference_nearest)
+    if sims.size == 0:
+        raise ValueError("no similarities to count")
+    value = float(is_copy(sims, calibrate_threshold(ref, percentile)).mean())
+    rng = np.random.default_rng(seed)
+    ref_b = ref[rng.integers(0, ref.size, size=(n_boot, ref.size))]
+    thr_b = np.percentile(ref_b, percentile, axis=1)
+    sims_b = sims[rng.integers(0, sims.size, size=(n_boot, sims.size))]
+    frac_b = (sims_b > thr_b[:, None]).mean(axis=1)
+    alpha = (1 - confidence) / 2
+    lo, hi = np.quantile(frac_b, [alpha, 1 - alpha])
+    return Fraction(value, float(lo), float(hi), int(sims.size), float(confidence))
+
+
+def memorized_fraction(train_nearest_synthetic, reference_nearest, **kw) -> Fraction:
+    """Fraction of training volumes whose nearest synthetic volume (the copy candidate) is a copy.
+
+    Args:
+        train_nearest_synthetic: (Ntrain,) similarity of each training volume to its nearest synthetic.
+        reference_nearest: (Nr,) similarity of each reference volume to its nearest training volume.
+        **kw: passed to :func:`bootstrap_fraction` (percentile, n_boot, confidence, seed).
+    """
+    return bootstrap_fraction(train_nearest_synthetic, reference_nearest, **kw)
+
+
+def copy_fraction(synthetic_nearest_train, reference_nearest, **kw) -> Fraction:
+    """Fraction of synthetic volumes that are copies of some training volume.
+
+    Args:
+        synthetic_nearest_train: (Nsyn,) similarity of each synthetic volume to its nearest training volume.
+        reference_nearest: (Nr,) similarity of each reference volume to its nearest training volume.
+        **kw: passed to :func:`bootstrap_fraction`.
+    """
+    return bootstrap_fraction(synthetic_nearest_train, reference_nearest, **kw)
+
+
+@dataclass(frozen=True)
+class Detection:
+    """How well a threshold separates known copies (positives) from novel volumes (negatives).
+
+    Attributes:
+        sensitivity: fraction of copies with similarity > threshold.
+        specificity: fraction of novel volumes with similarity <= threshold.
+        auc: ROC AUC of the similarity as a copy score (threshold-free; 1 = perfect, 0.5 = chance).
+        threshold: the threshold used.
+        n_copies: number of positives.
+        n_novel: number of negatives.
+    """
+
+    sensitivity: float
+    specificity: float
+    auc: float
+    threshold: float
+    n_copies: int
+    n_novel: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def detection(copy_scores, novel_scores, threshold: Threshold | float) -> Detection:
+    """Sensitivity, specificity and ROC AUC of "similarity > threshold" as a copy detector.
+
+    Args:
+        copy_scores: (Np,) nearest-training similarities of known copies.
+        novel_scores: (Nn,) nearest-training similarities of novel real volumes.
+        threshold: the calibrated threshold.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    pos, neg = _arr(copy_scores), _arr(novel_scores)
+    if pos.size == 0 or neg.size == 0:
+        raise ValueError("detection needs at least one copy and one novel volume")
+    t = threshold.value if isinstance(threshold, Threshold) else float(threshold)
+    labels = np.r_[np.ones(pos.size), np.zeros(neg.size)]
+    auc = float(roc_auc_score(labels, np.r_[pos, neg]))
+    return Detection(float((pos > t).mean()), float((neg <= t).mean()), auc, t, int(pos.size), int(neg.size))
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """How detector decisions agree with manual labels (e.g. a radiologist's copy/novel reading).
+
+    Attributes:
+        sensitivity: of the volumes labelled copy, the fraction the detector calls a copy (nan if none).
+        specificity: of the volumes labelled novel, the fraction the detector calls novel (nan if none).
+        true_positive, false_negative, true_negative, false_positive: counts.
+    """
+
+    sensitivity: float
+    specificity: float
+    true_positive: int
+    false_negative: int
+    true_negative: int
+    false_positive: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def sensitivity_specificity(decisions, labels) -> Agreement:
+    """Sensitivity and specificity of detector ``decisions`` against manual ``labels``.
+
+    Args:
+        decisions: (N,) detector calls, truthy = copy (e.g. the ``is_copy`` column of synthetic.csv).
+        labels: (N,) manual labels, truthy = copy; the strings "copy"/"novel" are accepted too.
+    """
+    def _bool(x) -> np.ndarray:
+        a = np.asarray(x.detach().cpu().numpy() if hasattr(x, "detach") else x).ravel()
+        if a.dtype.kind in "OUS":
+            bad = sorted({str(v) for v in a} - {"copy", "novel"})
+            if bad:
+                raise ValueError(f"labels must be 'copy' or 'novel' (or 1/0), got {', '.join(bad[:3])}")
+            return a.astype(str) == "copy"
+        return a.astype(bool)
+
+    d, y = _bool(decisions), _bool(labels)
+    if d.shape != y.shape:
+        raise ValueError(f"{d.size} decisions but {y.size} labels")
+    tp, fn = int((d & y).sum()), int((~d & y).sum())
+    tn, fp = int((~d & ~y).sum()), int((d & ~y).sum())
+    sens = tp / (tp + fn) if tp + fn else float("nan")
+    spec = tn / (tn + fp) if tn + fp else float("nan")
+    return Agreement(sens, spec, tp, fn, tn, fp)

@@ -1,0 +1,121 @@
+"""Nearest-neighbour search: the one similarity search of the project (embeddings and voxels alike).
+
+Every score here means **higher = more similar**:
+
+- ``"pearson"``: Pearson correlation of two vectors (each row centred and scaled to unit norm, then a
+  dot product), in [-1, 1]. The journal version of the study uses it on embeddings; Akbar et al.
+  use it on voxels (:mod:`memostudy.baseline`).
+- ``"msd"``: the *negative* mean squared distance ``-mean((q - b) ** 2)`` over the vector's entries,
+  in (-inf, 0]; 0 means identical. The conference version of the study reports MSD (lower = closer);
+  negate a value to read it as MSD.
+
+The search is a loop over blocks of ``chunk`` query rows x ``base_chunk`` base rows, each block one
+matrix product (GEMM) followed by a running max; no Python loop over pairs, and the extra memory is
+one ``chunk x base_chunk`` block plus the standardised copies of the two blocks' rows.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+METRICS = ("pearson", "msd")
+
+
+class Nearest(NamedTuple):
+    """Result of :func:`nearest`.
+
+    Attributes:
+        values: (Nq,) float32 similarity of each query row to its nearest base row (higher = more similar).
+        indices: (Nq,) int64 index of that base row.
+    """
+
+    values: torch.Tensor
+    indices: torch.Tensor
+
+
+def normalise(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Rows scaled to unit L2 norm. ``x``: (N, F) -> (N, F); an all-zero row stays zero."""
+    return x / x.norm(dim=1, keepdim=True).clamp_min(eps)
+
+
+def standardise(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Rows centred and scaled to unit L2 norm, so ``a @ b.T`` is the Pearson correlation of rows.
+
+    ``x``: (N, F) -> (N, F) float32. A constant row becomes all zeros (correlation 0 with anything).
+    """
+    x = x.float()
+    return normalise(x - x.mean(dim=1, keepdim=True), eps)
+
+
+def _check(query: torch.Tensor, base: torch.Tensor, metric: str) -> None:
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
+    if query.dim() != 2 or base.dim() != 2 or query.shape[1] != base.shape[1]:
+        raise ValueError(f"query and base must be (N, F) with the same F, got {tuple(query.shape)} and {tuple(base.shape)}")
+    if len(base) == 0:
+        raise ValueError("base is empty: nothing to search")
+
+
+def nearest(query: torch.Tensor, base: torch.Tensor, metric: str = "pearson",
+            chunk: int = 1024, base_chunk: int = 2048) -> Nearest:
+    """For every query row, the most similar base row.
+
+    Args:
+        query: (Nq, F) vectors (embeddings, or flattened volumes).
+        base: (Nb, F) vectors.
+        metric: "pearson" (correlation in [-1, 1]) or "msd" (negative mean squared distance, <= 0);
+            higher = more similar for both.
+        chunk: query rows per block.
+        base_chunk: base rows per block; a block's score matrix is ``chunk x base_chunk`` float32
+            (the default 1024 x 2048 = 8 MiB).
+
+    Returns:
+        :class:`Nearest` with ``values`` (Nq,) and ``indices`` (Nq,). Ties go to the lowest index.
+    """
+    _check(query, base, metric)
+    nq, f = query.shape
+    values = torch.empty(nq, dtype=torch.float32)
+    indices = torch.empty(nq, dtype=torch.int64)
+    # base blocks are prepared once when they fit one block, else per query block (cost 1/chunk of the GEMM)
+    single = len(base) <= base_chunk
+    prepared = _prepare(base, metric) if single else None
+    with torch.no_grad():
+        for q0 in range(0, nq, chunk):
+            q, _ = _prepare(query[q0:q0 + chunk], metric)
+            best = torch.full((len(q),), -float("inf"))
+            arg = torch.zeros(len(q), dtype=torch.int64)
+            for b0 in range(0, len(base), base_chunk):
+                b, bsq = prepared if single else _prepare(base[b0:b0 + base_chunk], metric)  # type: ignore[misc]
+                if metric == "pearson":
+                    block = q @ b.T
+                else:
+                    # -(|q|^2 + |b|^2 - 2 q.b): the |q|^2 term is constant per row, added after the max
+                    block = torch.addmm(-bsq.unsqueeze(0), q, b.T, alpha=2.0)
+                m, i = block.max(dim=1)
+                better = m > best
+                best = torch.where(better, m, best)
+                arg = torch.where(better, i + b0, arg)
+            if metric == "msd":
+                best = (best - q.pow(2).sum(1)) / f
+            values[q0:q0 + len(q)] = best
+            indices[q0:q0 + len(q)] = arg
+    return Nearest(values, indices)
+
+
+def _prepare(x: torch.Tensor, metric: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    x = x.float()
+    if metric == "pearson":
+        return standardise(x), None
+    return x, x.pow(2).sum(1)
+
+
+def similarity_matrix(query: torch.Tensor, base: torch.Tensor, metric: str = "pearson") -> torch.Tensor:
+    """The full (Nq, Nb) similarity matrix (higher = more similar); for small sets, figures and tests."""
+    _check(query, base, metric)
+    q, _ = _prepare(query, metric)
+    b, bsq = _prepare(base, metric)
+    if metric == "pearson":
+        return q @ b.T
+    return -(q.pow(2).sum(1, keepdim=True) + bsq.unsqueeze(0) - 2 * q @ b.T) / query.shape[1]  # type: ignore[union-attr]

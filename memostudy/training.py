@@ -1,0 +1,330 @@
+"""The one training loop: any model, any stage, resumable, seeded.
+
+A model plugs in as a :class:`Task` (its modules and a loss on a batch); :func:`fit` owns the rest:
+shuffling, augmentation, optimizer, autocast, gradient clipping, validation, progress, the loss CSV,
+checkpoints, snapshots and resuming. The autoencoder, the diffusion model and the copy detector's
+contrastive encoder are all trained by :func:`fit`.
+
+Output folder of one :func:`fit` call::
+
+    out_dir/
+        losses.csv               epoch, step, train_loss, val_loss, seconds (one row per epoch)
+        last.pt                  modules + optimizer + step + epoch statistics; written every
+                                 ``checkpoint_every`` steps and at the end
+        snapshots/epoch_XXXX.pt  module weights at the epochs in ``snapshot_epochs``
+        final.pt                 module weights, config and loss history of the finished run
+        DONE                     written last
+
+Randomness of step ``k`` (batch order, augmentation, noise, timesteps) is a pure function of
+``(seed, k)``: each epoch's order comes from its own generator and the global RNGs are reseeded before
+every step, so a run killed and resumed from ``last.pt`` repeats the uninterrupted run's losses exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from memostudy.config import to_dict
+from memostudy.errors import ConfigError, RunExistsError
+
+DONE_MARKER = "DONE"
+LOSS_COLUMNS = ["epoch", "step", "train_loss", "val_loss", "seconds"]
+
+
+@dataclass
+class LoopConfig:
+    """Settings of one training loop.
+
+    Attributes:
+        epochs: passes over the training set.
+        batch_size: patches per optimizer step (the last batch of an epoch may be smaller).
+        lr: Adam learning rate.
+        checkpoint_every: write ``last.pt`` every this many optimizer steps (and always at the end).
+        snapshot_epochs: keep the weights after these epochs in ``snapshots/epoch_XXXX.pt``.
+        seed: seed of the run; None means "set by the owner" (e.g. ``LDMConfig.seed``), 0 if used alone.
+        grad_clip: clip the gradient norm to this value; 0 = no clipping.
+        amp: "auto" (bf16 autocast on CUDA, fp32 on CPU, where bf16 is much slower), "bf16" or "off".
+        val_every: compute the validation loss every this many epochs (and after the last one).
+        weight_decay: Adam weight decay.
+    """
+
+    epochs: int = 10
+    batch_size: int = 4
+    lr: float = 1e-4
+    checkpoint_every: int = 100
+    snapshot_epochs: tuple[int, ...] = ()
+    seed: int | None = None
+    grad_clip: float = 0.0
+    amp: str = "auto"
+    val_every: int = 1
+    weight_decay: float = 0.0
+
+    def validate(self) -> LoopConfig:
+        """Raise ConfigError naming the first bad field."""
+        for name in ("epochs", "batch_size", "checkpoint_every", "val_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
+        if self.grad_clip < 0 or self.weight_decay < 0:
+            raise ConfigError("grad_clip and weight_decay must be >= 0")
+        if self.amp not in ("auto", "bf16", "off"):
+            raise ConfigError(f"amp must be 'auto', 'bf16' or 'off', got {self.amp!r}")
+        bad = [e for e in self.snapshot_epochs if not 1 <= e <= self.epochs]
+        if bad:
+            raise ConfigError(f"snapshot_epochs {bad} are outside 1..epochs={self.epochs}; set snapshot_epochs too "
+                              f"(e.g. --set diffusion.loop.snapshot_epochs=[] for none)")
+        return self
+
+
+class Task(Protocol):
+    """What :func:`fit` needs from a model.
+
+    Optional methods, used when present:
+        ``val_loss(batch) -> Tensor``: validation loss (default: ``loss`` under ``no_grad``).
+        ``after_step() -> None``: called after each optimizer step (e.g. to update an EMA copy).
+        ``to(device) -> None``: move everything the task holds (default: move ``modules()``).
+    """
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        """The modules to checkpoint; their parameters with ``requires_grad`` are optimized."""
+        ...
+
+    def loss(self, batch: torch.Tensor) -> torch.Tensor:
+        """Scalar training loss of ``batch`` (B, C, D, H, W) already on the training device."""
+        ...
+
+
+def select_device() -> torch.device:
+    """CUDA if present, else CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def autocast_context(amp: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA for amp "auto"/"bf16"; nothing on CPU unless amp == "bf16"."""
+    use = amp == "bf16" or (amp == "auto" and device.type == "cuda")
+    if not use:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def derive_seed(*xs: int) -> int:
+    """A 63-bit seed derived from integers (so seeds of different steps and stages never collide)."""
+    return int(np.random.SeedSequence([abs(int(x)) for x in xs]).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch (CPU and CUDA), numpy and python's ``random``."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict):
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: d}
+
+
+def config_differences(old: dict, new: dict) -> list[str]:
+    """Human-readable ``key: old -> new`` lines for two (nested) config dicts."""
+    a, b = _flat(old), _flat(new)
+    return [f"{k}: {a.get(k, '<missing>')} -> {b.get(k, '<missing>')}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
+def _batches(n: int, batch_size: int) -> int:
+    return math.ceil(n / batch_size)
+
+
+def _save(obj: dict, path: Path) -> None:
+    """Write atomically, so a kill during the write never leaves a truncated checkpoint."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)
+
+
+def _states(task: Task) -> dict[str, dict]:
+    return {k: m.state_dict() for k, m in task.modules().items()}
+
+
+@torch.no_grad()
+def _evaluate(task: Task, val: torch.Tensor, batch_size: int, device: torch.device, amp: str, seed: int) -> float:
+    seed_everything(seed)  # the same noise at every validation, so epochs are comparable
+    fn = getattr(task, "val_loss", None) or task.loss
+    total, count = 0.0, 0
+    for i in range(0, len(val), batch_size):
+        batch = val[i : i + batch_size].to(device)
+        with autocast_context(amp, device):
+            total += float(fn(batch)) * len(batch)
+        count += len(batch)
+    return total / max(count, 1)
+
+
+def clear_run(out_dir: Path) -> None:
+    """Remove what :func:`fit` writes in ``out_dir`` (used by ``force``)."""
+    for name in ("last.pt", "last.pt.tmp", "final.pt", "final.pt.tmp", DONE_MARKER, "losses.csv"):
+        (out_dir / name).unlink(missing_ok=True)
+    shutil.rmtree(out_dir / "snapshots", ignore_errors=True)
+
+
+def fit(
+    task: Task,
+    train: torch.Tensor,
+    val: torch.Tensor | None,
+    cfg: LoopConfig,
+    out_dir: str | Path,
+    desc: str = "train",
+    augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    force: bool = False,
+    progress: bool = True,
+    meta: dict | None = None,
+    device: torch.device | str | None = None,
+) -> pd.DataFrame:
+    """Train ``task`` on ``train``, resuming from ``out_dir/last.pt`` when it is there.
+
+    Args:
+        task: the model and its loss (see :class:`Task`).
+        train: (N, C, D, H, W) training inputs, kept on the CPU; batches are moved to the device.
+        val: (M, C, D, H, W) validation inputs, or None.
+        cfg: loop settings; ``cfg.seed`` None means 0.
+        out_dir: folder of this stage (see the module docstring for what goes in it).
+        desc: progress bar label.
+        augment: applied to each CPU batch (B, C, D, H, W) before it goes to the device; it must draw
+            its randomness from torch's global RNG (reseeded every step) to keep resuming exact.
+        force: start over even if the folder holds a finished or different run.
+        progress: show a tqdm progress bar.
+        meta: extra config (e.g. the whole experiment config) stored in checkpoints and compared on resume.
+        device: where to train; default :func:`select_device`.
+
+    Returns:
+        The loss table (columns :data:`LOSS_COLUMNS`, one row per epoch), also in ``losses.csv``.
+
+    Raises:
+        RunExistsError: ``out_dir`` holds a finished run and ``force`` is False.
+        ConfigError: ``last.pt`` was written with a different config (and ``force`` is False).
+    """
+    cfg = cfg.validate()
+    out = Path(out_dir)
+    seed = 0 if cfg.seed is None else int(cfg.seed)
+    if (out / DONE_MARKER).exists() and not force:
+        raise RunExistsError(f"{out}: a finished run is already there; use --force (force=True) to train it again")
+    if force:
+        clear_run(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if len(train) == 0:
+        raise ConfigError("no training inputs: the training set is empty")
+
+    device = torch.device(device) if device is not None else select_device()
+    if hasattr(task, "to"):
+        task.to(device)
+    else:
+        for m in task.modules().values():
+            m.to(device)
+    params = [p for m in task.modules().values() for p in m.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    config = {"loop": to_dict(cfg), "meta": meta or {}}
+
+    n = len(train)
+    per_epoch = _batches(n, cfg.batch_size)
+    total = cfg.epochs * per_epoch
+    step, history, epoch_sum, epoch_count, seconds = 0, [], 0.0, 0, 0.0
+    ckpt_path = out / "last.pt"
+    if ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+        diff = config_differences(ckpt["config"], config)
+        if diff:
+            raise ConfigError(
+                f"{ckpt_path} was written with a different config ({'; '.join(diff[:4])}"
+                f"{' ...' if len(diff) > 4 else ''}); rerun with the original settings, or use --force to start over"
+            )
+        for k, m in task.modules().items():
+            m.load_state_dict(ckpt["modules"][k])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        step, history = int(ckpt["step"]), list(ckpt["history"])
+        epoch_sum, epoch_count, seconds = float(ckpt["epoch_sum"]), int(ckpt["epoch_count"]), float(ckpt["seconds"])
+
+    def checkpoint() -> None:
+        _save({"modules": _states(task), "optimizer": optimizer.state_dict(), "step": step, "history": history,
+               "epoch_sum": epoch_sum, "epoch_count": epoch_count, "seconds": seconds, "config": config,
+               "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state()}}, ckpt_path)
+
+    def write_losses() -> pd.DataFrame:
+        df = pd.DataFrame(history, columns=LOSS_COLUMNS)
+        df.to_csv(out / "losses.csv", index=False)
+        return df
+
+    bar = tqdm(total=total, initial=step, desc=desc, disable=not progress, dynamic_ncols=True)
+    t0 = time.perf_counter() - seconds
+    for epoch in range(step // per_epoch, cfg.epochs):
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(derive_seed(seed, 1, epoch)))
+        for b in range(step - epoch * per_epoch, per_epoch):
+            seed_everything(derive_seed(seed, 2, step))
+            batch = train[order[b * cfg.batch_size : (b + 1) * cfg.batch_size]]
+            if augment is not None:
+                batch = augment(batch)
+            batch = batch.to(device, non_blocking=True)
+            for m in task.modules().values():
+                m.train()
+            with autocast_context(cfg.amp, device):
+                loss = task.loss(batch)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"{desc}: loss became {float(loss)} at step {step}; lower the learning rate")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            optimizer.step()
+            if hasattr(task, "after_step"):
+                task.after_step()
+            step += 1
+            epoch_sum += float(loss.detach()) * len(batch)
+            epoch_count += len(batch)
+            seconds = time.perf_counter() - t0
+            bar.update(1)
+            bar.set_postfix(epoch=epoch + 1, loss=f"{float(loss.detach()):.4f}")
+            if step % cfg.checkpoint_every == 0 and b + 1 < per_epoch:
+                checkpoint()
+        last = epoch + 1 == cfg.epochs
+        val_loss = float("nan")
+        if val is not None and len(val) and ((epoch + 1) % cfg.val_every == 0 or last):
+            for m in task.modules().values():
+                m.eval()
+            val_loss = _evaluate(task, val, cfg.batch_size, device, cfg.amp, derive_seed(seed, 3))
+        seconds = time.perf_counter() - t0
+        history.append({"epoch": epoch + 1, "step": step, "train_loss": epoch_sum / max(epoch_count, 1),
+                        "val_loss": val_loss, "seconds": round(seconds, 3)})
+        epoch_sum, epoch_count = 0.0, 0
+        write_losses()
+        if epoch + 1 in cfg.snapshot_epochs:
+            (out / "snapshots").mkdir(exist_ok=True)
+            _save({"modules": _states(task), "epoch": epoch + 1, "step": step, "config": config},
+                  out / "snapshots" / f"epoch_{epoch + 1:04d}.pt")
+        if step % cfg.checkpoint_every == 0 and not last:  # at an epoch's end: after its row and snapshot
+            checkpoint()
+    bar.close()
+    checkpoint()
+    _save({"modules": _states(task), "epoch": cfg.epochs, "step": step, "config": config, "history": history},
+          out / "final.pt")
+    (out / DONE_MARKER).write_text(f"finished {step} steps in {seconds:.1f} s\n")
+    return write_losses()
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Read a checkpoint written by :func:`fit` (``last.pt``, ``final.pt`` or a snapshot)."""
+    return torch.load(Path(path), map_location=map_location, weights_only=False)

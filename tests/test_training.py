@@ -1,0 +1,124 @@
+"""The generic loop: learning, seeding, exact resume, refusal to overwrite or to resume a different config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from memostudy.autoencoder import AutoencoderTask, build_autoencoder
+from memostudy.errors import ConfigError, RunExistsError
+from memostudy.ldm import FlipRotate
+from memostudy.ldm_config import preset
+from memostudy.phantom import phantom_volumes
+from memostudy.training import LoopConfig, fit
+
+
+class NoisyDenoiser:
+    """A toy task whose loss uses the global RNG (like diffusion noise), to test seeding and resuming."""
+
+    def __init__(self, kill_after: int | None = None) -> None:
+        torch.manual_seed(0)
+        self.net = torch.nn.Sequential(torch.nn.Conv3d(1, 4, 3, padding=1), torch.nn.SiLU(), torch.nn.Conv3d(4, 1, 3, padding=1))
+        self.calls, self.kill_after = 0, kill_after
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {"net": self.net}
+
+    def loss(self, batch: torch.Tensor) -> torch.Tensor:
+        self.calls += torch.is_grad_enabled()  # training calls only, not validation
+        if self.kill_after is not None and self.calls > self.kill_after:
+            raise KeyboardInterrupt  # stands in for a killed process
+        return (self.net(batch + 0.3 * torch.randn_like(batch)) - batch).pow(2).mean()
+
+
+@pytest.fixture(scope="module")
+def vols() -> torch.Tensor:
+    return phantom_volumes(6, size=8, seed=1)
+
+
+def loop(**kw) -> LoopConfig:
+    return LoopConfig(**{"epochs": 3, "batch_size": 2, "lr": 1e-2, "checkpoint_every": 2, "seed": 0, **kw})
+
+
+def test_a_few_steps_reduce_the_autoencoder_loss_on_a_fixed_batch(tmp_path):
+    torch.manual_seed(0)
+    task = AutoencoderTask(build_autoencoder(preset("test-16").autoencoder))
+    batch = phantom_volumes(4, size=16)
+    with torch.no_grad():
+        before = float(task.val_loss(batch))
+    df = fit(task, batch, batch, LoopConfig(epochs=10, batch_size=4, lr=3e-3, seed=0), tmp_path, progress=False)
+    assert len(df) == 10 and df["step"].iloc[-1] == 10
+    assert df["val_loss"].iloc[-1] < 0.7 * before
+    assert df["train_loss"].iloc[-1] < df["train_loss"].iloc[0]
+
+
+def test_outputs_snapshots_and_done(tmp_path, vols):
+    df = fit(NoisyDenoiser(), vols, vols[:2], loop(snapshot_epochs=(1, 3)), tmp_path, progress=False)
+    assert list(df.columns) == ["epoch", "step", "train_loss", "val_loss", "seconds"]
+    assert df["step"].tolist() == [3, 6, 9]
+    assert pd.read_csv(tmp_path / "losses.csv")["train_loss"].tolist() == pytest.approx(df["train_loss"].tolist())
+    assert sorted(p.name for p in (tmp_path / "snapshots").iterdir()) == ["epoch_0001.pt", "epoch_0003.pt"]
+    assert (tmp_path / "final.pt").exists() and (tmp_path / "DONE").exists()
+    assert torch.load(tmp_path / "snapshots" / "epoch_0001.pt", weights_only=False)["step"] == 3
+
+
+@pytest.mark.parametrize("augment, kill_after, last_step", [
+    (False, 5, 4),  # killed during step 6; last checkpoint mid-epoch 2 at step 4
+    (True, 5, 4),
+    (False, 7, 6),  # killed during step 8; last checkpoint at the end of epoch 2 (step 6)
+])
+def test_killed_run_resumes_at_its_last_checkpoint_with_identical_losses(tmp_path, vols, augment, kill_after, last_step):
+    aug = FlipRotate((8, 8, 8)) if augment else None
+    whole = fit(NoisyDenoiser(), vols, vols[:2], loop(), tmp_path / "a", augment=aug, progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        fit(NoisyDenoiser(kill_after=kill_after), vols, vols[:2], loop(), tmp_path / "b", augment=aug, progress=False)
+    assert torch.load(tmp_path / "b" / "last.pt", weights_only=False)["step"] == last_step
+    resumed_task = NoisyDenoiser()
+    resumed = fit(resumed_task, vols, vols[:2], loop(), tmp_path / "b", augment=aug, progress=False)
+    assert resumed_task.calls == 9 - last_step  # only the missing steps were trained
+    pd.testing.assert_frame_equal(whole.drop(columns="seconds"), resumed.drop(columns="seconds"))
+    wa = torch.load(tmp_path / "a" / "final.pt", weights_only=False)["modules"]["net"]
+    wb = torch.load(tmp_path / "b" / "final.pt", weights_only=False)["modules"]["net"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_same_seed_same_losses_other_seed_other_losses(tmp_path, vols):
+    runs = [fit(NoisyDenoiser(), vols, None, loop(seed=s), tmp_path / str(i), progress=False)
+            for i, s in enumerate((7, 7, 8))]
+    assert runs[0]["train_loss"].tolist() == runs[1]["train_loss"].tolist()
+    assert runs[0]["train_loss"].tolist() != runs[2]["train_loss"].tolist()
+
+
+def test_finished_run_is_not_overwritten_without_force(tmp_path, vols):
+    fit(NoisyDenoiser(), vols, None, loop(epochs=1), tmp_path, progress=False)
+    stamp = (tmp_path / "final.pt").stat().st_mtime_ns
+    with pytest.raises(RunExistsError, match="force"):
+        fit(NoisyDenoiser(), vols, None, loop(epochs=1), tmp_path, progress=False)
+    assert (tmp_path / "final.pt").stat().st_mtime_ns == stamp
+    df = fit(NoisyDenoiser(), vols, None, loop(epochs=2), tmp_path, force=True, progress=False)
+    assert df["epoch"].tolist() == [1, 2]
+
+
+def test_resuming_with_a_different_config_is_refused(tmp_path, vols):
+    with pytest.raises(KeyboardInterrupt):
+        fit(NoisyDenoiser(kill_after=3), vols, None, loop(), tmp_path, progress=False)
+    with pytest.raises(ConfigError, match=r"different config \(loop.lr: 0.01 -> 0.02"):
+        fit(NoisyDenoiser(), vols, None, loop(lr=2e-2), tmp_path, progress=False)
+    with pytest.raises(ConfigError, match="meta.data"):
+        fit(NoisyDenoiser(), vols, None, loop(), tmp_path, progress=False, meta={"data": "other"})
+
+
+def test_flip_rotate_only_permutes_voxels(vols):
+    torch.manual_seed(3)
+    out = FlipRotate((8, 8, 8), prob=1.0)(vols)
+    assert out.shape == vols.shape and type(out) is torch.Tensor
+    assert not torch.equal(out, vols)
+    assert torch.equal(out.flatten(1).sort(1).values, vols.flatten(1).sort(1).values)
+
+
+def test_empty_training_set_is_a_clear_error(tmp_path: Path, vols):
+    with pytest.raises(ConfigError, match="empty"):
+        fit(NoisyDenoiser(), vols[:0], None, loop(), tmp_path, progress=False)
