@@ -19,6 +19,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 study: $(STAMP)
+	$(BIN)/memostudy data prepare demo-ct
 	$(BIN)/memostudy study
 
 test: $(STAMP)

@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 
 from memostudy.baseline import pixel_nearest
-from memostudy.detector import Detector, embed
+from memostudy.detector import Detector, DetectorConfig, embed
 from memostudy.errors import ConfigError, DataError
 from memostudy.metrics import calibrate_threshold, detection
 from memostudy.similarity import METRICS, nearest
@@ -184,3 +184,50 @@ def validate_detector(detector: Detector, train: torch.Tensor, held_out: torch.T
                "results": tab.to_dict(orient="records")}
     summary["config"]["families"] = list(cfg.families)
     return DetectorValidation(tab, pd.DataFrame(scores), summary)
+
+
+def run_validation(data: str, det_cfg: DetectorConfig | None = None, cfg: ValidationConfig | None = None,
+                   detector_path: str | None = None, out_dir: str | None = None, cache: str | None = None,
+                   limit: int | None = None, progress: bool = True) -> tuple[DetectorValidation, Detector, dict]:
+    """The whole detector benchmark on a prepared data set, as ``memostudy validate-detector`` and
+    ``05_detector_validation.ipynb`` run it: load the train and validation splits, train the detector
+    on train (the reference half of the held-out split gives its validation loss; the novel half is
+    never seen) or load ``detector_path``, then :func:`validate_detector`.
+
+    Args:
+        data: prepared data set name or folder.
+        det_cfg: a :class:`~memostudy.detector.DetectorConfig` (default settings when None).
+        cfg: validation settings.
+        detector_path: a trained detector to validate instead of training one.
+        out_dir: where the trained detector (and its resumable training folder) go; None = not kept.
+        cache: data cache root.
+        limit: use only the first ``limit`` patches of each split (quick checks).
+        progress: progress bar while training.
+
+    Returns:
+        ``(validation, detector, record)`` where ``record`` holds the data set, detector config, best
+        epoch, history, checkpoint and the seconds spent training and validating.
+    """
+    import time
+
+    from memostudy.dataset import load_patches
+    from memostudy.detector import load_detector, train_detector
+
+    cfg = (cfg or ValidationConfig()).validate()
+    train = load_patches(data, "train", cache=cache, limit=limit)
+    held = load_patches(data, "validation", cache=cache, limit=limit)
+    t0 = time.perf_counter()
+    if detector_path:
+        detector = load_detector(detector_path)
+    else:
+        ref_idx, _ = split_held_out(len(held), cfg.reference_fraction, cfg.seed)
+        detector = train_detector(train.volumes, held.volumes[torch.from_numpy(ref_idx)], det_cfg, out_dir=out_dir,
+                                  progress=progress)
+    t_train = time.perf_counter() - t0
+    res = validate_detector(detector, train.volumes, held.volumes, cfg)
+    record = {"data": str(data), "n_train_patches": len(train), "n_held_out_patches": len(held),
+              "detector": {"config": asdict(detector.config), "best_epoch": detector.best_epoch,
+                           "history": detector.history,
+                           "checkpoint": detector_path or (f"{out_dir}/detector.pt" if out_dir else None)},
+              "seconds": {"detector": round(t_train, 1), "validation": round(time.perf_counter() - t0 - t_train, 1)}}
+    return res, detector, record

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import re
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,6 +97,8 @@ def run_notebook(
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     params = dict(parameters or {}) | {"run_dir": str(run_dir)}
+    if "interactive" in pm.inspect_notebook(str(nb)) and "interactive" not in params:
+        params["interactive"] = False  # kernel-side widgets cannot run in a batch run or show in the HTML
     (run_dir / "parameters.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     meta: dict[str, Any] = {"notebook": nb.name, "parameters": params, "status": "running",
                             "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
@@ -105,7 +108,10 @@ def run_notebook(
     error = ""
     try:
         pm.execute_notebook(str(nb), str(executed), parameters=params, kernel_name=kernel_name(),
-                            cwd=str(run_dir), progress_bar=progress, request_save_on_cell_execute=True)
+                            cwd=str(run_dir), progress_bar=progress, request_save_on_cell_execute=True,
+                            # the kernel's printed progress lines reach the terminal as they happen
+                            log_output=progress, stdout_file=sys.stdout if progress else None,
+                            stderr_file=sys.stderr if progress else None)
         status = "ok"
     except pm.PapermillExecutionError as e:
         status, error = "failed", f"{e.ename}: {e.evalue}".strip()

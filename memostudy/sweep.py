@@ -183,6 +183,10 @@ def summary_html(spec: SweepSpec, table: pd.DataFrame, agg: pd.DataFrame) -> str
              f"grid {json.dumps(spec.grid)}.</p>"]
     if not table.empty and "detector" in table.columns:
         parts.append(f"<p>Memorization measured with: {', '.join(sorted(set(map(str, table['detector']))))}.</p>")
+    if not table.empty and "percentile" in table.columns:
+        rules = ", ".join(f"{p:g}th percentile" for p in sorted(set(table["percentile"])))
+        parts.append(f"<p>Threshold rule: a copy when its similarity exceeds the {rules} of the real reference "
+                     "volumes' similarity to their nearest training volume.</p>")
     include = True
     if not agg.empty:
         for m in spec.metrics:

@@ -28,15 +28,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Load the splits, train or load the detector, validate, write table + JSON + HTML."""
     import json
-    import time
     from pathlib import Path
 
-    import torch
-
-    from memostudy.config import apply_overrides, provenance, to_dict
-    from memostudy.dataset import load_patches
-    from memostudy.detector import DetectorConfig, load_detector, train_detector
-    from memostudy.detector_validation import ValidationConfig, split_held_out, validate_detector
+    from memostudy.config import apply_overrides, provenance
+    from memostudy.detector import DetectorConfig
+    from memostudy.detector_validation import ValidationConfig, run_validation
     from memostudy.errors import ConfigError, RunExistsError
     from memostudy.figures import html_page, roc_figure, validation_figure
 
@@ -53,23 +49,11 @@ def run(args: argparse.Namespace) -> int:
     det_cfg = apply_overrides(DetectorConfig(), overrides).validate()
     vcfg = ValidationConfig(copies_per_family=args.copies_per_family, percentile=args.percentile,
                             metric=args.metric, seed=args.seed).validate()
-    train = load_patches(args.data, "train", cache=args.cache, limit=args.limit)
-    held = load_patches(args.data, "validation", cache=args.cache, limit=args.limit)
-    print(f"{args.data}: {len(train)} train patches, {len(held)} held-out patches (half reference, half novel)")
     out.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    if args.detector:
-        detector = load_detector(args.detector)
-    else:
-        ref_idx, _ = split_held_out(len(held), vcfg.reference_fraction, vcfg.seed)
-        detector = train_detector(train.volumes, held.volumes[torch.from_numpy(ref_idx)], det_cfg, out_dir=out, progress=True)
-    t_train = time.perf_counter() - t0
-    res = validate_detector(detector, train.volumes, held.volumes, vcfg)
-    t_val = time.perf_counter() - t0 - t_train
+    res, detector, record = run_validation(args.data, det_cfg, vcfg, detector_path=args.detector, out_dir=str(out),
+                                           cache=args.cache, limit=args.limit)
     res.table.to_csv(files[0], index=False)
-    summary = {**res.summary, "data": str(args.data), "detector": {"config": to_dict(detector.config),
-               "best_epoch": detector.best_epoch, "history": detector.history, "checkpoint": args.detector or str(out / "detector.pt")},
-               "seconds": {"detector": round(t_train, 1), "validation": round(t_val, 1)}, "provenance": provenance()}
+    summary = {**res.summary, **record, "provenance": provenance()}
     files[1].write_text(json.dumps(summary, indent=2, default=str))
     files[2].write_text(html_page(f"Detector validation on {args.data}", [
         ("Table", res.table), ("ROC", roc_figure(res.scores)), ("Sensitivity", validation_figure(res.table)), ("ROC AUC", validation_figure(res.table, "auc"))]))
