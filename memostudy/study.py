@@ -126,9 +126,30 @@ def run_notebook(
     meta |= {"status": status, "seconds": round(seconds, 1), "error": error, "key_figures": key}
     if report is not None and check_browser:
         meta["browser"] = _browser_check(report, run_dir / "screenshot.png")
+    if report is not None and params.get("share_safe") and summary.exists():
+        meta["share_safe_check"] = check = share_safe_check(report, json.loads(summary.read_text()))
+        if check.get("leaks"):
+            status = meta["status"] = "failed"
+            error = meta["error"] = f"share-safe report shows training voxels: {check['detail']}"
     (run_dir / "run.json").write_text(json.dumps(meta, indent=2, default=str))
     write_index(reports_dir)
     return RunResult(run_dir=run_dir, status=status, seconds=seconds, report=report, error=error, key_figures=key)
+
+
+def share_safe_check(report: Path, summary: dict[str, Any]) -> dict[str, Any]:
+    """Scan a share-safe report for voxels of the training volumes named in ``summary["train_data"]``
+    (``data`` and ``ids``); see :mod:`memostudy.leaks`."""
+    from memostudy.dataset import load_patches
+    from memostudy.leaks import describe, find_volume_leaks
+
+    train = summary.get("train_data")
+    if not train:
+        return {"checked": False, "reason": "the notebook names no training data (summary.json train_data)"}
+    split = load_patches(train["data"], "train")
+    pos = {pid: i for i, pid in enumerate(split.ids)}
+    vols = split.volumes[[pos[i] for i in train["ids"] if i in pos]]
+    leaks = find_volume_leaks(report.read_text(encoding="utf-8"), vols)
+    return {"checked": True, "n_train_volumes": len(vols), "leaks": len(leaks), "detail": describe(leaks)}
 
 
 def _browser_check(report: Path, screenshot: Path) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import pytest
 from memostudy.cli import main
 from memostudy.dataset import load_patches
 from memostudy.phantom import write_phantom_dataset
-from memostudy.study import NOTEBOOKS, run_notebook
+from memostudy.study import NOTEBOOKS, run_notebook, share_safe_check
 
 TINY_DETECTOR = {"channels": [8, 16], "input_pool": 2, "latent_size": 4, "hidden": 32, "batch_size": 8, "lr": 0.01,
                  "epochs": 2}
@@ -94,8 +94,11 @@ def test_share_safe_report_holds_no_training_voxel(env, main_run):
     volumes = train.volumes[idx]
     # the check can fail: the ordinary report shows training volumes next to their candidates
     assert find_volume_leaks(res.report.read_text(), volumes)
+    assert share_safe_check(res.report, summary)["leaks"] > 0  # what marks a share-safe run failed
     safe, safe_summary = _run(env, "01_memorization", "safe", share_safe=True)
     assert safe_summary["share_safe"] is True
+    check = json.loads((safe.run_dir / "run.json").read_text())["share_safe_check"]
+    assert check["checked"] and check["leaks"] == 0 and check["n_train_volumes"] == 8
     assert find_volume_leaks(safe.report.read_text(), volumes) == []
     assert not (safe.run_dir / "train.csv").exists()
     assert "Top copy candidates" in safe.report.read_text()  # synthetic volumes are still shown
