@@ -69,7 +69,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="cpu-tiny")
     ap.add_argument("--steps", type=int, default=50, help="DDIM steps")
-    ap.add_argument("--ae-steps", type=int, default=8, help="timed autoencoder steps per loop")
+    ap.add_argument("--ae-steps", type=int, default=40,
+                    help="timed autoencoder steps per loop (enough to amortise the end-of-run checkpoint as a real run does)")
     ap.add_argument("--dm-steps", type=int, default=40, help="timed diffusion steps per loop")
     ap.add_argument("--sample-batch", type=int, default=8, help="volumes per sampling batch")
     ap.add_argument("--phantom", action="store_true", help="use phantoms instead of the config's data")

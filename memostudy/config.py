@@ -139,6 +139,21 @@ def apply_overrides(cfg: T, overrides: dict[str, Any] | None) -> T:
     return out
 
 
+def parse_set_options(items: list[str]) -> dict[str, str]:
+    """``--set KEY=VALUE`` command-line items as an overrides dict for :func:`apply_overrides`.
+
+    Raises:
+        ConfigError: an item without ``=``.
+    """
+    out: dict[str, str] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set epochs=10")
+        k, v = item.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
 def save_yaml(cfg: Any, path: str | Path) -> Path:
     """Write a dataclass (or mapping) as YAML at ``path`` and return the path."""
     path = Path(path)

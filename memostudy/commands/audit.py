@@ -32,19 +32,13 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from memostudy.assessment import AssessConfig, assess, check_out_dir, scale_intensities, write_audit
-    from memostudy.config import apply_overrides
+    from memostudy.config import apply_overrides, parse_set_options
     from memostudy.detector import DetectorConfig, load_detector, train_detector
-    from memostudy.errors import ConfigError, DataError
+    from memostudy.errors import DataError
     from memostudy.volume_io import read_volume_folder
 
     cfg = AssessConfig(percentile=args.percentile, metric=args.metric, pixel_baseline=not args.no_pixel).validate()
-    overrides = {}
-    for item in args.set:
-        if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set epochs=10")
-        k, v = item.split("=", 1)
-        overrides[k.strip()] = v.strip()
-    det_cfg = apply_overrides(DetectorConfig(), overrides).validate()
+    det_cfg = apply_overrides(DetectorConfig(), parse_set_options(args.set)).validate()
     out = check_out_dir(args.out, args.force)
     t0 = time.perf_counter()
     sets = {}

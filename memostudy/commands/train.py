@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def overrides_from_args(args: argparse.Namespace) -> dict:
     """The dotted config overrides the flags ask for (``--set`` last, so it wins)."""
-    from memostudy.errors import ConfigError
+    from memostudy.config import parse_set_options
 
     ov: dict = {}
     for flag, key in (("data", "data"), ("epochs", "diffusion.loop.epochs"), ("ae_epochs", "autoencoder.loop.epochs"),
@@ -34,12 +34,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
             ov[key] = getattr(args, flag)
     if args.augment:
         ov["augment"] = True
-    for item in args.overrides:
-        if "=" not in item:
-            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
-        k, v = item.split("=", 1)
-        ov[k.strip()] = v.strip()
-    return ov
+    return ov | parse_set_options(args.overrides)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -30,23 +30,17 @@ def run(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from memostudy.config import apply_overrides, provenance
+    from memostudy.config import apply_overrides, parse_set_options, provenance
     from memostudy.detector import DetectorConfig
     from memostudy.detector_validation import ValidationConfig, run_validation
-    from memostudy.errors import ConfigError, RunExistsError
+    from memostudy.errors import RunExistsError
     from memostudy.figures import html_page, roc_figure, validation_figure
 
     out = Path(args.out)
     files = [out / f for f in ("validation.csv", "validation.json", "validation.html")]
     if any(f.exists() for f in files) and not args.force:
         raise RunExistsError(f"{out}: already holds detector validation results; pass --force or choose another --out")
-    overrides = {}
-    for item in args.set:
-        if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set epochs=10")
-        k, v = item.split("=", 1)
-        overrides[k.strip()] = v.strip()
-    det_cfg = apply_overrides(DetectorConfig(), overrides).validate()
+    det_cfg = apply_overrides(DetectorConfig(), parse_set_options(args.set)).validate()
     vcfg = ValidationConfig(copies_per_family=args.copies_per_family, percentile=args.percentile,
                             metric=args.metric, seed=args.seed).validate()
     out.mkdir(parents=True, exist_ok=True)
