@@ -11,8 +11,15 @@ import pandas as pd
 from scipy import stats
 
 
-def mean_ci(values: np.ndarray | list[float], level: float = 0.95) -> tuple[float, float, float]:
+def mean_ci(values: np.ndarray | list[float], level: float = 0.95,
+            bounds: tuple[float, float] | None = None) -> tuple[float, float, float]:
     """Mean and Student-t confidence interval of independent per-seed values.
+
+    Args:
+        values: one value per seed (non-finite values are dropped).
+        level: confidence level.
+        bounds: the range the quantity can take (e.g. (0, 1) for a fraction); the interval is clipped
+            to it, since the symmetric t-interval of a few small fractions can reach below 0.
 
     Returns:
         ``(mean, low, high)``; with one value the interval is that value (no spread is known).
@@ -25,7 +32,10 @@ def mean_ci(values: np.ndarray | list[float], level: float = 0.95) -> tuple[floa
     if x.size == 1:
         return m, m, m
     half = float(stats.t.ppf(0.5 + level / 2, df=x.size - 1) * x.std(ddof=1) / np.sqrt(x.size))
-    return m, m - half, m + half
+    lo, hi = m - half, m + half
+    if bounds is not None:
+        lo, hi = max(lo, bounds[0]), min(hi, bounds[1])
+    return m, lo, hi
 
 
 def aggregate(table: pd.DataFrame, by: list[str], metrics: list[str], level: float = 0.95) -> pd.DataFrame:
@@ -34,7 +44,8 @@ def aggregate(table: pd.DataFrame, by: list[str], metrics: list[str], level: flo
     Args:
         table: one row per (setting, seed) with the metric columns.
         by: columns that identify a setting (e.g. ``["augment"]``).
-        metrics: metric columns to summarise (e.g. ``["memorized_fraction"]``).
+        metrics: metric columns to summarise (e.g. ``["memorized_fraction"]``); the intervals of
+            columns named ``*_fraction`` are clipped to [0, 1].
 
     Returns:
         Columns ``by + ["n_seeds"] + [f"{m}_mean", f"{m}_ci_low", f"{m}_ci_high" for m in metrics]``,
@@ -46,7 +57,7 @@ def aggregate(table: pd.DataFrame, by: list[str], metrics: list[str], level: flo
         row = dict(zip(by, key))
         row["n_seeds"] = int(len(g))
         for m in metrics:
-            mean, lo, hi = mean_ci(g[m].to_numpy(), level)
+            mean, lo, hi = mean_ci(g[m].to_numpy(), level, (0.0, 1.0) if m.endswith("_fraction") else None)
             row |= {f"{m}_mean": mean, f"{m}_ci_low": lo, f"{m}_ci_high": hi}
         rows.append(row)
     return pd.DataFrame(rows)

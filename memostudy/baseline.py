@@ -3,7 +3,7 @@ and every training volume. Higher = more similar, in [-1, 1].
 
 Each volume is flattened and standardised (zero mean, unit norm) so one matrix product gives the
 correlations; the search itself is :func:`memostudy.similarity.nearest`, chunked, so memory is one
-block of correlations plus the standardised rows of the two blocks. It is blind to orientation: a
+block of correlations plus the prepared rows of the two blocks (``block_mb`` each). It is blind to orientation: a
 flipped or rotated copy correlates with its source no better than an unrelated volume.
 """
 
@@ -19,14 +19,18 @@ def flatten(volumes: torch.Tensor) -> torch.Tensor:
     return volumes.reshape(len(volumes), -1).float()
 
 
-def pixel_nearest(query: torch.Tensor, base: torch.Tensor, chunk: int = 256, base_chunk: int = 256) -> Nearest:
+def pixel_nearest(query: torch.Tensor, base: torch.Tensor, chunk: int | None = None, base_chunk: int | None = None,
+                  block_mb: float = 256.0) -> Nearest:
     """For each query volume, its most correlated base volume in voxel space.
 
     Args:
         query: (Nq, 1, D, H, W) volumes.
         base: (Nb, 1, D, H, W) volumes of the same shape.
-        chunk: query volumes per block.
-        base_chunk: base volumes per block (a block standardises ``base_chunk`` volumes at a time).
+        chunk: query volumes per block; default: as many as fit ``block_mb``.
+        base_chunk: base volumes per block; default: as many as fit ``block_mb``. When the whole
+            base fits one block it is standardised once instead of once per query block.
+        block_mb: memory for the prepared copy of one block of volumes (256 MiB = 2048 volumes of
+            32^3, 256 of 64^3), which bounds the extra memory at about twice this.
 
     Returns:
         :class:`~memostudy.similarity.Nearest`: ``values`` (Nq,) max Pearson correlation in [-1, 1]
@@ -34,4 +38,5 @@ def pixel_nearest(query: torch.Tensor, base: torch.Tensor, chunk: int = 256, bas
     """
     if query.shape[1:] != base.shape[1:]:
         raise ValueError(f"pixel correlation needs volumes of one shape, got {tuple(query.shape[1:])} and {tuple(base.shape[1:])}")
-    return nearest(flatten(query), flatten(base), metric="pearson", chunk=chunk, base_chunk=base_chunk)
+    fit = max(1, int(block_mb * 2**20 // (4 * max(1, base[0].numel() if len(base) else 1))))
+    return nearest(flatten(query), flatten(base), metric="pearson", chunk=chunk or fit, base_chunk=base_chunk or fit)

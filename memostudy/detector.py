@@ -59,6 +59,9 @@ class DetectorConfig:
         latent_size: the encoder output is pooled to latent_size^3 before flattening (4 in the papers).
         input_pool: average-pool the input by this factor before the encoder (1 = off); 2 makes a
             step about 6x cheaper on CPU at the cost of detail finer than 2 voxels.
+        standardise: subtract each volume's mean and divide by its standard deviation before the
+            encoder, so the embedding is invariant to intensity scaling and offset (a copy whose
+            contrast a generator changed is still a copy) instead of having to learn it.
         hidden: width of the first dense layer.
         orientation_pooling: at inference, average the normalised embeddings over every orientation
             that keeps the volume shape (48 for a cube), so the embedding is exactly invariant to
@@ -82,6 +85,7 @@ class DetectorConfig:
     latent_channels: int = 8
     latent_size: int = 4
     input_pool: int = 2
+    standardise: bool = False
     hidden: int = 256
     orientation_pooling: bool = True
     view_strength: float = 1.0
@@ -115,6 +119,15 @@ class DetectorConfig:
         return self
 
 
+def standardise(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Each volume of ``(B, C, D, H, W)`` minus its mean, over its standard deviation (a constant
+    volume becomes zeros rather than NaN)."""
+    dims = tuple(range(1, x.dim()))
+    mean = x.mean(dim=dims, keepdim=True)
+    std = x.std(dim=dims, keepdim=True, unbiased=False)
+    return (x - mean) / (std + eps)
+
+
 class DetectorNet(nn.Module):
     """[avg-pool input] -> Encoder (MONAI AutoencoderKL design) -> pool to latent_size^3 -> flatten
     -> Linear -> BatchNorm -> SiLU -> Linear.
@@ -127,6 +140,7 @@ class DetectorNet(nn.Module):
         from monai.networks.nets.autoencoderkl import Encoder
 
         levels = len(cfg.channels)
+        self.standardise = cfg.standardise
         self.input_pool = nn.AvgPool3d(cfg.input_pool) if cfg.input_pool > 1 else nn.Identity()
         self.encoder = Encoder(spatial_dims=3, in_channels=1, channels=tuple(cfg.channels),
                                out_channels=cfg.latent_channels, num_res_blocks=(cfg.num_res_blocks,) * levels,
@@ -144,6 +158,8 @@ class DetectorNet(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.standardise:
+            x = standardise(x)
         return self.head(self.pool(self.encoder(self.input_pool(x))))
 
 
@@ -318,7 +334,8 @@ def load_detector(path: str | Path) -> Detector:
                         "pass a detector.pt written by memostudy") from None
     if not isinstance(ckpt, dict) or ckpt.get("kind") != "memostudy-detector":
         raise DataError(f"{path}: not a memostudy detector checkpoint; pass a detector.pt written by memostudy")
-    cfg = from_dict(DetectorConfig, ckpt["config"]).validate()
+    # checkpoints written before ``standardise`` existed were trained without it
+    cfg = from_dict(DetectorConfig, {"standardise": False, **ckpt["config"]}).validate()
     net = DetectorNet(cfg)
     net.load_state_dict(ckpt["state_dict"])
     net.eval()

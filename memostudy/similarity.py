@@ -11,7 +11,7 @@ Every score here means **higher = more similar**:
 
 The search is a loop over blocks of ``chunk`` query rows x ``base_chunk`` base rows, each block one
 matrix product (GEMM) followed by a running max; no Python loop over pairs, and the extra memory is
-one ``chunk x base_chunk`` block plus the standardised copies of the two blocks' rows.
+one ``chunk x base_chunk`` block plus the prepared (centred) copies of the two blocks' rows.
 """
 
 from __future__ import annotations
@@ -43,10 +43,12 @@ def normalise(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
 def standardise(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     """Rows centred and scaled to unit L2 norm, so ``a @ b.T`` is the Pearson correlation of rows.
 
-    ``x``: (N, F) -> (N, F) float32. A constant row becomes all zeros (correlation 0 with anything).
+    ``x``: (N, F) -> (N, F) float32, a new tensor (``x`` is not changed). A constant row becomes all
+    zeros (correlation 0 with anything). One allocation: the centred copy is scaled in place.
     """
     x = x.float()
-    return normalise(x - x.mean(dim=1, keepdim=True), eps)
+    centred = x - x.mean(dim=1, keepdim=True)
+    return centred.div_(torch.linalg.vector_norm(centred, dim=1, keepdim=True).clamp_min(eps))
 
 
 def _check(query: torch.Tensor, base: torch.Tensor, metric: str) -> None:
@@ -73,38 +75,51 @@ def nearest(query: torch.Tensor, base: torch.Tensor, metric: str = "pearson",
 
     Returns:
         :class:`Nearest` with ``values`` (Nq,) and ``indices`` (Nq,). Ties go to the lowest index.
+
+    Cost: one GEMM per block plus one pass over each side per preparation. The base rows are
+    prepared (centred and scaled, for Pearson) once when they fit one block, else once per query
+    block; the query rows are only centred, and their norm is divided out after the max (it is a
+    constant per row), which saves a pass over the query data.
     """
     _check(query, base, metric)
     nq, f = query.shape
     values = torch.empty(nq, dtype=torch.float32)
     indices = torch.empty(nq, dtype=torch.int64)
-    # base blocks are prepared once when they fit one block, else per query block (cost 1/chunk of the GEMM)
     single = len(base) <= base_chunk
-    prepared = _prepare(base, metric) if single else None
+    prepared = _prepare_base(base, metric) if single else None
     with torch.no_grad():
         for q0 in range(0, nq, chunk):
-            q, _ = _prepare(query[q0:q0 + chunk], metric)
+            q, qscale = _prepare_query(query[q0:q0 + chunk], metric)
             best = torch.full((len(q),), -float("inf"))
             arg = torch.zeros(len(q), dtype=torch.int64)
             for b0 in range(0, len(base), base_chunk):
-                b, bsq = prepared if single else _prepare(base[b0:b0 + base_chunk], metric)  # type: ignore[misc]
+                b, bsq = prepared if single else _prepare_base(base[b0:b0 + base_chunk], metric)  # type: ignore[misc]
                 if metric == "pearson":
                     block = q @ b.T
                 else:
                     # -(|q|^2 + |b|^2 - 2 q.b): the |q|^2 term is constant per row, added after the max
-                    block = torch.addmm(-bsq.unsqueeze(0), q, b.T, alpha=2.0)
+                    block = torch.addmm(-bsq.unsqueeze(0), q, b.T, alpha=2.0)  # type: ignore[union-attr]
                 m, i = block.max(dim=1)
                 better = m > best
                 best = torch.where(better, m, best)
                 arg = torch.where(better, i + b0, arg)
-            if metric == "msd":
-                best = (best - q.pow(2).sum(1)) / f
+            best = best / qscale if metric == "pearson" else (best - qscale) / f
             values[q0:q0 + len(q)] = best
             indices[q0:q0 + len(q)] = arg
     return Nearest(values, indices)
 
 
-def _prepare(x: torch.Tensor, metric: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _prepare_query(x: torch.Tensor, metric: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pearson: (centred rows, their norms, clamped so a constant row scores 0); MSD: (rows, |row|^2)."""
+    x = x.float()
+    if metric == "pearson":
+        centred = x - x.mean(dim=1, keepdim=True)
+        return centred, torch.linalg.vector_norm(centred, dim=1).clamp_min(1e-12)
+    return x, x.pow(2).sum(1)
+
+
+def _prepare_base(x: torch.Tensor, metric: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Pearson: (rows standardised as in :func:`standardise`, None); MSD: (rows, |row|^2)."""
     x = x.float()
     if metric == "pearson":
         return standardise(x), None
@@ -114,8 +129,8 @@ def _prepare(x: torch.Tensor, metric: str) -> tuple[torch.Tensor, torch.Tensor |
 def similarity_matrix(query: torch.Tensor, base: torch.Tensor, metric: str = "pearson") -> torch.Tensor:
     """The full (Nq, Nb) similarity matrix (higher = more similar); for small sets, figures and tests."""
     _check(query, base, metric)
-    q, _ = _prepare(query, metric)
-    b, bsq = _prepare(base, metric)
+    q, _ = _prepare_base(query, metric)
+    b, bsq = _prepare_base(base, metric)
     if metric == "pearson":
         return q @ b.T
     return -(q.pow(2).sum(1, keepdim=True) + bsq.unsqueeze(0) - 2 * q @ b.T) / query.shape[1]  # type: ignore[union-attr]

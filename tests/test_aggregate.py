@@ -35,3 +35,14 @@ def test_trend_needs_separated_intervals() -> None:
     assert trend(overlap, "x") == "no clear trend"
     rises = pd.DataFrame({"x_mean": [0.1, 0.2, 0.5], "x_ci_low": [0.05, 0.1, 0.4], "x_ci_high": [0.15, 0.3, 0.6]})
     assert trend(rises, "x") == "rises"
+
+
+def test_fraction_intervals_are_clipped_to_0_1() -> None:
+    # per-seed fractions 0.0, 0.0, 0.125: the plain t-interval reaches below 0
+    m, lo, hi = mean_ci([0.0, 0.0, 0.125])
+    assert lo < 0
+    assert mean_ci([0.0, 0.0, 0.125], bounds=(0.0, 1.0)) == (m, 0.0, hi)
+    t = pd.DataFrame({"s": [1, 1, 1], "memorized_fraction": [0.0, 0.0, 0.125], "val_loss": [-0.1, -0.1, 0.0]})
+    a = aggregate(t, ["s"], ["memorized_fraction", "val_loss"])
+    assert a["memorized_fraction_ci_low"].iloc[0] == 0.0
+    assert a["val_loss_ci_low"].iloc[0] < -0.1  # not a fraction: not clipped

@@ -24,3 +24,11 @@ def test_sees_intensity_copies_not_flips():
     res = pixel_nearest(torch.cat([scaled, flipped]), train)
     assert res.indices[0] == 2 and res.values[0] > 0.999
     assert res.values[1] < 0.99  # a flipped copy no longer correlates voxel by voxel
+
+
+def test_block_size_from_memory_budget_gives_the_same_answer():
+    train, synth = phantom_volumes(7, 8, seed=0), phantom_volumes(5, 8, seed=1)
+    whole = pixel_nearest(synth, train)  # both fit one block of the default budget
+    tiny = pixel_nearest(synth, train, block_mb=2 * 8**3 * 4 / 2**20)  # two volumes per block
+    assert torch.equal(whole.indices, tiny.indices)
+    assert torch.allclose(whole.values, tiny.values, atol=1e-6)

@@ -8,6 +8,7 @@ import torch
 from memostudy.config import apply_overrides
 from memostudy.detector import (
     ContrastiveTask,
+    Detector,
     DetectorConfig,
     DetectorNet,
     embed,
@@ -111,3 +112,19 @@ def test_save_load_roundtrip(trained, tmp_path):
 def test_needs_two_volumes():
     with pytest.raises(DataError, match="at least 2"):
         train_detector(phantom_volumes(1, 16), None, DetectorConfig(**TINY))
+
+
+def test_standardise_makes_the_embedding_intensity_invariant(tmp_path):
+    torch.manual_seed(0)
+    det_cfg = DetectorConfig(**TINY, standardise=True)
+    net = DetectorNet(det_cfg).eval()
+    x = phantom_volumes(3, 16, seed=2)
+    assert torch.allclose(net(x), net(x * 0.7 + 0.2), atol=1e-4)
+    plain = DetectorNet(DetectorConfig(**TINY)).eval()
+    assert not torch.allclose(plain(x), plain(x * 0.7 + 0.2), atol=1e-4)
+    # a checkpoint written before the option existed loads as trained: without it
+    path = save_detector(Detector(plain, DetectorConfig(**TINY)), tmp_path / "old.pt")
+    ckpt = torch.load(path, weights_only=True)
+    del ckpt["config"]["standardise"]
+    torch.save(ckpt, path)
+    assert load_detector(path).config.standardise is False

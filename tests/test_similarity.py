@@ -48,3 +48,13 @@ def test_bad_inputs():
         nearest(torch.zeros(2, 3), torch.zeros(2, 3), "cosine")
     with pytest.raises(ValueError, match="same F"):
         nearest(torch.zeros(2, 3), torch.zeros(2, 4))
+
+
+def test_constant_rows_score_zero_and_inputs_are_untouched():
+    b = torch.randn(6, 9)
+    q = torch.cat([torch.full((1, 9), 0.3), b[[1]]])
+    q0, b0 = q.clone(), b.clone()
+    res = nearest(q, b, "pearson", chunk=1, base_chunk=4)
+    assert torch.isfinite(res.values).all()
+    assert abs(res.values[0]) < 1e-5 and res.indices[1] == 1
+    assert torch.equal(q, q0) and torch.equal(b, b0)
