@@ -2,7 +2,8 @@
 
 Prints, in one run:
   1. train step time of our loop (:func:`memostudy.training.fit`) vs a plain MONAI-tutorial-style loop
-     over the same nets and batches, per stage; ratio = tutorial / ours (goal >= 1.0). For the
+     over the same nets and batches, per stage; ratio = tutorial / ours (goal >= 1.0). The two loops
+     are timed in turns, ``--repeats`` times each, and the medians compared. For the
      diffusion stage the tutorial encodes every batch with the autoencoder through
      ``LatentDiffusionInferer``; ours samples from posteriors encoded once (what ``train_ldm`` does
      without augmentation), so it is also timed encoding every step (what it does with ``augment``).
@@ -65,6 +66,16 @@ def our_loop(task, data: torch.Tensor, loop: LoopConfig, device: torch.device) -
         return (time.perf_counter() - t) / int(df["step"].iloc[-1])
 
 
+def alternate(tutorial, ours, repeats: int) -> tuple[float, float]:
+    """Median seconds per step of each loop, timed in turns (tutorial, ours, tutorial, ...) so that a
+    drift of the machine's speed during the run affects both alike."""
+    t, o = [], []
+    for _ in range(repeats):
+        t.append(tutorial())
+        o.append(ours())
+    return statistics.median(t), statistics.median(o)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="cpu-tiny")
@@ -72,6 +83,7 @@ def main() -> None:
     ap.add_argument("--ae-steps", type=int, default=40,
                     help="timed autoencoder steps per loop (enough to amortise the end-of-run checkpoint as a real run does)")
     ap.add_argument("--dm-steps", type=int, default=40, help="timed diffusion steps per loop")
+    ap.add_argument("--repeats", type=int, default=3, help="timings of each loop, taken in turns; medians reported")
     ap.add_argument("--sample-batch", type=int, default=8, help="volumes per sampling batch")
     ap.add_argument("--phantom", action="store_true", help="use phantoms instead of the config's data")
     args = ap.parse_args()
@@ -100,10 +112,12 @@ def main() -> None:
 
     n_ae = args.ae_steps * ab
     batches = [vols[i % len(vols) : i % len(vols) + ab] for i in range(0, n_ae + ab, ab)]
-    tut = statistics.mean(tutorial_loop(ae_step, batches, device)[1:])  # mean, like ours (total / steps)
     ours_task = AutoencoderTask(build_autoencoder(cfg.autoencoder), cfg.autoencoder.kl_weight)
     ae_loop = LoopConfig(epochs=1, batch_size=ab, lr=cfg.autoencoder.loop.lr, checkpoint_every=10**9, seed=0)
-    ours = our_loop(ours_task, vols[: n_ae], ae_loop, device)
+    # as many steps as the tutorial loop: the patches repeated when there are fewer than n_ae
+    ae_data = vols.repeat(-(-n_ae // len(vols)), 1, 1, 1, 1)[:n_ae]
+    tut, ours = alternate(lambda: statistics.mean(tutorial_loop(ae_step, batches, device)[1:]),
+                          lambda: our_loop(ours_task, ae_data, ae_loop, device), args.repeats)
     print(f"autoencoder step: ours {ours:.3f} s, tutorial {tut:.3f} s, ratio tutorial/ours {tut / ours:.2f}")
 
     # 1b. diffusion: tutorial encodes every batch; ours samples cached posteriors (and, with augment, encodes)
@@ -126,15 +140,17 @@ def main() -> None:
 
     n_dm = args.dm_steps * db
     idx = [torch.arange(i, i + db) % len(vols) for i in range(0, n_dm + db, db)]
-    tut = statistics.mean(tutorial_loop(dm_step, [vols[i] for i in idx], device)[1:])
-    dm_loop = LoopConfig(epochs=1, batch_size=db, lr=cfg.diffusion.loop.lr, checkpoint_every=10**9, seed=0)
     reps = -(-n_dm // len(vols))
-    cached = our_loop(DiffusionTask(build_unet(cfg.diffusion, cfg.autoencoder.latent_channels), PosteriorSampler(),
-                                    scale, cfg.latent_shape, cfg.diffusion), stats.repeat(reps, 1, 1, 1, 1)[:n_dm],
-                      dm_loop, device)
-    encoding = our_loop(DiffusionTask(build_unet(cfg.diffusion, cfg.autoencoder.latent_channels), ae, scale,
-                                      cfg.latent_shape, cfg.diffusion), vols.repeat(reps, 1, 1, 1, 1)[:n_dm],
-                        dm_loop, device)
+    dm_loop = LoopConfig(epochs=1, batch_size=db, lr=cfg.diffusion.loop.lr, checkpoint_every=10**9, seed=0)
+
+    def dm_ours(encoder: torch.nn.Module | PosteriorSampler, data: torch.Tensor) -> float:
+        task = DiffusionTask(build_unet(cfg.diffusion, cfg.autoencoder.latent_channels), encoder, scale,
+                             cfg.latent_shape, cfg.diffusion)
+        return our_loop(task, data, dm_loop, device)
+
+    tut, cached = alternate(lambda: statistics.mean(tutorial_loop(dm_step, [vols[i] for i in idx], device)[1:]),
+                            lambda: dm_ours(PosteriorSampler(), stats.repeat(reps, 1, 1, 1, 1)[:n_dm]), args.repeats)
+    encoding = statistics.median(dm_ours(ae, vols.repeat(reps, 1, 1, 1, 1)[:n_dm]) for _ in range(args.repeats))
     print(f"diffusion step: ours {cached:.3f} s (cached posteriors), {encoding:.3f} s (encoding each step, "
           f"as with --augment); tutorial {tut:.3f} s; ratio tutorial/ours {tut / cached:.2f} and {tut / encoding:.2f}")
 

@@ -8,6 +8,7 @@ through :class:`AutoencoderTask`.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from monai.losses import PatchAdversarialLoss
 from monai.networks.nets import AutoencoderKL, PatchDiscriminator
 from torch.func import functional_call
@@ -70,7 +71,7 @@ class AutoencoderTask:
     def loss(self, batch: torch.Tensor) -> torch.Tensor:
         """Training loss of ``batch`` (B, 1, D, H, W) in [-1, 1]."""
         recon, z_mu, z_sigma = self.net(batch)
-        loss = (recon.float() - batch.float()).abs().mean() + self.kl_weight * kl_loss(z_mu.float(), z_sigma.float())
+        loss = F.l1_loss(recon.float(), batch.float()) + self.kl_weight * kl_loss(z_mu.float(), z_sigma.float())
         if self.discriminator is not None:
             # One optimizer for both nets: the generator term sees the discriminator through detached
             # weights (so it only moves the autoencoder); the discriminator term sees detached images.
