@@ -66,14 +66,15 @@ def our_loop(task, data: torch.Tensor, loop: LoopConfig, device: torch.device) -
         return (time.perf_counter() - t) / int(df["step"].iloc[-1])
 
 
-def alternate(tutorial, ours, repeats: int) -> tuple[float, float]:
-    """Median seconds per step of each loop, timed in turns (tutorial, ours, tutorial, ...) so that a
-    drift of the machine's speed during the run affects both alike."""
-    t, o = [], []
+def alternate(loops: list, repeats: int) -> list[float]:
+    """Median seconds per step of each loop (callables returning seconds per step), timed in turns
+    (first, second, ..., first, second, ...) so that a drift of the machine's speed during the run
+    affects every loop alike."""
+    times: list[list[float]] = [[] for _ in loops]
     for _ in range(repeats):
-        t.append(tutorial())
-        o.append(ours())
-    return statistics.median(t), statistics.median(o)
+        for t, loop in zip(times, loops):
+            t.append(loop())
+    return [statistics.median(t) for t in times]
 
 
 def main() -> None:
@@ -116,8 +117,8 @@ def main() -> None:
     ae_loop = LoopConfig(epochs=1, batch_size=ab, lr=cfg.autoencoder.loop.lr, checkpoint_every=10**9, seed=0)
     # as many steps as the tutorial loop: the patches repeated when there are fewer than n_ae
     ae_data = vols.repeat(-(-n_ae // len(vols)), 1, 1, 1, 1)[:n_ae]
-    tut, ours = alternate(lambda: statistics.mean(tutorial_loop(ae_step, batches, device)[1:]),
-                          lambda: our_loop(ours_task, ae_data, ae_loop, device), args.repeats)
+    tut, ours = alternate([lambda: statistics.mean(tutorial_loop(ae_step, batches, device)[1:]),
+                           lambda: our_loop(ours_task, ae_data, ae_loop, device)], args.repeats)
     print(f"autoencoder step: ours {ours:.3f} s, tutorial {tut:.3f} s, ratio tutorial/ours {tut / ours:.2f}")
 
     # 1b. diffusion: tutorial encodes every batch; ours samples cached posteriors (and, with augment, encodes)
@@ -148,9 +149,10 @@ def main() -> None:
                              cfg.latent_shape, cfg.diffusion)
         return our_loop(task, data, dm_loop, device)
 
-    tut, cached = alternate(lambda: statistics.mean(tutorial_loop(dm_step, [vols[i] for i in idx], device)[1:]),
-                            lambda: dm_ours(PosteriorSampler(), stats.repeat(reps, 1, 1, 1, 1)[:n_dm]), args.repeats)
-    encoding = statistics.median(dm_ours(ae, vols.repeat(reps, 1, 1, 1, 1)[:n_dm]) for _ in range(args.repeats))
+    tut, cached, encoding = alternate(
+        [lambda: statistics.mean(tutorial_loop(dm_step, [vols[i] for i in idx], device)[1:]),
+         lambda: dm_ours(PosteriorSampler(), stats.repeat(reps, 1, 1, 1, 1)[:n_dm]),
+         lambda: dm_ours(ae, vols.repeat(reps, 1, 1, 1, 1)[:n_dm])], args.repeats)
     print(f"diffusion step: ours {cached:.3f} s (cached posteriors), {encoding:.3f} s (encoding each step, "
           f"as with --augment); tutorial {tut:.3f} s; ratio tutorial/ours {tut / cached:.2f} and {tut / encoding:.2f}")
 
