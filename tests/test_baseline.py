@@ -26,6 +26,18 @@ def test_sees_intensity_copies_not_flips():
     assert res.values[1] < 0.99  # a flipped copy no longer correlates voxel by voxel
 
 
+def test_orientation_search_finds_flipped_and_rotated_copies():
+    train = phantom_volumes(6, 12, seed=0)
+    copies = torch.cat([train[[2]].flip(2, 3), train[[4]].rot90(1, (3, 4)), train[[1]]])
+    plain = pixel_nearest(copies, train)
+    res = pixel_nearest(copies, train, orientations=True)
+    assert res.indices.tolist() == [2, 4, 1]
+    assert (res.values > 0.999).all()
+    assert (plain.values[:2] < 0.99).all()  # the plain baseline misses the first two
+    assert torch.allclose(res.values[2], plain.values[2])  # an unchanged copy scores the same either way
+    assert (res.values >= plain.values - 1e-6).all()  # the search keeps the identity's score as a floor
+
+
 def test_block_size_from_memory_budget_gives_the_same_answer():
     train, synth = phantom_volumes(7, 8, seed=0), phantom_volumes(5, 8, seed=1)
     whole = pixel_nearest(synth, train)  # both fit one block of the default budget

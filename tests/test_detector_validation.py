@@ -34,8 +34,8 @@ def test_table_per_detector_and_family():
     train, held = phantom_volumes(8, 16, seed=0), phantom_volumes(8, 16, seed=1)
     det = train_detector(train, None, TINY)
     res = validate_detector(det, train, held, ValidationConfig(copies_per_family=4))
-    assert set(res.table["detector"]) == {"contrastive", "pixel"}
-    assert len(res.table) == 2 * (1 + len(COPY_FAMILIES))
+    assert set(res.table["detector"]) == {"contrastive", "pixel", "pixel-oriented"}
+    assert len(res.table) == 3 * (1 + len(COPY_FAMILIES))
     for col in ("sensitivity", "specificity", "auc", "source_match"):
         assert res.table[col].between(0, 1).all()
     px = res.table.set_index(["detector", "family"])
@@ -43,6 +43,11 @@ def test_table_per_detector_and_family():
     assert px.loc[("pixel", "intensity"), "source_match"] == 1.0
     # orientation pooling makes the contrastive embedding blind to flips: flipped copies match their source
     assert px.loc[("contrastive", "flip"), "source_match"] == 1.0
+    # searched over orientations, the pixel correlation finds the source of flipped and rotated copies too
+    for fam in ("flip", "rot90", "orientation"):
+        assert px.loc[("pixel-oriented", fam), "source_match"] == 1.0
+    without = validate_detector(det, train, held, ValidationConfig(copies_per_family=4, pixel_orientations=False))
+    assert set(without.table["detector"]) == {"contrastive", "pixel"}
 
 
 def test_cli_writes_table_and_json(tmp_path, capsys):
