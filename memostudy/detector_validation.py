@@ -8,9 +8,12 @@ Ground truth:
 - **novel**: the other half of the held-out volumes — real volumes from subjects or regions never in
   train or reference, so they are known non-copies.
 
-Each detector (the contrastive one; the pixel-correlation baseline, "pixel"; and, unless
+Each detector (the contrastive one; the pixel-correlation baseline, "pixel"; unless
 ``pixel_orientations`` is off, the same correlation searched over every flip and 90-degree rotation of
-the query, "pixel-oriented") scores every copy and novel
+the query, "pixel-oriented"; unless ``aligned`` is off, the aligned pixel correlation of
+:mod:`memostudy.alignment` on a shortlist from the embedding and the oriented pixel correlation,
+"aligned", and "combined", a copy for either the contrastive or the aligned detector, scored by
+:func:`memostudy.metrics.combined_score`) scores every copy and novel
 volume by its nearest-training similarity; the threshold is the ``percentile`` of the reference
 volumes' nearest-training similarities. Reported per detector, overall ("all") and per family:
 sensitivity, specificity, ROC AUC, and ``source_match`` — the fraction of copies whose nearest
@@ -25,11 +28,12 @@ import numpy as np
 import pandas as pd
 import torch
 
+from memostudy.alignment import AlignConfig, aligned_nearest, candidates
 from memostudy.baseline import pixel_nearest
 from memostudy.detector import Detector, DetectorConfig, embed
 from memostudy.errors import ConfigError, DataError
-from memostudy.metrics import calibrate_threshold, detection
-from memostudy.similarity import METRICS, nearest
+from memostudy.metrics import calibrate_threshold, combined_score, detection, reference_rank
+from memostudy.similarity import METRICS, Nearest, nearest
 from memostudy.views import COPY_FAMILIES, apply_family
 
 
@@ -46,6 +50,9 @@ class ValidationConfig:
         seed: seed of the split, the copied volumes and the transform parameters.
         pixel_orientations: also validate the pixel correlation searched over the query's orientations
             ("pixel-oriented"; 48 times the cost of the plain baseline), when the pixel baseline runs.
+        aligned: also validate the aligned pixel correlation ("aligned") and its combination with the
+            contrastive detector ("combined"); about 0.1 s per volume on 2 CPU cores for 32^3.
+        align: settings of the aligned correlation.
     """
 
     families: tuple[str, ...] = COPY_FAMILIES
@@ -55,6 +62,8 @@ class ValidationConfig:
     metric: str = "pearson"
     seed: int = 0
     pixel_orientations: bool = True
+    aligned: bool = True
+    align: AlignConfig = field(default_factory=AlignConfig)
 
     def validate(self) -> ValidationConfig:
         bad = [f for f in self.families if f not in COPY_FAMILIES]
@@ -66,6 +75,7 @@ class ValidationConfig:
             raise ConfigError(f"validation.reference_fraction must be in (0, 1), got {self.reference_fraction}")
         if self.metric not in METRICS:
             raise ConfigError(f"validation.metric must be one of {', '.join(METRICS)}, got {self.metric!r}")
+        self.align.validate()
         return self
 
 
@@ -160,10 +170,24 @@ def _rows(name: str, gt: GroundTruth, ref, cop, nov, percentile: float) -> tuple
     return table, scores, thr.value
 
 
+def _combine(first: list[Nearest], second: list[Nearest]) -> list[Nearest]:
+    """The "either detector" score of (reference, copies, novel) from two detectors' results on them:
+    :func:`~memostudy.metrics.combined_score` against each detector's reference, and the nearest
+    training volume of whichever detector ranks the volume higher."""
+    refs = [first[0].values.numpy(), second[0].values.numpy()]
+    out = []
+    for a, b in zip(first, second):
+        ra, rb = reference_rank(refs[0], a.values.numpy()), reference_rank(refs[1], b.values.numpy())
+        values = combined_score(refs, [a.values.numpy(), b.values.numpy()])
+        out.append(Nearest(torch.from_numpy(values).float(), torch.where(torch.from_numpy(rb > ra), b.indices, a.indices)))
+    return out
+
+
 def validate_detector(detector: Detector, train: torch.Tensor, held_out: torch.Tensor,
                       cfg: ValidationConfig | None = None, pixel: bool = True) -> DetectorValidation:
     """Sensitivity, specificity and ROC AUC of the contrastive detector (and the pixel baseline, plain
-    and searched over orientations) on known copies of ``train`` versus novel held-out volumes, overall and per family.
+    and searched over orientations; the aligned correlation and its combination with the contrastive
+    detector) on known copies of ``train`` versus novel held-out volumes, overall and per family.
 
     Args:
         detector: the trained contrastive detector.
@@ -176,16 +200,23 @@ def validate_detector(detector: Detector, train: torch.Tensor, held_out: torch.T
     cfg = (cfg or ValidationConfig()).validate()
     gt = build_ground_truth(train, held_out, cfg)
     e_train = embed(detector, train)
-    ref, cop, nov = (nearest(embed(detector, x), e_train, cfg.metric) for x in (gt.reference, gt.copies, gt.novel))
-    table, scores, thr = _rows("contrastive", gt, ref, cop, nov, cfg.percentile)
+    sets = (gt.reference, gt.copies, gt.novel)
+    emb = [embed(detector, x) for x in sets]
+    contrastive = [nearest(e, e_train, cfg.metric) for e in emb]
+    table, scores, thr = _rows("contrastive", gt, *contrastive, cfg.percentile)
     thresholds = {"contrastive": thr}
+    results: list[tuple[str, list[Nearest]]] = []
     if pixel:
         variants = [("pixel", False)] + ([("pixel-oriented", True)] if cfg.pixel_orientations else [])
-        for name, oriented in variants:
-            ref, cop, nov = (pixel_nearest(x, train, orientations=oriented) for x in (gt.reference, gt.copies, gt.novel))
-            rows, rows_scores, thresholds[name] = _rows(name, gt, ref, cop, nov, cfg.percentile)
-            table += rows
-            scores += rows_scores
+        results += [(name, [pixel_nearest(x, train, orientations=oriented) for x in sets]) for name, oriented in variants]
+    if cfg.aligned:
+        aligned = [aligned_nearest(x, train, candidates(x, train, cfg.align, e, e_train), cfg.align)
+                   for x, e in zip(sets, emb)]
+        results += [("aligned", aligned), ("combined", _combine(contrastive, aligned))]
+    for name, (ref, cop, nov) in results:
+        rows, rows_scores, thresholds[name] = _rows(name, gt, ref, cop, nov, cfg.percentile)
+        table += rows
+        scores += rows_scores
     tab = pd.DataFrame(table)
     summary = {"n_train": len(train), "n_reference": len(gt.reference), "n_novel": len(gt.novel),
                "n_copies": len(gt.copies), "config": asdict(cfg), "thresholds": thresholds,

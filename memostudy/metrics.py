@@ -129,6 +129,26 @@ def copy_fraction(synthetic_nearest_train, reference_nearest, **kw) -> Fraction:
     return bootstrap_fraction(synthetic_nearest_train, reference_nearest, **kw)
 
 
+def reference_rank(reference, scores) -> np.ndarray:
+    """Each score's place in the reference distribution: the fraction of reference similarities that
+    are <= it, in [0, 1]. Puts detectors whose similarities live on different scales on one scale, in
+    units of the false-positive rate their threshold would allow."""
+    ref = np.sort(_arr(reference))
+    if ref.size == 0:
+        raise ValueError("no reference similarities to rank against")
+    return np.searchsorted(ref, _arr(scores), side="right") / ref.size
+
+
+def combined_score(references, scores) -> np.ndarray:
+    """Score of "a copy for any of several detectors": the highest :func:`reference_rank` of the
+    volume across detectors. ``references[i]`` and ``scores[i]`` are detector i's reference and query
+    similarities (queries in the same order for every detector). Calibrate its threshold on the
+    reference volumes' own combined scores, like any similarity here."""
+    if len(references) != len(scores) or not scores:
+        raise ValueError("combined_score needs one reference array per score array, at least one of each")
+    return np.max([reference_rank(r, s) for r, s in zip(references, scores)], axis=0)
+
+
 @dataclass(frozen=True)
 class Detection:
     """How well a threshold separates known copies (positives) from novel volumes (negatives).

@@ -34,8 +34,8 @@ def test_table_per_detector_and_family():
     train, held = phantom_volumes(8, 16, seed=0), phantom_volumes(8, 16, seed=1)
     det = train_detector(train, None, TINY)
     res = validate_detector(det, train, held, ValidationConfig(copies_per_family=4))
-    assert set(res.table["detector"]) == {"contrastive", "pixel", "pixel-oriented"}
-    assert len(res.table) == 3 * (1 + len(COPY_FAMILIES))
+    assert set(res.table["detector"]) == {"contrastive", "pixel", "pixel-oriented", "aligned", "combined"}
+    assert len(res.table) == 5 * (1 + len(COPY_FAMILIES))
     for col in ("sensitivity", "specificity", "auc", "source_match"):
         assert res.table[col].between(0, 1).all()
     px = res.table.set_index(["detector", "family"])
@@ -46,7 +46,13 @@ def test_table_per_detector_and_family():
     # searched over orientations, the pixel correlation finds the source of flipped and rotated copies too
     for fam in ("flip", "rot90", "orientation"):
         assert px.loc[("pixel-oriented", fam), "source_match"] == 1.0
-    without = validate_detector(det, train, held, ValidationConfig(copies_per_family=4, pixel_orientations=False))
+    # aligned over orientations and shifts, and blind to intensity scale: the source of every such copy
+    for fam in ("flip", "rot90", "orientation", "intensity", "shift"):
+        assert px.loc[("aligned", fam), "source_match"] == 1.0
+    # the combined score is a reference rank: its threshold is a fraction of the reference
+    assert 0 < res.summary["thresholds"]["combined"] <= 1
+    without = validate_detector(det, train, held, ValidationConfig(copies_per_family=4, pixel_orientations=False,
+                                                                   aligned=False))
     assert set(without.table["detector"]) == {"contrastive", "pixel"}
 
 

@@ -62,3 +62,15 @@ def test_sensitivity_specificity_against_manual_labels():
     assert np.isnan(sensitivity_specificity([True, False], [1, 1]).specificity)  # no volume labelled novel
     with pytest.raises(ValueError, match="copy"):
         sensitivity_specificity([1], ["maybe"])
+
+
+def test_reference_rank_and_combined_score_by_hand():
+    from memostudy.metrics import combined_score, reference_rank
+
+    ref = [0.1, 0.2, 0.3, 0.4]
+    assert reference_rank(ref, [0.05, 0.2, 0.35, 0.9]).tolist() == [0.0, 0.5, 0.75, 1.0]
+    # detector A ranks the first query higher, detector B (other scale) the second
+    out = combined_score([ref, [10, 20, 30, 40]], [[0.35, 0.0], [15, 45]])
+    assert out.tolist() == [0.75, 1.0]
+    with pytest.raises(ValueError):
+        combined_score([ref], [[0.1], [0.2]])

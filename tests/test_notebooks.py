@@ -136,11 +136,11 @@ def test_detector_validation_notebook_reports_each_family(env):
     res, summary = _run(env, "05_detector_validation", "validation",
                         data=str(env["data"]), copies_per_family=4, detector=TINY_DETECTOR)
     table = pd.DataFrame(summary["rows"])
-    assert set(table["detector"]) == {"contrastive", "pixel", "pixel-oriented"}
+    assert set(table["detector"]) == {"contrastive", "pixel", "pixel-oriented", "aligned", "combined"}
     assert {"all", "flip", "rot90", "noise"} <= set(table["family"])
     assert table[["sensitivity", "specificity", "auc"]].apply(lambda c: c.between(0, 1)).all().all()
     assert (res.run_dir / "detector.pt").exists() and (res.run_dir / "validation.csv").exists()
-    assert np.isfinite(summary["key_figures"]["contrastive auc"])
+    assert np.isfinite(summary["key_figures"]["contrastive auc"]) and np.isfinite(summary["key_figures"]["combined auc"])
 
 
 def test_a_failing_notebook_leaves_a_partial_report_and_exits_non_zero(env, capsys):
