@@ -5,7 +5,8 @@ neighbour search (:mod:`memostudy.similarity`), the calibrated threshold and fra
 (:mod:`memostudy.metrics`) and the pixel baseline (:mod:`memostudy.baseline`) — and owns no maths
 of its own. :func:`write_audit` writes the files of ``memostudy audit``.
 
-Decisions (for each detector, contrastive and pixel):
+Decisions (for each detector: contrastive, pixel, and with ``aligned`` the aligned pixel correlation of
+:mod:`memostudy.alignment` and "combined", a copy for either the contrastive or the aligned detector):
 - threshold = ``percentile`` of the reference volumes' nearest-training similarities;
 - a training volume is *memorized* when its nearest synthetic volume (its copy candidate) is
   more similar than the threshold;
@@ -18,7 +19,9 @@ Output columns (``synthetic.csv``): synthetic_id (file name), nearest_train_id, 
 higher = more similar), is_copy (0/1), pixel_nearest_train_id, pixel_similarity (max voxel Pearson
 correlation), pixel_is_copy (0/1). ``train.csv``: train_id, nearest_synthetic_id, similarity,
 memorized (0/1), and the same three pixel_* columns. ``reference.csv``: reference_id,
-nearest_train_id, similarity, pixel_nearest_train_id, pixel_similarity.
+nearest_train_id, similarity, pixel_nearest_train_id, pixel_similarity. With ``aligned``, the same
+columns again with the prefixes ``aligned_`` (best normalised cross-correlation after alignment) and
+``combined_`` (the higher of the two detectors' reference percentile ranks, in [0, 1]).
 """
 
 from __future__ import annotations
@@ -32,11 +35,12 @@ import numpy as np
 import pandas as pd
 import torch
 
+from memostudy.alignment import AlignConfig, aligned_nearest, candidates
 from memostudy.baseline import pixel_nearest
 from memostudy.config import provenance, to_dict
 from memostudy.detector import Detector, embed
 from memostudy.errors import ConfigError, DataError, RunExistsError
-from memostudy.metrics import calibrate_threshold, copy_fraction, is_copy, memorized_fraction
+from memostudy.metrics import calibrate_threshold, combine_nearest, copy_fraction, is_copy, memorized_fraction
 from memostudy.similarity import METRICS, Nearest, nearest
 
 AUDIT_FILES = ("summary.json", "synthetic.csv", "train.csv", "reference.csv", "report.html")
@@ -56,6 +60,10 @@ class AssessConfig:
         seed: bootstrap seed.
         pixel_baseline: also run the pixel-correlation baseline.
         batch_size: volumes per detector forward pass.
+        aligned: also run the aligned pixel correlation and its combination with the contrastive
+            detector (the best of the validated detectors; about 0.2 s per volume of 32^3 on 2 cores,
+            for train, reference and synthetic volumes alike).
+        align: settings of the aligned correlation.
     """
 
     percentile: float = 95.0
@@ -65,6 +73,8 @@ class AssessConfig:
     seed: int = 0
     pixel_baseline: bool = True
     batch_size: int = 64
+    aligned: bool = False
+    align: AlignConfig = field(default_factory=AlignConfig)
 
     def validate(self) -> AssessConfig:
         if not 0 <= self.percentile <= 100:
@@ -75,6 +85,7 @@ class AssessConfig:
             raise ConfigError(f"confidence must be in (0, 1), got {self.confidence}")
         if self.n_boot < 1:
             raise ConfigError(f"n_boot must be >= 1, got {self.n_boot}")
+        self.align.validate()
         return self
 
 
@@ -153,6 +164,14 @@ def assess(train: torch.Tensor, reference: torch.Tensor, synthetic: torch.Tensor
     results = {"contrastive": (nearest(e_t, e_s, cfg.metric), nearest(e_s, e_t, cfg.metric), nearest(e_r, e_t, cfg.metric))}
     if cfg.pixel_baseline:
         results["pixel"] = (pixel_nearest(train, synthetic), pixel_nearest(synthetic, train), pixel_nearest(reference, train))
+    if cfg.aligned:
+        def align(q: torch.Tensor, e_q: torch.Tensor, b: torch.Tensor, e_b: torch.Tensor) -> Nearest:
+            return aligned_nearest(q, b, candidates(q, b, cfg.align, e_q, e_b), cfg.align, progress=True)
+
+        results["aligned"] = al = (align(train, e_t, synthetic, e_s), align(synthetic, e_s, train, e_t),
+                                   align(reference, e_r, train, e_t))
+        co = results["contrastive"]
+        results["combined"] = tuple(combine_nearest((co[2], al[2]), pair) for pair in zip(co, al))  # type: ignore[assignment]
     tid, sid, rid = np.asarray(train_ids, dtype=object), np.asarray(synthetic_ids, dtype=object), np.asarray(reference_ids, dtype=object)
     tables: dict[str, dict[str, Any]] = {"train": {"train_id": tid}, "synthetic": {"synthetic_id": sid},
                                          "reference": {"reference_id": rid}}
@@ -160,7 +179,7 @@ def assess(train: torch.Tensor, reference: torch.Tensor, synthetic: torch.Tensor
     for det, (t2s, s2t, r2t) in results.items():
         figures[det] = f = _figures(det, t2s, s2t, r2t, cfg)
         thresholds[det] = f["threshold"]
-        p = "" if det == "contrastive" else "pixel_"
+        p = "" if det == "contrastive" else f"{det}_"
         tables["train"].update({f"{p}nearest_synthetic_id": sid[t2s.indices.numpy()], f"{p}similarity": t2s.values.numpy(),
                                 f"{p}memorized": is_copy(t2s.values, f["threshold"]).astype(int)})
         tables["synthetic"].update({f"{p}nearest_train_id": tid[s2t.indices.numpy()], f"{p}similarity": s2t.values.numpy(),
@@ -171,6 +190,7 @@ def assess(train: torch.Tensor, reference: torch.Tensor, synthetic: torch.Tensor
     summary: dict[str, Any] = {"n_train": len(train), "n_reference": len(reference), "n_synthetic": len(synthetic),
                                "metric": cfg.metric, "percentile": cfg.percentile, "confidence": cfg.confidence,
                                **figures["contrastive"], "pixel_baseline": figures.get("pixel"),
+                               "aligned": figures.get("aligned"), "combined": figures.get("combined"),
                                "detector": {"config": to_dict(detector.config), "best_epoch": detector.best_epoch},
                                "assess_config": asdict(cfg)}
     return Assessment(summary, pd.DataFrame(tables["train"]), pd.DataFrame(tables["synthetic"]),
@@ -274,6 +294,12 @@ def write_audit(assessment: Assessment, out_dir: str | Path, extra: dict[str, An
         f"copy fraction of synthetic volumes ({ci})":
             f"{s['copy_fraction']:.1%} [{s['copy_fraction_ci'][0]:.1%}, {s['copy_fraction_ci'][1]:.1%}]",
     }
+    for name in ("combined", "aligned"):
+        if s.get(name):
+            f = s[name]
+            headline[f"{name}: copy fraction"] = f"{f['copy_fraction']:.1%} [{f['copy_fraction_ci'][0]:.1%}, {f['copy_fraction_ci'][1]:.1%}]"
+            headline[f"{name}: memorized fraction"] = (f"{f['memorized_fraction']:.1%} [{f['memorized_fraction_ci'][0]:.1%}, "
+                                                       f"{f['memorized_fraction_ci'][1]:.1%}]")
     if px:
         headline["pixel baseline: threshold (max voxel correlation)"] = px["threshold"]
         headline["pixel baseline: copy fraction"] = f"{px['copy_fraction']:.1%} [{px['copy_fraction_ci'][0]:.1%}, {px['copy_fraction_ci'][1]:.1%}]"

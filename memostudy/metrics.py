@@ -149,6 +149,30 @@ def combined_score(references, scores) -> np.ndarray:
     return np.max([reference_rank(r, s) for r, s in zip(references, scores)], axis=0)
 
 
+def combine_nearest(references, queries):
+    """The "copy for either detector" result of two detectors on the same queries.
+
+    Args:
+        references: (first, second) :class:`~memostudy.similarity.Nearest` of the reference volumes
+            under each detector (what each detector's threshold is calibrated on).
+        queries: (first, second) :class:`~memostudy.similarity.Nearest` of the query volumes, same
+            order under both detectors.
+
+    Returns:
+        :class:`~memostudy.similarity.Nearest`: values = :func:`combined_score` (float32 reference
+        ranks in [0, 1]), indices = the nearest volume of whichever detector ranks the query higher
+        (the first on ties).
+    """
+    import torch
+
+    from memostudy.similarity import Nearest
+
+    refs = [_arr(r.values) for r in references]
+    ranks = [reference_rank(r, q.values) for r, q in zip(refs, queries)]
+    second = torch.from_numpy(ranks[1] > ranks[0])
+    return Nearest(torch.from_numpy(np.maximum(*ranks)).float(), torch.where(second, queries[1].indices, queries[0].indices))
+
+
 @dataclass(frozen=True)
 class Detection:
     """How well a threshold separates known copies (positives) from novel volumes (negatives).

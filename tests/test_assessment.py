@@ -59,14 +59,25 @@ def test_audit_outputs_follow_contract(folders, tmp_path, capsys):
     # the intensity-scaled copy s03 is found by the pixel baseline
     row = syn.set_index("synthetic_id").loc["s03.nii.gz"]
     assert row["pixel_nearest_train_id"] == "t03.nii.gz" and row["pixel_similarity"] > 0.99
+    # the aligned correlation finds the flipped copies s00-s02 and the scaled copy s03, all near 1
+    for i in range(4):
+        r = syn.set_index("synthetic_id").loc[f"s{i:02d}.nii.gz"]
+        assert r["aligned_nearest_train_id"] == f"t{i:02d}.nii.gz" and r["aligned_similarity"] > 0.99
+    assert syn["combined_similarity"].between(0, 1).all() and set(syn["combined_is_copy"]) <= {0, 1}
+    for name in ("aligned", "combined"):
+        assert syn[f"{name}_is_copy"].mean() == pytest.approx(summary[name]["copy_fraction"])
+    assert "combined (contrastive or aligned)" in capsys.readouterr().out
     html = (out / "report.html").read_text()
+    assert "combined: copy fraction" in html
     assert "Plotly.newPlot" in html and 'src="https://cdn' not in html  # plotly.js inlined: opens offline
     assert (out / "detector.pt").exists()
     # the saved detector can be reused; an existing --out is refused without --force
     assert _audit(folders, out, "--detector", str(out / "detector.pt")) == 2
     assert "--force" in capsys.readouterr().err
-    assert _audit(folders, out, "--detector", str(out / "detector.pt"), "--force", "--no-pixel") == 0
-    assert json.loads((out / "summary.json").read_text())["pixel_baseline"] is None
+    assert _audit(folders, out, "--detector", str(out / "detector.pt"), "--force", "--no-pixel", "--no-aligned") == 0
+    again = json.loads((out / "summary.json").read_text())
+    assert again["pixel_baseline"] is None and again["aligned"] is None and again["combined"] is None
+    assert not any(c.startswith(("aligned_", "combined_", "pixel_")) for c in pd.read_csv(out / "synthetic.csv").columns)
 
 
 def _error(folders, tmp_path, capsys) -> str:
