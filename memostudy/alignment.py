@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from memostudy.errors import ConfigError
 from memostudy.similarity import Nearest, similarity_matrix, standardise
-from memostudy.views import orient, orientations, shape_preserving
+from memostudy.views import orient, orientations, shape_preserving, translate
 
 
 @dataclass(frozen=True)
@@ -139,16 +139,9 @@ def _ncc(x: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
 
 def _resampled(volume: torch.Tensor, offsets: tuple[float, ...]) -> torch.Tensor:
     """One ``(1, C, D, H, W)`` volume translated by every combination of ``offsets`` per axis
-    (trilinear, border repeated): ``(len(offsets) ** 3, C, D, H, W)``."""
+    (:func:`memostudy.views.translate`): ``(len(offsets) ** 3, C, D, H, W)``."""
     shifts = torch.tensor(list(itertools.product(offsets, repeat=3)), dtype=torch.float32)
-    n, sizes = len(shifts), volume.shape[2:]
-    theta = torch.zeros(n, 3, 4)
-    theta[:, 0, 0] = theta[:, 1, 1] = theta[:, 2, 2] = 1.0
-    for c, axis in enumerate((2, 1, 0)):  # affine_grid's (x, y, z) = (W, H, D)
-        theta[:, c, 3] = shifts[:, axis] * 2.0 / sizes[axis]
-    grid = F.affine_grid(theta, [n, *volume.shape[1:]], align_corners=False)
-    return F.grid_sample(volume.expand(n, *volume.shape[1:]), grid, mode="bilinear", padding_mode="border",
-                         align_corners=False)
+    return translate(volume.expand(len(shifts), *volume.shape[1:]).contiguous(), shifts)
 
 
 def aligned_nearest(query: torch.Tensor, base: torch.Tensor, shortlist: torch.Tensor,

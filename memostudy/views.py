@@ -130,12 +130,19 @@ def _uniform(n: int, lo: float, hi: float, g: torch.Generator | None) -> torch.T
 
 def shift(volumes: torch.Tensor, g: torch.Generator | None, p: ViewParams = ViewParams()) -> torch.Tensor:
     """Translate each volume by its own random sub-voxel shift (border values repeated)."""
-    n, sizes = volumes.shape[0], volumes.shape[2:]
+    n = volumes.shape[0]
     vox = (torch.rand(n, 3, generator=g) * 2 - 1) * p.max_shift
     # make the largest component at least min_shift so every view really moves
     big = vox.abs().argmax(1)
     rows = torch.arange(n)
     vox[rows, big] = vox[rows, big].sign() * vox[rows, big].abs().clamp(min=p.min_shift)
+    return translate(volumes, vox)
+
+
+def translate(volumes: torch.Tensor, vox: torch.Tensor) -> torch.Tensor:
+    """Volume ``i`` of ``(N, C, D, H, W)`` sampled at its voxel coordinates plus ``vox[i]`` (``(N, 3)``,
+    per (D, H, W) axis, sub-voxel allowed): trilinear, border values repeated, one batched call."""
+    n, sizes = volumes.shape[0], volumes.shape[2:]
     theta = torch.zeros(n, 3, 4)
     theta[:, 0, 0] = theta[:, 1, 1] = theta[:, 2, 2] = 1.0
     # affine_grid's coordinates are (x, y, z) = (W, H, D); one voxel is 2/size in normalised units
