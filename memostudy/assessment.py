@@ -288,7 +288,7 @@ def write_audit(assessment: Assessment, out_dir: str | Path, extra: dict[str, An
     ci = f"{assessment.config.confidence:.0%} CI"
     headline = {
         "training volumes": s["n_train"], "reference volumes": s["n_reference"], "synthetic volumes": s["n_synthetic"],
-        f"threshold ({s['metric']}, {s['percentile']:g}th percentile of reference)": s["threshold"],
+        f"threshold ({s['metric']}, {s['percentile']:g}th percentile of reference)": f"{s['threshold']:.6g}",
         f"memorized fraction of training volumes ({ci})":
             f"{s['memorized_fraction']:.1%} [{s['memorized_fraction_ci'][0]:.1%}, {s['memorized_fraction_ci'][1]:.1%}]",
         f"copy fraction of synthetic volumes ({ci})":
@@ -301,7 +301,7 @@ def write_audit(assessment: Assessment, out_dir: str | Path, extra: dict[str, An
             headline[f"{name}: memorized fraction"] = (f"{f['memorized_fraction']:.1%} [{f['memorized_fraction_ci'][0]:.1%}, "
                                                        f"{f['memorized_fraction_ci'][1]:.1%}]")
     if px:
-        headline["pixel baseline: threshold (max voxel correlation)"] = px["threshold"]
+        headline["pixel baseline: threshold (max voxel correlation)"] = f"{px['threshold']:.6g}"
         headline["pixel baseline: copy fraction"] = f"{px['copy_fraction']:.1%} [{px['copy_fraction_ci'][0]:.1%}, {px['copy_fraction_ci'][1]:.1%}]"
         headline["pixel baseline: memorized fraction"] = f"{px['memorized_fraction']:.1%}"
     figs = assessment_figures(assessment)

@@ -68,7 +68,7 @@ def test_audit_outputs_follow_contract(folders, tmp_path, capsys):
         assert syn[f"{name}_is_copy"].mean() == pytest.approx(summary[name]["copy_fraction"])
     assert "combined (contrastive or aligned)" in capsys.readouterr().out
     html = (out / "report.html").read_text()
-    assert "combined: copy fraction" in html
+    assert "combined: copy fraction" in html and f"{summary['threshold']:.6g}" in html  # not rounded to 1
     assert "Plotly.newPlot" in html and 'src="https://cdn' not in html  # plotly.js inlined: opens offline
     assert (out / "detector.pt").exists()
     # the saved detector can be reused; an existing --out is refused without --force
