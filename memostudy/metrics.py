@@ -170,7 +170,8 @@ def combine_nearest(references, queries):
     refs = [_arr(r.values) for r in references]
     ranks = [reference_rank(r, q.values) for r, q in zip(refs, queries)]
     second = torch.from_numpy(ranks[1] > ranks[0])
-    return Nearest(torch.from_numpy(np.maximum(*ranks)).float(), torch.where(second, queries[1].indices, queries[0].indices))
+    values = combined_score(refs, [q.values for q in queries])
+    return Nearest(torch.from_numpy(values).float(), torch.where(second, queries[1].indices, queries[0].indices))
 
 
 @dataclass(frozen=True)
