@@ -54,6 +54,18 @@ def case(name: str) -> dict:
         return {"case": "10,000 synthetic x 1,000 training embeddings (32-d)", "seconds": secs,
                 "seconds_msd": secs_msd, "gflops": flops / secs / 1e9, "peak_added_mb": peak_added,
                 "gemm_alone_gflops": flops / secs_mm / 1e9}
+    if name == "latent":
+        from memostudy.similarity import set_nearest
+
+        # the detector's default search (memostudy.matching): 48 orientations of each synthetic volume x
+        # 27 shifts of each training volume, 512-d latent vectors, both directions from one pass
+        q, b = torch.randn(48, 1_000, 512, generator=g), torch.randn(27, 1_000, 512, generator=g)
+        flops = 2 * 48 * 1_000 * 27 * 1_000 * 512
+        before = _rss_mb()
+        secs = _timed(lambda: set_nearest(q, b, "pearson"))
+        return {"case": "detector latent search, 1,000 synthetic x 1,000 training volumes (48 x 27 vectors of 512)",
+                "seconds": secs, "gflops": flops / secs / 1e9, "peak_added_mb": _rss_mb() - before,
+                "input_mb": (q.numel() + b.numel()) * 4 / 2**20}
     q, b = torch.rand(1_000, 1, 32, 32, 32, generator=g), torch.rand(1_000, 1, 32, 32, 32, generator=g)
     flops = 2 * 1_000 * 1_000 * 32**3
     before = _rss_mb()
@@ -68,11 +80,11 @@ def main() -> None:
         return
     peak = matmul_peak()
     print(f"fp32 matmul peak (torch.mm 2048^3, {torch.get_num_threads()} threads): {peak:.1f} GFLOP/s")
-    for name in ("embeddings", "pixel"):
+    for name in ("embeddings", "latent", "pixel"):
         out = subprocess.run([sys.executable, __file__, "--case", name], capture_output=True, text=True, check=True)
         r = json.loads(out.stdout.strip().splitlines()[-1])
         extra = f", msd {r['seconds_msd'] * 1e3:.1f} ms" if "seconds_msd" in r else ""
-        print(f"{r['case']}: {r['seconds'] * 1e3:.1f} ms{extra}, {r['gflops']:.1f} GFLOP/s = "
+        print(f"{r['case']}: {r['seconds'] * 1e3:.0f} ms{extra}, {r['gflops']:.1f} GFLOP/s = "
               f"{r['gflops'] / peak:.0%} of peak; peak memory added {r['peak_added_mb']:.0f} MB"
               + (f" (inputs {r['input_mb']:.0f} MB)" if "input_mb" in r else ""))
         if "gemm_alone_gflops" in r:

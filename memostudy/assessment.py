@@ -1,7 +1,7 @@
 """Memorization assessment: which synthetic volumes are copies of which training volumes.
 
-:func:`assess` composes the pieces — detector embeddings (:mod:`memostudy.detector`), the nearest
-neighbour search (:mod:`memostudy.similarity`), the calibrated threshold and fractions
+:func:`assess` composes the pieces — the detector's vectors and their search (:mod:`memostudy.matching`,
+:mod:`memostudy.similarity`), the calibrated threshold and fractions
 (:mod:`memostudy.metrics`) and the pixel baseline (:mod:`memostudy.baseline`) — and owns no maths
 of its own. :func:`write_audit` writes the files of ``memostudy audit``.
 
@@ -40,8 +40,9 @@ from memostudy.baseline import pixel_nearest
 from memostudy.config import provenance, to_dict
 from memostudy.detector import Detector, embed
 from memostudy.errors import ConfigError, DataError, RunExistsError
+from memostudy.matching import base_vectors, query_vectors
 from memostudy.metrics import calibrate_threshold, combine_nearest, copy_fraction, is_copy, memorized_fraction
-from memostudy.similarity import METRICS, Nearest, nearest
+from memostudy.similarity import METRICS, Nearest, set_nearest
 
 AUDIT_FILES = ("summary.json", "synthetic.csv", "train.csv", "reference.csv", "report.html")
 INTENSITY_RULES = ("auto", "as-stored", "joint")
@@ -160,11 +161,14 @@ def assess(train: torch.Tensor, reference: torch.Tensor, synthetic: torch.Tensor
         if vols.shape[1:] != train.shape[1:]:
             raise DataError(f"{name} volumes have shape {tuple(vols.shape[2:])} but train volumes {tuple(train.shape[2:])}; "
                             "crop or resample every folder to one shape")
-    e_t, e_r, e_s = (embed(detector, v, cfg.batch_size) for v in (train, reference, synthetic))
-    results = {"contrastive": (nearest(e_t, e_s, cfg.metric), nearest(e_s, e_t, cfg.metric), nearest(e_r, e_t, cfg.metric))}
+    b_t = base_vectors(detector, train, cfg.batch_size)
+    s2t, t2s = set_nearest(query_vectors(detector, synthetic, cfg.batch_size), b_t, cfg.metric)
+    results = {"contrastive": (t2s, s2t, set_nearest(query_vectors(detector, reference, cfg.batch_size), b_t, cfg.metric)[0])}
     if cfg.pixel_baseline:
         results["pixel"] = (pixel_nearest(train, synthetic), pixel_nearest(synthetic, train), pixel_nearest(reference, train))
     if cfg.aligned:
+        e_t, e_r, e_s = (embed(detector, v, cfg.batch_size) for v in (train, reference, synthetic))
+
         def align(q: torch.Tensor, e_q: torch.Tensor, b: torch.Tensor, e_b: torch.Tensor) -> Nearest:
             return aligned_nearest(q, b, candidates(q, b, cfg.align, e_q, e_b), cfg.align, progress=True)
 

@@ -40,6 +40,11 @@ from memostudy.similarity import normalise
 from memostudy.views import ViewParams, orient, orientations, random_view, shape_preserving
 
 LOSSES = ("ntxent", "triplet")
+#: what the detector compares: see ``DetectorConfig.representation``
+REPRESENTATIONS = ("latent", "embedding")
+#: settings that change only how a trained detector compares volumes, not its training; they are left
+#: out of the detector's cache key (:func:`training_key`) and can be changed on a loaded detector
+MATCHING_FIELDS = ("representation", "search_shift")
 
 
 @dataclass
@@ -61,11 +66,25 @@ class DetectorConfig:
             step about 6x cheaper on CPU at the cost of detail finer than 2 voxels.
         standardise: subtract each volume's mean and divide by its standard deviation before the
             encoder, so the embedding is invariant to intensity scaling and offset (a copy whose
-            contrast a generator changed is still a copy) instead of having to learn it.
+            contrast a generator changed is still a copy) instead of having to learn it. On by default:
+            with the latent search it lifted intensity-changed copies on demo-ct's validation from 0.88
+            to 1.00 (README, "Detector validation").
         hidden: width of the first dense layer.
-        orientation_pooling: at inference, average the normalised embeddings over every orientation
-            that keeps the volume shape (48 for a cube), so the embedding is exactly invariant to
-            flips and 90-degree rotations; costs 48 forward passes per volume.
+        orientation_pooling: for ``representation="embedding"`` and in :func:`embed`: average the
+            normalised embeddings over every orientation that keeps the volume shape (48 for a cube),
+            so the embedding is exactly invariant to flips and 90-degree rotations; costs 48 forward
+            passes per volume.
+        representation: what copy detection compares (:mod:`memostudy.matching`). ``"latent"``
+            (default): the encoder's latent map (``latent_channels x latent_size^3`` = 8 x 4 x 4 x 4,
+            the papers' "4 x 4 x 4 x 8"), with each query volume searched over its orientations and
+            each training volume over shifts of ``search_shift`` voxels; ``"embedding"``: the 32-d output
+            of the dense head, one vector per volume, as in the papers. The contrastive head is trained to
+            ignore the differences between views, and loses detail that tells a novel volume from a
+            copy: on demo-ct's validation the latent search reaches a higher sensitivity at specificity
+            0.95 (README, "Detector validation").
+        search_shift: with ``"latent"``, training (base) volumes are also encoded shifted by every
+            combination of {-s, 0, +s} voxels per axis (27 shifts), and the best match counts; 0 = no
+            shift search.
         num_res_blocks: residual blocks per level.
         norm_num_groups: GroupNorm groups; must divide every entry of ``channels``.
         view_strength: strength of the generator-like changes in the training views (0 = random
@@ -85,9 +104,11 @@ class DetectorConfig:
     latent_channels: int = 8
     latent_size: int = 4
     input_pool: int = 2
-    standardise: bool = False
+    standardise: bool = True
     hidden: int = 256
     orientation_pooling: bool = True
+    representation: str = "latent"
+    search_shift: float = 2.0
     view_strength: float = 1.0
     num_res_blocks: int = 1
     norm_num_groups: int = 8
@@ -109,6 +130,11 @@ class DetectorConfig:
                      "norm_num_groups"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"detector.{name} must be > 0, got {getattr(self, name)}")
+        if self.representation not in REPRESENTATIONS:
+            raise ConfigError(f"detector.representation must be one of {', '.join(REPRESENTATIONS)}, "
+                              f"got {self.representation!r}")
+        if self.search_shift < 0:
+            raise ConfigError(f"detector.search_shift must be >= 0 voxels, got {self.search_shift}")
         if self.view_strength < 0:
             raise ConfigError(f"detector.view_strength must be >= 0, got {self.view_strength}")
         if self.batch_size < 2:
@@ -117,6 +143,23 @@ class DetectorConfig:
             raise ConfigError(f"detector.channels {tuple(self.channels)} must be non-empty and divisible by "
                               f"detector.norm_num_groups={self.norm_num_groups}")
         return self
+
+
+def training_key(cfg: DetectorConfig) -> dict[str, Any]:
+    """The config as a dict without :data:`MATCHING_FIELDS`: what decides the trained weights, so a
+    detector is reused (not retrained) when only the way of comparing changes."""
+    return {k: v for k, v in to_dict(cfg).items() if k not in MATCHING_FIELDS}
+
+
+def with_matching(detector: Detector, cfg: DetectorConfig | dict[str, Any]) -> Detector:
+    """``detector`` with the :data:`MATCHING_FIELDS` of ``cfg`` (a config, or a dict holding some of
+    them): a loaded detector compared in the way a command or study asks for. Same weights."""
+    import dataclasses
+
+    src = to_dict(cfg) if isinstance(cfg, DetectorConfig) else cfg
+    change = {k: src[k] for k in MATCHING_FIELDS if k in src}
+    merged = from_dict(DetectorConfig, {**to_dict(detector.config), **change}).validate()
+    return dataclasses.replace(detector, config=merged)
 
 
 def standardise(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -157,10 +200,14 @@ class DetectorNet(nn.Module):
             nn.Linear(cfg.hidden, cfg.embedding_dim),
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def latent(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 1, D, H, W) -> (B, latent_channels, s, s, s), s = latent_size: the encoder's map before the head."""
         if self.standardise:
             x = standardise(x)
-        return self.head(self.pool(self.encoder(self.input_pool(x))))
+        return self.pool(self.encoder(self.input_pool(x)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.latent(x))
 
 
 @dataclass
@@ -259,7 +306,7 @@ def train_detector(train: torch.Tensor, val: torch.Tensor | None, cfg: DetectorC
     with contextlib.ExitStack() as stack:
         work = (Path(out_dir) / "detector_training" if out_dir is not None
                 else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="memostudy-detector-"))))
-        meta = {"detector": to_dict(cfg), "n_train": len(train)}
+        meta = {"detector": training_key(cfg), "n_train": len(train)}
         if (work / "DONE").exists() and not force:  # finished earlier (e.g. a resumed study): reuse it
             if load_checkpoint(work / "final.pt")["config"]["meta"] != json.loads(json.dumps(meta)):
                 raise ConfigError(f"{work} holds a detector trained with another config; use --force to retrain")

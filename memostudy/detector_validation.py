@@ -8,7 +8,9 @@ Ground truth:
 - **novel**: the other half of the held-out volumes — real volumes from subjects or regions never in
   train or reference, so they are known non-copies.
 
-Each detector (the contrastive one; the pixel-correlation baseline, "pixel"; unless
+Each detector (the contrastive one, compared as its config says (:mod:`memostudy.matching`); with
+the latent representation also the papers' 32-d embedding, "contrastive-32d"; the pixel-correlation
+baseline, "pixel"; unless
 ``pixel_orientations`` is off, the same correlation searched over every flip and 90-degree rotation of
 the query, "pixel-oriented"; unless ``aligned`` is off, the aligned pixel correlation of
 :mod:`memostudy.alignment` on a shortlist from the embedding and the oriented pixel correlation,
@@ -16,7 +18,9 @@ the query, "pixel-oriented"; unless ``aligned`` is off, the aligned pixel correl
 :func:`memostudy.metrics.combine_nearest`) scores every copy and novel
 volume by its nearest-training similarity; the threshold is the ``percentile`` of the reference
 volumes' nearest-training similarities. Reported per detector, overall ("all") and per family:
-sensitivity, specificity, ROC AUC, and ``source_match`` — the fraction of copies whose nearest
+sensitivity, specificity, ROC AUC, ``sensitivity_at_spec`` (sensitivity where the ROC curve reaches
+specificity ``percentile``/100 on the novel volumes, i.e. with a threshold that needs no reference),
+and ``source_match`` — the fraction of copies whose nearest
 training volume is their true source.
 """
 
@@ -32,8 +36,9 @@ from memostudy.alignment import AlignConfig, aligned_nearest, candidates
 from memostudy.baseline import pixel_nearest
 from memostudy.detector import Detector, DetectorConfig, embed
 from memostudy.errors import ConfigError, DataError
+from memostudy.matching import base_vectors, query_vectors
 from memostudy.metrics import calibrate_threshold, combine_nearest, detection
-from memostudy.similarity import METRICS, Nearest, nearest
+from memostudy.similarity import METRICS, Nearest, nearest, set_nearest
 from memostudy.views import COPY_FAMILIES, apply_family
 
 
@@ -158,8 +163,9 @@ def _rows(name: str, gt: GroundTruth, ref, cop, nov, percentile: float) -> tuple
     table = []
     for f in ["all", *dict.fromkeys(gt.copy_family)]:
         sel = np.ones(len(fam), bool) if f == "all" else fam == f
-        d = detection(cop.values.numpy()[sel], nov.values, thr)
-        table.append({"detector": name, "family": f, **{k: v for k, v in asdict(d).items() if k not in ("n_copies", "n_novel")},
+        d = detection(cop.values.numpy()[sel], nov.values, thr, percentile / 100)
+        table.append({"detector": name, "family": f,
+                      **{k: v for k, v in asdict(d).items() if k not in ("n_copies", "n_novel", "target_specificity")},
                       "source_match": float(match[sel].mean()), "n_copies": d.n_copies, "n_novel": d.n_novel})
     scores = []
     for kind, res, fams, srcs in (("copy", cop, list(fam), gt.copy_source),
@@ -186,13 +192,16 @@ def validate_detector(detector: Detector, train: torch.Tensor, held_out: torch.T
     """
     cfg = (cfg or ValidationConfig()).validate()
     gt = build_ground_truth(train, held_out, cfg)
-    e_train = embed(detector, train)
     sets = (gt.reference, gt.copies, gt.novel)
-    emb = [embed(detector, x) for x in sets]
-    contrastive = [nearest(e, e_train, cfg.metric) for e in emb]
+    b_train = base_vectors(detector, train)
+    contrastive = [set_nearest(query_vectors(detector, x), b_train, cfg.metric)[0] for x in sets]
     table, scores, thr = _rows("contrastive", gt, *contrastive, cfg.percentile)
     thresholds = {"contrastive": thr}
     results: list[tuple[str, list[Nearest]]] = []
+    e_train = embed(detector, train)
+    emb = [embed(detector, x) for x in sets]
+    if detector.config.representation != "embedding":  # the papers' 32-d embedding beside it
+        results.append(("contrastive-32d", [nearest(e, e_train, cfg.metric) for e in emb]))
     if pixel:
         variants = [("pixel", False)] + ([("pixel-oriented", True)] if cfg.pixel_orientations else [])
         results += [(name, [pixel_nearest(x, train, orientations=oriented) for x in sets]) for name, oriented in variants]
@@ -223,7 +232,8 @@ def run_validation(data: str, det_cfg: DetectorConfig | None = None, cfg: Valida
 
     Args:
         data: prepared data set name or folder.
-        det_cfg: a :class:`~memostudy.detector.DetectorConfig` (default settings when None).
+        det_cfg: a :class:`~memostudy.detector.DetectorConfig` (default settings when None); with
+            ``detector_path``, its comparison settings (:data:`~memostudy.detector.MATCHING_FIELDS`) apply.
         cfg: validation settings.
         detector_path: a trained detector to validate instead of training one.
         out_dir: where the trained detector (and its resumable training folder) go; None = not kept.
@@ -238,7 +248,7 @@ def run_validation(data: str, det_cfg: DetectorConfig | None = None, cfg: Valida
     import time
 
     from memostudy.dataset import load_patches
-    from memostudy.detector import load_detector, train_detector
+    from memostudy.detector import load_detector, train_detector, with_matching
 
     cfg = (cfg or ValidationConfig()).validate()
     train = load_patches(data, "train", cache=cache, limit=limit)
@@ -246,6 +256,8 @@ def run_validation(data: str, det_cfg: DetectorConfig | None = None, cfg: Valida
     t0 = time.perf_counter()
     if detector_path:
         detector = load_detector(detector_path)
+        if det_cfg is not None:  # compared as asked, whatever the checkpoint says
+            detector = with_matching(detector, det_cfg)
     else:
         ref_idx, _ = split_held_out(len(held), cfg.reference_fraction, cfg.seed)
         detector = train_detector(train.volumes, held.volumes[torch.from_numpy(ref_idx)], det_cfg, out_dir=out_dir,

@@ -27,7 +27,15 @@ import torch
 from memostudy.assessment import AssessConfig, Assessment, assess
 from memostudy.config import apply_overrides, provenance, to_dict
 from memostudy.dataset import PatchSet, default_cache, load_patches
-from memostudy.detector import Detector, DetectorConfig, embed, load_detector, train_detector
+from memostudy.detector import (
+    Detector,
+    DetectorConfig,
+    embed,
+    load_detector,
+    train_detector,
+    training_key,
+    with_matching,
+)
 from memostudy.errors import ConfigError, DataError
 from memostudy.ldm import DONE_MARKER, evenly_spaced, load_run, train_ldm
 from memostudy.ldm_config import LDMConfig, default_num_samples, preset
@@ -218,15 +226,16 @@ def get_detector(cfg: MemorizationConfig, ldm_cfg: LDMConfig, ldm_train: PatchSe
     never sees synthetic volumes.
     """
     if cfg.detector_path:
-        return load_detector(cfg.detector_path), Path(cfg.detector_path)
+        return with_matching(load_detector(cfg.detector_path), cfg.detector), Path(cfg.detector_path)
     train = ldm_train if cfg.detector_train == "ldm" else load_patches(ldm_cfg.data, "train", ldm_cfg.cache)
-    key = {"data": str(ldm_cfg.data), "train": cfg.detector_train, "detector": to_dict(cfg.detector),
+    # the comparison settings are not part of the key: changing them reuses the trained weights
+    key = {"data": str(ldm_cfg.data), "train": cfg.detector_train, "detector": training_key(cfg.detector),
            "train_ids": hashlib.sha256("\n".join(train.ids).encode()).hexdigest()}
     folder = cfg.work_root() / "detectors" / config_hash(key)
     path = folder / "detector.pt"
     if path.exists():
         _say(f"detector: reusing {path}")
-        return load_detector(path), path
+        return with_matching(load_detector(path), cfg.detector), path
     _say(f"detector: training on {len(train)} patches ({cfg.detector.epochs} epochs) into {folder}")
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "key.json").write_text(json.dumps(key, indent=1, default=str))

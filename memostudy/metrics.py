@@ -185,6 +185,11 @@ class Detection:
         threshold: the threshold used.
         n_copies: number of positives.
         n_novel: number of negatives.
+        sensitivity_at_spec: sensitivity at the ROC point where specificity first reaches
+            ``target_specificity`` (threshold = the smallest novel score with that many novel volumes at
+            or below it): what the detector can do when its threshold is right, apart from how well the
+            reference set calibrates it.
+        target_specificity: see ``sensitivity_at_spec``.
     """
 
     sensitivity: float
@@ -193,18 +198,22 @@ class Detection:
     threshold: float
     n_copies: int
     n_novel: int
+    sensitivity_at_spec: float = float("nan")
+    target_specificity: float = 0.95
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
-def detection(copy_scores, novel_scores, threshold: Threshold | float) -> Detection:
-    """Sensitivity, specificity and ROC AUC of "similarity > threshold" as a copy detector.
+def detection(copy_scores, novel_scores, threshold: Threshold | float, target_specificity: float = 0.95) -> Detection:
+    """Sensitivity, specificity and ROC AUC of "similarity > threshold" as a copy detector, and the
+    sensitivity at ``target_specificity`` on the ROC curve.
 
     Args:
         copy_scores: (Np,) nearest-training similarities of known copies.
         novel_scores: (Nn,) nearest-training similarities of novel real volumes.
         threshold: the calibrated threshold.
+        target_specificity: in (0, 1].
     """
     from sklearn.metrics import roc_auc_score
 
@@ -214,7 +223,11 @@ def detection(copy_scores, novel_scores, threshold: Threshold | float) -> Detect
     t = threshold.value if isinstance(threshold, Threshold) else float(threshold)
     labels = np.r_[np.ones(pos.size), np.zeros(neg.size)]
     auc = float(roc_auc_score(labels, np.r_[pos, neg]))
-    return Detection(float((pos > t).mean()), float((neg <= t).mean()), auc, t, int(pos.size), int(neg.size))
+    if not 0 < target_specificity <= 1:
+        raise ValueError(f"target_specificity must be in (0, 1], got {target_specificity}")
+    at_target = np.sort(neg)[max(0, int(np.ceil(target_specificity * neg.size)) - 1)]
+    return Detection(float((pos > t).mean()), float((neg <= t).mean()), auc, t, int(pos.size), int(neg.size),
+                     float((pos > at_target).mean()), float(target_specificity))
 
 
 @dataclass(frozen=True)

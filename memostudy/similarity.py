@@ -109,6 +109,53 @@ def nearest(query: torch.Tensor, base: torch.Tensor, metric: str = "pearson",
     return Nearest(values, indices)
 
 
+def set_nearest(query: torch.Tensor, base: torch.Tensor, metric: str = "pearson",
+                block: int = 2**23) -> tuple[Nearest, Nearest]:
+    """Nearest neighbours between two sets of items that are each given by several vectors.
+
+    The similarity of query item ``a`` and base item ``b`` is the highest similarity between any of
+    ``a``'s ``K`` vectors and any of ``b``'s ``J`` vectors. The contrastive detector uses it with a
+    query volume's orientations as its ``K`` vectors and a training volume's small shifts as its ``J``
+    (:mod:`memostudy.matching`), so a flipped, rotated or shifted copy meets its source as it was.
+    With ``K = J = 1`` it is :func:`nearest` in both directions.
+
+    Args:
+        query: (K, Nq, F) vectors.
+        base: (J, Nb, F) vectors.
+        metric: "pearson" or "msd", as in :func:`nearest` (higher = more similar).
+        block: float32 entries of one block of scores (``chunk x J x Nb``; default 2^23 = 32 MiB),
+            which bounds the extra memory besides the prepared base (``J x Nb x F``).
+
+    Returns:
+        ``(query_to_base, base_to_query)``: for each query item its most similar base item, and for
+        each base item its most similar query item (:class:`Nearest`; ties go to the lowest index).
+    """
+    if query.dim() != 3 or base.dim() != 3 or query.shape[2] != base.shape[2]:
+        raise ValueError(f"query and base must be (K, N, F) with the same F, got {tuple(query.shape)} and {tuple(base.shape)}")
+    _check(query[0], base[0], metric)
+    k_q, nq, f = query.shape
+    j_b, nb, _ = base.shape
+    b, bsq = _prepare_base(base.reshape(j_b * nb, f), metric)
+    chunk = max(1, block // max(1, j_b * nb))
+    q2b = Nearest(torch.empty(nq), torch.empty(nq, dtype=torch.int64))
+    b2q = Nearest(torch.full((nb,), -float("inf")), torch.zeros(nb, dtype=torch.int64))
+    with torch.no_grad():
+        for q0 in range(0, nq, chunk):
+            n = min(chunk, nq - q0)
+            pair = torch.full((n, nb), -float("inf"))
+            for k in range(k_q):
+                q, qsq = _prepare_base(query[k, q0:q0 + n], metric)
+                scores = q @ b.T if metric == "pearson" else \
+                    torch.addmm(bsq.unsqueeze(0) + qsq.unsqueeze(1), q, b.T, alpha=-2.0).div_(-f)  # type: ignore[union-attr]
+                torch.maximum(pair, scores.view(n, j_b, nb).amax(dim=1), out=pair)
+            m, i = pair.max(dim=1)
+            q2b.values[q0:q0 + n], q2b.indices[q0:q0 + n] = m, i
+            m, i = pair.max(dim=0)
+            better = m > b2q.values
+            b2q.values[better], b2q.indices[better] = m[better], i[better] + q0
+    return q2b, b2q
+
+
 def _prepare_query(x: torch.Tensor, metric: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Pearson: (centred rows, their norms, clamped so a constant row scores 0); MSD: (rows, |row|^2)."""
     x = x.float()

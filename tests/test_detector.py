@@ -69,7 +69,7 @@ def test_each_loss_decreases(loss):
 def trained():
     train = phantom_volumes(8, 16, seed=0)
     # orientations only: the tiny phantoms lose their identity under full-strength blur/shift/noise
-    cfg = DetectorConfig(epochs=150, orientation_pooling=False, view_strength=0.0, select_best=False, **TINY)
+    cfg = DetectorConfig(epochs=150, orientation_pooling=False, view_strength=0.0, select_best=False, standardise=False, **TINY)
     return train, train_detector(train, phantom_volumes(4, 16, seed=5), cfg)
 
 
@@ -120,10 +120,10 @@ def test_standardise_makes_the_embedding_intensity_invariant(tmp_path):
     net = DetectorNet(det_cfg).eval()
     x = phantom_volumes(3, 16, seed=2)
     assert torch.allclose(net(x), net(x * 0.7 + 0.2), atol=1e-4)
-    plain = DetectorNet(DetectorConfig(**TINY)).eval()
+    plain = DetectorNet(DetectorConfig(**TINY, standardise=False)).eval()
     assert not torch.allclose(plain(x), plain(x * 0.7 + 0.2), atol=1e-4)
     # a checkpoint written before the option existed loads as trained: without it
-    path = save_detector(Detector(plain, DetectorConfig(**TINY)), tmp_path / "old.pt")
+    path = save_detector(Detector(plain, DetectorConfig(**TINY, standardise=False)), tmp_path / "old.pt")
     ckpt = torch.load(path, weights_only=True)
     del ckpt["config"]["standardise"]
     torch.save(ckpt, path)

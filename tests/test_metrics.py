@@ -46,6 +46,12 @@ def test_detection_by_hand():
     assert d.specificity == pytest.approx(3 / 4)
     # pairs (copy > novel): 0.9 and 0.8 beat all 4; 0.4 beats 0.1 and 0.2 -> 10 of 12
     assert d.auc == pytest.approx(10 / 12)
+    # ROC point at specificity 0.75: 3 of the 4 novel scores at or below -> threshold 0.5 -> copies 0.9, 0.8
+    assert d.sensitivity_at_spec == pytest.approx(2 / 3) and d.target_specificity == 0.95
+    assert detection([0.9, 0.8, 0.4], [0.1, 0.5, 0.2, 0.6], 0.55, target_specificity=0.75).sensitivity_at_spec == pytest.approx(2 / 3)
+    # specificity 0.5 -> threshold 0.2 -> all three copies; 1.0 -> threshold 0.6 -> two
+    assert detection([0.9, 0.8, 0.4], [0.1, 0.5, 0.2, 0.6], 0.55, target_specificity=0.5).sensitivity_at_spec == 1.0
+    assert detection([0.9, 0.8, 0.4], [0.1, 0.5, 0.2, 0.6], 0.55, target_specificity=1.0).sensitivity_at_spec == pytest.approx(2 / 3)
 
 
 def test_bad_inputs():

@@ -136,7 +136,7 @@ def test_detector_validation_notebook_reports_each_family(env):
     res, summary = _run(env, "05_detector_validation", "validation",
                         data=str(env["data"]), copies_per_family=4, detector=TINY_DETECTOR)
     table = pd.DataFrame(summary["rows"])
-    assert set(table["detector"]) == {"contrastive", "pixel", "pixel-oriented", "aligned", "combined"}
+    assert set(table["detector"]) == {"contrastive", "contrastive-32d", "pixel", "pixel-oriented", "aligned", "combined"}
     assert {"all", "flip", "rot90", "noise"} <= set(table["family"])
     assert table[["sensitivity", "specificity", "auc"]].apply(lambda c: c.between(0, 1)).all().all()
     assert (res.run_dir / "detector.pt").exists() and (res.run_dir / "validation.csv").exists()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from memostudy.similarity import nearest, similarity_matrix, standardise
+from memostudy.similarity import nearest, set_nearest, similarity_matrix, standardise
 
 
 def test_pearson_is_correlation():
@@ -58,3 +58,26 @@ def test_constant_rows_score_zero_and_inputs_are_untouched():
     assert torch.isfinite(res.values).all()
     assert abs(res.values[0]) < 1e-5 and res.indices[1] == 1
     assert torch.equal(q, q0) and torch.equal(b, b0)
+
+
+@pytest.mark.parametrize("metric", ["pearson", "msd"])
+@pytest.mark.parametrize("block", [7, 2**23])
+def test_set_nearest_is_the_best_pair_of_vectors(metric, block):
+    g = torch.Generator().manual_seed(3)
+    query, base = torch.randn(3, 20, 6, generator=g), torch.randn(4, 9, 6, generator=g)
+    # brute force: every (query vector, base vector) pair, best per (query item, base item)
+    full = torch.stack([torch.stack([similarity_matrix(query[k], base[j], metric) for j in range(4)])
+                        for k in range(3)]).amax(dim=(0, 1))
+    q2b, b2q = set_nearest(query, base, metric, block=block)
+    assert torch.allclose(q2b.values, full.max(1).values, atol=1e-5) and torch.equal(q2b.indices, full.max(1).indices)
+    assert torch.allclose(b2q.values, full.max(0).values, atol=1e-5) and torch.equal(b2q.indices, full.max(0).indices)
+    one = set_nearest(query[:1], base[:1], metric, block=block)[0]
+    plain = nearest(query[0], base[0], metric)
+    assert torch.allclose(one.values, plain.values, atol=1e-5) and torch.equal(one.indices, plain.indices)
+
+
+def test_set_nearest_bad_inputs():
+    with pytest.raises(ValueError, match="same F"):
+        set_nearest(torch.zeros(2, 3, 4), torch.zeros(2, 3, 5))
+    with pytest.raises(ValueError, match="empty"):
+        set_nearest(torch.zeros(1, 3, 4), torch.zeros(1, 0, 4))

@@ -22,7 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-aligned", action="store_true",
                    help="skip the aligned pixel correlation and the combined detector (about 0.2 s per volume of 32^3)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="detector config override when training, e.g. --set epochs=10 (repeatable)")
+                   help="detector config override, e.g. --set epochs=10 (repeatable); with --detector only the "
+                        "comparison settings apply (representation=latent|embedding, search_shift=VOXELS)")
     p.add_argument("--force", action="store_true", help="replace results already in --out")
     p.set_defaults(func=run)
 
@@ -35,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
 
     from memostudy.assessment import AssessConfig, assess, check_out_dir, scale_intensities, write_audit
     from memostudy.config import apply_overrides, parse_set_options
-    from memostudy.detector import DetectorConfig, load_detector, train_detector
+    from memostudy.detector import DetectorConfig, load_detector, train_detector, with_matching
     from memostudy.errors import DataError
     from memostudy.volume_io import read_volume_folder
 
@@ -61,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     t_read = time.perf_counter() - t0
     torch.manual_seed(det_cfg.seed)
     if args.detector:
-        detector = load_detector(args.detector)
+        detector = with_matching(load_detector(args.detector), det_cfg)  # compared as this command says
         print(f"detector: loaded {args.detector}")
     else:
         print(f"detector: training on {len(train)} volume(s), {det_cfg.epochs} epoch(s) (reference = validation)")

@@ -20,7 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, default=None, help="use only the first N patches of each split (quick runs)")
     p.add_argument("--seed", type=int, default=0, help="seed of the reference/novel split and the copies")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="detector config override when training, e.g. --set epochs=10 (repeatable)")
+                   help="detector config override, e.g. --set epochs=10 (repeatable); with --detector only the "
+                        "comparison settings apply (representation, search_shift)")
     p.add_argument("--force", action="store_true", help="replace results already in --out")
     p.set_defaults(func=run)
 
@@ -51,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     files[1].write_text(json.dumps(summary, indent=2, default=str))
     files[2].write_text(html_page(f"Detector validation on {args.data}", [
         ("Table", res.table), ("ROC", roc_figure(res.scores)), ("Sensitivity", validation_figure(res.table)), ("ROC AUC", validation_figure(res.table, "auc"))]))
-    cols = ["detector", "family", "sensitivity", "specificity", "auc", "source_match"]
+    cols = ["detector", "family", "sensitivity", "specificity", "auc", "sensitivity_at_spec", "source_match"]
     print(res.table[cols].to_string(index=False, float_format=lambda x: f"{x:.3f}"))
     print(f"wrote {files[0]}, {files[1].name}, {files[2].name}")
     return 0
