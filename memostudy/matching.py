@@ -37,8 +37,8 @@ def shift_grid(step: float) -> list[tuple[float, float, float]]:
     just ``[(0, 0, 0)]`` when ``step`` is 0."""
     if step == 0:
         return [(0.0, 0.0, 0.0)]
-    grid = [tuple(float(v) for v in s) for s in itertools.product((0.0, -step, step), repeat=3)]
-    return grid  # type: ignore[return-value]
+    s = float(step)
+    return list(itertools.product((0.0, -s, s), repeat=3))  # type: ignore[arg-type]
 
 
 def latent_vectors(detector: Detector, volumes: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
