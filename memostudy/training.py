@@ -121,6 +121,17 @@ def autocast_context(amp: str, device: torch.device) -> contextlib.AbstractConte
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
+def adam(params: list[torch.nn.Parameter], lr: float, weight_decay: float = 0.0) -> torch.optim.Adam:
+    """Adam with torch's fused kernel where the parameters' device supports it (CPU and CUDA do).
+
+    The fused kernel updates all parameters in one pass instead of a Python loop of small ops: on
+    one CPU thread it takes ~2 ms per step of the cpu-tiny diffusion UNet (2.9 M parameters) instead of ~10 ms
+    (``benchmarks/bench_ldm.py`` shows the effect on whole steps). Same update rule, same state dict.
+    """
+    fused = bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=fused)
+
+
 def derive_seed(*xs: int) -> int:
     """A 63-bit seed derived from integers (so seeds of different steps and stages never collide)."""
     return int(np.random.SeedSequence([abs(int(x)) for x in xs]).generate_state(1, np.uint64)[0] >> np.uint64(1))
@@ -237,7 +248,7 @@ def fit(
         for m in task.modules().values():
             m.to(device)
     params = [p for m in task.modules().values() for p in m.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = adam(params, cfg.lr, cfg.weight_decay)
     config = {"loop": to_dict(cfg), "meta": meta or {}}
 
     n = len(train)

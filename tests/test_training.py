@@ -13,7 +13,7 @@ from memostudy.errors import ConfigError, RunExistsError
 from memostudy.ldm import FlipRotate
 from memostudy.ldm_config import preset
 from memostudy.phantom import phantom_volumes
-from memostudy.training import LoopConfig, fit
+from memostudy.training import LoopConfig, adam, fit
 
 
 class NoisyDenoiser:
@@ -122,3 +122,22 @@ def test_flip_rotate_only_permutes_voxels(vols):
 def test_empty_training_set_is_a_clear_error(tmp_path: Path, vols):
     with pytest.raises(ConfigError, match="empty"):
         fit(NoisyDenoiser(), vols[:0], None, loop(), tmp_path, progress=False)
+
+
+def test_adam_uses_the_fused_kernel_on_cpu_with_the_plain_update_rule():
+    torch.manual_seed(0)
+    a = torch.nn.Linear(16, 8)
+    b = torch.nn.Linear(16, 8)
+    b.load_state_dict(a.state_dict())
+    start = a.weight.detach().clone()
+    fused, plain = adam(list(a.parameters()), 1e-2, 1e-3), torch.optim.Adam(b.parameters(), lr=1e-2, weight_decay=1e-3)
+    assert fused.defaults["fused"] is True
+    x = torch.randn(32, 16)
+    for _ in range(5):
+        for net, opt in ((a, fused), (b, plain)):
+            opt.zero_grad()
+            net(x).pow(2).mean().backward()
+            opt.step()
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    assert (a.weight - start).abs().max() > 1e-3  # it did move the weights
