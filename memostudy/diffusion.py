@@ -31,8 +31,28 @@ def build_unet(cfg: DiffusionConfig, latent_channels: int) -> DiffusionModelUNet
     )
 
 
-def build_scheduler(cfg: DiffusionConfig, sampler: str = "ddpm", steps: int | None = None) -> DDPMScheduler | DDIMScheduler:
-    """The training schedule (``"ddpm"``, all ``num_train_timesteps`` steps) or a DDIM sampler of ``steps`` steps.
+class DDIMSampler(DDIMScheduler):
+    """MONAI's ``DDIMScheduler`` with its ``eta`` fixed at construction.
+
+    ``LatentDiffusionInferer.sample`` calls ``scheduler.step`` without ``eta``, which leaves MONAI's default
+    0 (deterministic DDIM). This subclass passes the chosen ``eta`` instead; the maths stays MONAI's.
+    eta = 1 adds, at each of the N steps, the noise of the DDPM posterior of that stride.
+    """
+
+    def __init__(self, eta: float = 0.0, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.eta = float(eta)
+
+    def step(self, model_output: torch.Tensor, timestep: int, sample: torch.Tensor, eta: float | None = None,
+             generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One DDIM step with ``self.eta`` unless ``eta`` is given."""
+        return super().step(model_output, timestep, sample, self.eta if eta is None else eta, generator)
+
+
+def build_scheduler(cfg: DiffusionConfig, sampler: str = "ddpm", steps: int | None = None,
+                    eta: float = 0.0) -> DDPMScheduler | DDIMScheduler:
+    """The training schedule (``"ddpm"``, all ``num_train_timesteps`` steps) or a DDIM sampler of ``steps``
+    steps with noise level ``eta`` (0 = deterministic DDIM, 1 = DDPM-like; see :class:`DDIMSampler`).
 
     ``clip_sample`` is off: latents are scaled to unit variance, not to [-1, 1].
     """
@@ -41,7 +61,7 @@ def build_scheduler(cfg: DiffusionConfig, sampler: str = "ddpm", steps: int | No
     if sampler == "ddpm":
         return DDPMScheduler(**kw)
     if sampler == "ddim":
-        sched = DDIMScheduler(**kw)
+        sched = DDIMSampler(eta=eta, **kw)
         sched.set_timesteps(num_inference_steps=int(steps or 50))
         return sched
     raise ValueError(f"sampler must be 'ddpm' or 'ddim', got {sampler!r}")

@@ -66,6 +66,7 @@ class SamplingConfig:
 
     sampler: str = "ddim"  # "ddim" or "ddpm" (always num_train_timesteps steps)
     steps: int = 50
+    eta: float = 0.0  # DDIM noise: 0 = deterministic DDIM (MONAI's default), 1 = as stochastic as DDPM
     samples_per_training_patch: float = 4.0  # the paper sampled about 4x the training set
     batch_size: int = 32
 
@@ -151,6 +152,8 @@ class LDMConfig:
             raise ConfigError(f"diffusion.ema_decay must be in [0, 1) (0 = off), got {dm.ema_decay}")
         if self.sampling.sampler not in ("ddim", "ddpm"):
             raise ConfigError(f"sampling.sampler must be 'ddim' or 'ddpm', got {self.sampling.sampler!r}")
+        if not 0.0 <= self.sampling.eta <= 1.0:
+            raise ConfigError(f"sampling.eta must be in [0, 1] (0 = deterministic DDIM), got {self.sampling.eta}")
         if not 1 <= self.sampling.steps <= dm.num_train_timesteps:
             raise ConfigError(f"sampling.steps must be in [1, {dm.num_train_timesteps}], got {self.sampling.steps}")
         for name, n in (("max_train_patches", self.max_train_patches), ("max_val_patches", self.max_val_patches)):
@@ -192,7 +195,10 @@ def _cpu_tiny() -> LDMConfig:
             loop=LoopConfig(epochs=600, batch_size=8, lr=3e-4, checkpoint_every=300, val_every=20,
                             snapshot_epochs=(100, 200, 400)),
         ),
-        sampling=SamplingConfig(sampler="ddim", steps=50, samples_per_training_patch=4.0, batch_size=32),
+        # eta 1: of 48 DDIM-50 samples of the default run, deterministic DDIM (eta 0) gave a blotchy, high-contrast
+        # texture in about a third; eta 1 gave smooth tissue and body outlines like DDPM-1000 does, at DDIM-50's cost
+        # (median correlation with the nearest training patch 0.79 at eta 1, 0.64 at eta 0, 0.72 for DDPM-1000)
+        sampling=SamplingConfig(sampler="ddim", steps=50, eta=1.0, samples_per_training_patch=4.0, batch_size=32),
     )
 
 

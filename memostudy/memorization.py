@@ -60,6 +60,7 @@ class MemorizationConfig:
         num_samples: synthetic volumes to draw; None = ``samples_per_training_patch`` x training set (4x).
         sampler: "ddim" or "ddpm"; None keeps the preset's.
         steps: DDIM steps; None keeps the preset's.
+        eta: DDIM noise level, 0 (deterministic) to 1 (DDPM-like); None keeps the preset's.
         checkpoints: diffusion checkpoints to sample from and assess: "final" and/or snapshot epochs.
         detector: the contrastive detector's config.
         detector_path: a trained ``detector.pt`` to use instead of training one.
@@ -78,6 +79,7 @@ class MemorizationConfig:
     num_samples: int | None = None
     sampler: str | None = None
     steps: int | None = None
+    eta: float | None = None
     checkpoints: list[str | int] = field(default_factory=lambda: ["final"])
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     detector_path: str | None = None
@@ -98,6 +100,8 @@ class MemorizationConfig:
             raise ConfigError(f"detector_train must be 'split' or 'ldm', got {self.detector_train!r}")
         if not self.checkpoints:
             raise ConfigError("checkpoints is empty; use ['final'] or snapshot epochs such as [50, 100, 'final']")
+        if self.eta is not None and not 0.0 <= self.eta <= 1.0:
+            raise ConfigError(f"eta must be in [0, 1] (0 = deterministic DDIM) or None, got {self.eta}")
         if self.num_samples is not None and self.num_samples < 1:
             raise ConfigError(f"num_samples must be >= 1, got {self.num_samples}")
         self.detector.validate()
@@ -262,22 +266,25 @@ def _say(message: str) -> None:
 
 
 def synthesize(run_dir: Path, ldm_cfg: LDMConfig, checkpoint: str | int, n: int, sampler: str, steps: int,
-               seed: int, progress: bool = True) -> SampleSet:
+               seed: int, progress: bool = True, eta: float | None = None) -> SampleSet:
     """Samples of one checkpoint: read back if this exact set was drawn before, else drawn and written
-    as NIfTI under ``run_dir/samples/<tag>/`` (see :mod:`memostudy.sampling`)."""
+    as NIfTI under ``run_dir/samples/<tag>/`` (see :mod:`memostudy.sampling`). ``eta``: DDIM noise level,
+    None = the LDM config's ``sampling.eta``."""
     ck = None if str(checkpoint) == "final" else checkpoint
-    tag = f"{default_tag(ck, sampler, steps, seed)}-n{n}"
+    eta = ldm_cfg.sampling.eta if eta is None else float(eta)
+    tag = f"{default_tag(ck, sampler, steps, seed, eta)}-n{n}"
     folder = run_dir / "samples" / tag
     run = load_run(run_dir, ck)
     if (folder / "samples.csv").exists():
         _say(f"samples: reading {folder}")
         vols, ids, _ = read_volume_folder(folder)
     else:
-        _say(f"samples: drawing {n} with {sampler}-{steps} from checkpoint {checkpoint} (epoch {run.epoch})")
+        how = f"{sampler}-{steps}" + (f" (eta {eta:g})" if sampler == "ddim" else "")
+        _say(f"samples: drawing {n} with {how} from checkpoint {checkpoint} (epoch {run.epoch})")
         vols = sample_from(run, n, sampler=sampler, steps=steps, seed=seed, batch_size=ldm_cfg.sampling.batch_size,
-                           progress=progress)
+                           progress=progress, eta=eta)
         folder = write_samples(run_dir, vols, tag, ck, sampler=sampler, steps=steps, seed=seed,
-                               batch_size=ldm_cfg.sampling.batch_size)
+                               batch_size=ldm_cfg.sampling.batch_size, eta=eta)
         ids = [f"sample_{i:04d}.nii.gz" for i in range(n)]
     return SampleSet(checkpoint=checkpoint, volumes=vols, ids=ids, folder=folder, epoch=run.epoch)
 
@@ -309,7 +316,7 @@ def run_memorization(cfg: MemorizationConfig) -> MemorizationResult:
     for ck in cfg.checkpoints:
         key = str(ck)
         t = time.perf_counter()
-        samples[key] = synthesize(run_dir, ldm_cfg, ck, n, sampler, steps, cfg.seed, progress=cfg.progress)
+        samples[key] = synthesize(run_dir, ldm_cfg, ck, n, sampler, steps, cfg.seed, progress=cfg.progress, eta=cfg.eta)
         seconds["sampling"] += time.perf_counter() - t
         t = time.perf_counter()
         s = samples[key]

@@ -24,10 +24,11 @@ from memostudy.volume_io import write_nifti
 
 @torch.no_grad()
 def sample_from(run: LDMRun, n: int, sampler: str = "ddim", steps: int = 50, seed: int = 0, batch_size: int = 8,
-                progress: bool = True, device: torch.device | str | None = None) -> torch.Tensor:
+                progress: bool = True, device: torch.device | str | None = None, eta: float | None = None) -> torch.Tensor:
     """Draw ``n`` volumes from a loaded run.
 
     Batch ``k`` is seeded from ``(seed, k)``: the same (seed, batch_size) gives the same samples.
+    ``eta`` is DDIM's noise level (None: the run's ``sampling.eta``; ignored by DDPM).
 
     Returns:
         (n, 1, D, H, W) float32 in [-1, 1] on the CPU.
@@ -38,9 +39,12 @@ def sample_from(run: LDMRun, n: int, sampler: str = "ddim", steps: int = 50, see
         raise ConfigError(f"sampler must be 'ddim' or 'ddpm', got {sampler!r}")
     if sampler == "ddim" and not 1 <= steps <= run.cfg.diffusion.num_train_timesteps:
         raise ConfigError(f"--steps must be in [1, {run.cfg.diffusion.num_train_timesteps}], got {steps}")
+    eta = run.cfg.sampling.eta if eta is None else float(eta)
+    if not 0.0 <= eta <= 1.0:
+        raise ConfigError(f"--eta must be in [0, 1] (0 = deterministic DDIM), got {eta}")
     device = torch.device(device) if device is not None else select_device()
     ae, unet = run.autoencoder.to(device).eval(), run.unet.to(device).eval()
-    scheduler = build_scheduler(run.cfg.diffusion, sampler, steps)
+    scheduler = build_scheduler(run.cfg.diffusion, sampler, steps, eta)
     inferer = LatentDiffusionInferer(scheduler, scale_factor=run.scale_factor)
     out = []
     batches = range(0, n, batch_size)
@@ -56,7 +60,7 @@ def sample_from(run: LDMRun, n: int, sampler: str = "ddim", steps: int = 50, see
 
 def sample_volumes(run_dir: str | Path, n: int, sampler: str = "ddim", steps: int = 50,
                    checkpoint: str | int | Path | None = None, seed: int = 0, batch_size: int = 8,
-                   progress: bool = True) -> torch.Tensor:
+                   progress: bool = True, eta: float | None = None) -> torch.Tensor:
     """Draw ``n`` volumes from the run in ``run_dir``.
 
     Args:
@@ -66,30 +70,34 @@ def sample_volumes(run_dir: str | Path, n: int, sampler: str = "ddim", steps: in
         checkpoint: None/"final", "last", a snapshot epoch number or a checkpoint path.
         seed: sampling seed.
         batch_size: volumes denoised together.
+        eta: DDIM noise level; None = the run's ``sampling.eta``.
 
     Returns:
         (n, 1, D, H, W) float32 in [-1, 1] (decoded, clipped), on the CPU.
     """
     run = load_run(run_dir, checkpoint, device=select_device())
-    return sample_from(run, n, sampler=sampler, steps=steps, seed=seed, batch_size=batch_size, progress=progress)
+    return sample_from(run, n, sampler=sampler, steps=steps, seed=seed, batch_size=batch_size, progress=progress,
+                       eta=eta)
 
 
-def default_tag(checkpoint: str | int | Path | None, sampler: str, steps: int, seed: int) -> str:
-    """Folder name of a set of samples, e.g. ``final-ddim50-seed0`` or ``epoch0050-ddpm1000-seed0``."""
+def default_tag(checkpoint: str | int | Path | None, sampler: str, steps: int, seed: int, eta: float = 0.0) -> str:
+    """Folder name of a set of samples, e.g. ``final-ddim50-seed0``, ``final-ddim50-eta1-seed0`` (DDIM with
+    eta != 0) or ``epoch0050-ddpm1000-seed0``."""
     c = "final" if checkpoint is None else (f"epoch{int(checkpoint):04d}" if str(checkpoint).isdigit() else Path(str(checkpoint)).stem)
-    return f"{c}-{sampler}{steps}-seed{seed}"
+    noise = f"-eta{eta:g}" if sampler == "ddim" and eta else ""
+    return f"{c}-{sampler}{steps}{noise}-seed{seed}"
 
 
 def write_samples(run_dir: str | Path, volumes: torch.Tensor, tag: str, checkpoint: str | int | Path | None = None,
                   sampler: str = "ddim", steps: int = 50, seed: int = 0, batch_size: int | None = None,
-                  force: bool = False) -> Path:
+                  force: bool = False, eta: float = 0.0) -> Path:
     """Write volumes as ``samples/<tag>/sample_XXXX.nii.gz`` plus ``samples.csv``.
 
     Args:
         run_dir: the run they were sampled from (its ``data.json`` gives spacing and intensity mapping).
         volumes: (n, 1, D, H, W) float32 in [-1, 1].
         tag: sub-folder name (see :func:`default_tag`).
-        checkpoint, sampler, steps, seed, batch_size: how they were sampled, recorded in the CSV.
+        checkpoint, sampler, steps, seed, batch_size, eta: how they were sampled, recorded in the CSV.
         force: replace an existing folder of that tag.
 
     Returns:
@@ -110,7 +118,7 @@ def write_samples(run_dir: str | Path, volumes: torch.Tensor, tag: str, checkpoi
         rows.append({"file": name, "index": i, "run": str(Path(run_dir)), "checkpoint": str(run.checkpoint),
                      "epoch": run.epoch, "weights": run.weights, "sampler": sampler,
                      "steps": run.cfg.diffusion.num_train_timesteps if sampler == "ddpm" else steps,
-                     "seed": seed, "batch_size": batch_size, "scale_factor": run.scale_factor,
+                     "eta": eta if sampler == "ddim" else None, "seed": seed, "batch_size": batch_size, "scale_factor": run.scale_factor,
                      "intensity_lo": intensity.get("lo"), "intensity_hi": intensity.get("hi")})
     pd.DataFrame(rows).to_csv(folder / "samples.csv", index=False)
     return folder

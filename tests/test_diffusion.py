@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from monai.networks.schedulers import DDIMScheduler
 
 from memostudy.autoencoder import PosteriorSampler, build_autoencoder, encode_stats
 from memostudy.diffusion import EMA, DiffusionTask, build_scheduler, build_unet
@@ -15,6 +16,20 @@ def test_schedulers():
     ddpm, ddim = build_scheduler(cfg, "ddpm"), build_scheduler(cfg, "ddim", 50)
     assert len(ddpm.timesteps) == 1000 and len(ddim.timesteps) == 50
     assert not ddpm.clip_sample and not ddim.clip_sample  # latents are not in [-1, 1]
+
+
+def test_ddim_eta_reaches_monai_step_and_only_eta_zero_is_deterministic():
+    cfg = preset("test-16").diffusion
+    x, eps = torch.randn(1, 2, 4, 4, 4), torch.randn(1, 2, 4, 4, 4)
+    outs = {}
+    for eta in (0.0, 1.0):
+        sched = build_scheduler(cfg, "ddim", 10, eta=eta)
+        t = int(sched.timesteps[3])
+        outs[eta] = [sched.step(eps, t, x, generator=torch.Generator().manual_seed(s))[0] for s in (0, 1)]
+        # the fixed eta is what MONAI's step would do with that eta passed explicitly
+        ref = DDIMScheduler.step(sched, eps, t, x, eta, torch.Generator().manual_seed(0))[0]
+        torch.testing.assert_close(outs[eta][0], ref)
+    assert torch.equal(*outs[0.0]) and not torch.equal(*outs[1.0])
 
 
 def test_ema_moves_towards_the_weights():

@@ -56,6 +56,7 @@ def test_patch_size_not_divisible_by_autoencoder_downsampling():
     ({"diffusion.loop.batch_size": 0}, "diffusion.loop: batch_size"),
     ({"autoencoder.loop.snapshot_epochs": [99]}, "autoencoder.loop: snapshot_epochs"),
     ({"sampling.sampler": "euler"}, "sampling.sampler"),
+    ({"sampling.eta": 1.5}, "sampling.eta"),
     ({"nonsense": 1}, "unknown config key"),
 ])
 def test_bad_values_name_the_field(override, field):

@@ -13,11 +13,11 @@ import torch
 
 from memostudy.cli import main
 from memostudy.diffusion import DiffusionTask
-from memostudy.errors import DataError, RunExistsError
+from memostudy.errors import ConfigError, DataError, RunExistsError
 from memostudy.ldm import load_run, train_ldm
 from memostudy.ldm_config import preset
 from memostudy.phantom import write_phantom_dataset
-from memostudy.sampling import sample_volumes, write_samples
+from memostudy.sampling import default_tag, sample_volumes, write_samples
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +67,20 @@ def test_sampling_is_seeded_and_checkpoints_select_weights(run_dir):
     assert load_run(run_dir, checkpoint=2).epoch == 2
     with pytest.raises(DataError, match="final, last, 2"):
         load_run(run_dir, checkpoint=7)
+
+
+def test_ddim_eta_adds_seeded_noise_and_is_recorded(run_dir, capsys):
+    det = sample_volumes(run_dir, 2, steps=3, seed=1, progress=False, eta=0.0)
+    noisy = sample_volumes(run_dir, 2, steps=3, seed=1, progress=False, eta=1.0)
+    again = sample_volumes(run_dir, 2, steps=3, seed=1, progress=False, eta=1.0)
+    assert torch.equal(noisy, again) and not torch.equal(det, noisy)
+    assert torch.equal(det, sample_volumes(run_dir, 2, steps=3, seed=1, progress=False))  # test-16 keeps eta 0
+    with pytest.raises(ConfigError, match="eta"):
+        sample_volumes(run_dir, 1, steps=3, progress=False, eta=2.0)
+    assert main(["sample", "--run", str(run_dir), "-n", "1", "--steps", "3", "--eta", "1", "--no-progress"]) == 0
+    table = pd.read_csv(run_dir / "samples" / "final-ddim3-eta1-seed0" / "samples.csv")
+    assert table["eta"].tolist() == [1.0]
+    assert default_tag(None, "ddpm", 1000, 0, eta=1.0) == "final-ddpm1000-seed0"  # eta is DDIM's only
 
 
 def test_ddpm_uses_all_training_timesteps(run_dir, monkeypatch):

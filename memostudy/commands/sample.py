@@ -12,6 +12,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-n", type=int, default=None, help="number of volumes (default: the run's samples_per_training_patch x training patches)")
     p.add_argument("--sampler", choices=["ddim", "ddpm"], default=None, help="default: the run's (ddim)")
     p.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the run's, 50); DDPM always uses all")
+    p.add_argument("--eta", type=float, default=None,
+                   help="DDIM noise, 0 (deterministic) to 1 (DDPM-like); default: the run's (cpu-tiny: 1)")
     p.add_argument("--checkpoint", default=None, help="final (default), last, a snapshot epoch number, or a .pt path")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=None, help="volumes denoised together (default: the run's)")
@@ -33,10 +35,11 @@ def run(args: argparse.Namespace) -> int:
     steps = r.cfg.diffusion.num_train_timesteps if sampler == "ddpm" else (args.steps or r.cfg.sampling.steps)
     n = args.n if args.n is not None else default_num_samples(r.cfg, len(r.data.get("train_ids", [])))
     batch_size = args.batch_size or r.cfg.sampling.batch_size
-    tag = args.tag or default_tag(args.checkpoint, sampler, steps, args.seed)
+    eta = r.cfg.sampling.eta if args.eta is None else args.eta
+    tag = args.tag or default_tag(args.checkpoint, sampler, steps, args.seed, eta)
     vols = sample_from(r, n, sampler=sampler, steps=steps, seed=args.seed, batch_size=batch_size,
-                       progress=not args.no_progress)
+                       progress=not args.no_progress, eta=eta)
     folder = write_samples(args.run, vols, tag, checkpoint=args.checkpoint, sampler=sampler, steps=steps,
-                           seed=args.seed, batch_size=batch_size, force=args.force)
+                           seed=args.seed, batch_size=batch_size, force=args.force, eta=eta)
     print(f"wrote {len(vols)} samples ({sampler}, {steps} steps, checkpoint {r.checkpoint.name}, epoch {r.epoch}) to {folder}")
     return 0
