@@ -99,7 +99,7 @@ class MemorizationConfig:
         if self.detector_train not in ("split", "ldm"):
             raise ConfigError(f"detector_train must be 'split' or 'ldm', got {self.detector_train!r}")
         if not self.checkpoints:
-            raise ConfigError("checkpoints is empty; use ['final'] or snapshot epochs such as [50, 100, 'final']")
+            raise ConfigError("checkpoints is empty; use ['final'] or snapshot epochs such as [100, 200, 'final']")
         if self.eta is not None and not 0.0 <= self.eta <= 1.0:
             raise ConfigError(f"eta must be in [0, 1] (0 = deterministic DDIM) or None, got {self.eta}")
         if self.num_samples is not None and self.num_samples < 1:
