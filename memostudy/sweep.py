@@ -16,6 +16,11 @@ be spread over machines (``--only i/N``) and aggregated afterwards (``--aggregat
 notebook writes its result rows (one per setting it evaluated) to ``summary.json["rows"]``; the
 sweep concatenates them with the cell's parameters and seed into ``table.csv`` and summarises them
 across seeds into ``aggregate.csv`` and ``summary.html``.
+
+A cell's results also depend on defaults that are not among its parameters: the LDM preset's settings and
+the default detector and assessment configs. Each finished cell records their hash in ``defaults.json``
+(:func:`defaults_fingerprint`). A finished cell whose hash differs from today's (a preset or a default changed
+since) is not reused: its folder is moved aside to ``<cell-id>.stale-<time>`` and the cell runs again.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,6 +85,23 @@ def cell_id(params: dict[str, Any]) -> str:
     return f"{safe}-{hashlib.sha1(text.encode()).hexdigest()[:8]}"
 
 
+def defaults_fingerprint(params: dict[str, Any]) -> str:
+    """Hash of what a cell's results depend on besides its parameters: the resolved LDM preset named by
+    ``params["preset"]`` (default cpu-tiny) and the default detector and assessment configs."""
+    from memostudy.assessment import AssessConfig
+    from memostudy.config import to_dict
+    from memostudy.detector import DetectorConfig
+    from memostudy.ldm_config import preset
+    from memostudy.memorization import config_hash
+
+    name = str(params.get("preset", "cpu-tiny"))
+    try:
+        ldm: Any = to_dict(preset(name))
+    except ConfigError:  # an unknown preset fails in the notebook, with its own message
+        ldm = name
+    return config_hash({"preset": ldm, "detector": to_dict(DetectorConfig()), "assessment": to_dict(AssessConfig())})
+
+
 def run_sweep(spec: SweepSpec, reports_dir: str | Path = "reports", only: tuple[int, int] | None = None,
               aggregate_only: bool = False, progress: bool = True) -> dict[str, Path]:
     """Run the cells not yet done (all, or every N-th from i with ``only=(i, N)``), then aggregate.
@@ -98,19 +121,36 @@ def run_sweep(spec: SweepSpec, reports_dir: str | Path = "reports", only: tuple[
             if only is not None and i % only[1] != only[0]:
                 continue
             cid = cell_id(params)
+            fingerprint = defaults_fingerprint(params)
             status = _status(root / cid)
             if status == "ok":
-                print(f"[{i + 1}/{len(cells)}] {cid}: done, skipped")
-                continue
+                if _recorded_fingerprint(root / cid) == fingerprint:
+                    print(f"[{i + 1}/{len(cells)}] {cid}: done, skipped")
+                    continue
+                stale = root / f"{cid}.stale-{time.strftime('%Y%m%d-%H%M%S')}"
+                (root / cid).rename(stale)
+                print(f"[{i + 1}/{len(cells)}] {cid}: done with other preset/detector/assessment defaults; "
+                      f"moved to {stale.name}")
+                status = None
             print(f"[{i + 1}/{len(cells)}] {cid}: running {spec.notebook}")
             res = run_notebook(spec.notebook, params, reports_dir=root, run_id=cid, force=status is not None,
                                check_browser=False, progress=progress)
             if res.status != "ok":
                 failed.append(f"{cid}: {res.error}")
+            else:
+                (root / cid / "defaults.json").write_text(json.dumps({"fingerprint": fingerprint}))
     out = write_aggregate(spec, root)
     if failed:
         raise ConfigError(f"{len(failed)} sweep cell(s) failed (see their report.html): {failed[0]}")
     return out
+
+
+def _recorded_fingerprint(run_dir: Path) -> str | None:
+    f = run_dir / "defaults.json"
+    try:
+        return json.loads(f.read_text()).get("fingerprint")
+    except (OSError, json.JSONDecodeError):
+        return None
 
 
 def _status(run_dir: Path) -> str | None:

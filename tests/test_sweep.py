@@ -11,9 +11,10 @@ import pytest
 import yaml
 from nbformat.v4 import new_code_cell, new_notebook
 
+import memostudy.sweep
 from memostudy.cli import main
 from memostudy.errors import ConfigError
-from memostudy.sweep import cell_id, load_sweep, run_sweep
+from memostudy.sweep import cell_id, defaults_fingerprint, load_sweep, run_sweep
 
 BODY = """
 import json, pathlib
@@ -73,3 +74,26 @@ def test_cell_ids_are_stable_and_distinct() -> None:
     assert cell_id(a) == cell_id(dict(reversed(list(a.items()))))
     assert cell_id(a) != cell_id(b)
     assert json.dumps(a)  # plain parameters only
+
+
+def test_a_cell_done_with_other_defaults_is_moved_aside_and_run_again(tmp_path: Path, capsys, monkeypatch) -> None:
+    spec = load_sweep(_sweep(tmp_path), {"seeds": [0], "grid": {"augment": [False]}})
+    root = tmp_path / "reports"
+    run_sweep(spec, reports_dir=root, progress=False)
+    cid = cell_id(spec.cells()[0])
+    assert json.loads((root / "sweeps" / "aug" / cid / "defaults.json").read_text())["fingerprint"] == \
+        defaults_fingerprint(spec.cells()[0])
+    run_sweep(spec, reports_dir=root, progress=False)
+    assert "done, skipped" in capsys.readouterr().out
+    monkeypatch.setattr(memostudy.sweep, "defaults_fingerprint", lambda params: "changed")  # e.g. a new preset
+    run_sweep(spec, reports_dir=root, progress=False)
+    out = capsys.readouterr().out
+    assert "other preset/detector/assessment defaults" in out and "running" in out
+    stale = list((root / "sweeps" / "aug").glob(f"{cid}.stale-*"))
+    assert len(stale) == 1 and (stale[0] / "summary.json").exists()  # the old results are kept
+    assert json.loads((root / "sweeps" / "aug" / cid / "defaults.json").read_text())["fingerprint"] == "changed"
+
+
+def test_defaults_fingerprint_follows_the_preset() -> None:
+    assert defaults_fingerprint({"preset": "cpu-tiny"}) == defaults_fingerprint({})
+    assert defaults_fingerprint({"preset": "cpu-tiny"}) != defaults_fingerprint({"preset": "test-16"})
