@@ -3,7 +3,7 @@
 Writes three folders of NIfTI files from the prepared ``demo-ct`` patches: ``--n`` training patches,
 ``--n`` reference patches (validation split), and ``--n`` synthetic volumes of which half are known
 copies of training patches (equal numbers flipped, rotated, shifted, blurred and intensity-changed,
-:func:`memostudy.views.apply_family`) and half are other real validation patches. Runs the audit
+:func:`memostudy.detect.views.apply_family`) and half are other real validation patches. Runs the audit
 through the command line (detector trained by the audit unless ``--detector``), then prints the wall
 time and, per detector, how many known copies it flags and how many of the other volumes.
 
@@ -20,9 +20,9 @@ import pandas as pd
 import torch
 
 from memostudy.cli import main
-from memostudy.dataset import load_patches
-from memostudy.views import apply_family
-from memostudy.volume_io import write_nifti
+from memostudy.data.patches import load_patches
+from memostudy.data.volume_io import write_nifti
+from memostudy.detect.views import apply_family
 
 FAMILIES = ("flip", "rot90", "shift", "blur", "intensity")
 

@@ -29,12 +29,12 @@ import torch
 import torch.nn.functional as F
 from monai.inferers import LatentDiffusionInferer
 
-from memostudy.autoencoder import AutoencoderTask, PosteriorSampler, build_autoencoder, encode_stats, kl_loss
-from memostudy.diffusion import DiffusionTask, build_scheduler, build_unet
-from memostudy.ldm import LDMRun, training_data
-from memostudy.ldm_config import preset
-from memostudy.phantom import phantom_volumes
-from memostudy.sampling import sample_from
+from memostudy.data.phantom import phantom_volumes
+from memostudy.ldm.autoencoder import AutoencoderTask, PosteriorSampler, build_autoencoder, encode_stats, kl_loss
+from memostudy.ldm.config import preset
+from memostudy.ldm.diffusion import DiffusionTask, build_scheduler, build_unet
+from memostudy.ldm.run import LDMRun, training_data
+from memostudy.ldm.sampling import sample_from
 from memostudy.training import LoopConfig, fit, select_device
 
 

@@ -38,8 +38,8 @@ def _timed(fn) -> float:
 
 def case(name: str) -> dict:
     """Run one case in this process; returns its figures."""
-    from memostudy.baseline import pixel_nearest
-    from memostudy.similarity import nearest
+    from memostudy.detect.baseline import pixel_nearest
+    from memostudy.detect.similarity import nearest
 
     g = torch.Generator().manual_seed(0)
     if name == "embeddings":
@@ -55,9 +55,9 @@ def case(name: str) -> dict:
                 "seconds_msd": secs_msd, "gflops": flops / secs / 1e9, "peak_added_mb": peak_added,
                 "gemm_alone_gflops": flops / secs_mm / 1e9}
     if name == "latent":
-        from memostudy.similarity import set_nearest
+        from memostudy.detect.similarity import set_nearest
 
-        # the detector's default search (memostudy.matching): 48 orientations of each synthetic volume x
+        # the detector's default search (memostudy.detect.matching): 48 orientations of each synthetic volume x
         # 27 shifts of each training volume, 512-d latent vectors, both directions from one pass
         q, b = torch.randn(48, 1_000, 512, generator=g), torch.randn(27, 1_000, 512, generator=g)
         flops = 2 * 48 * 1_000 * 27 * 1_000 * 512

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from memostudy.volume_io import write_nifti
+from memostudy.data.volume_io import write_nifti
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
@@ -38,6 +38,6 @@ def cohort(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def demo_ct() -> Path:
     """The real `demo-ct` data set, prepared once (reused from the cache when already there)."""
-    from memostudy.prepare import prepare
+    from memostudy.data.prepare import prepare
 
     return prepare("demo-ct", progress=False).path

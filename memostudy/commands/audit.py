@@ -34,11 +34,11 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from memostudy.assessment import AssessConfig, assess, check_out_dir, scale_intensities, write_audit
     from memostudy.config import apply_overrides, parse_set_options
-    from memostudy.detector import DetectorConfig, load_detector, train_detector, with_matching
+    from memostudy.data.volume_io import read_volume_folder
+    from memostudy.detect.assessment import AssessConfig, assess, check_out_dir, scale_intensities, write_audit
+    from memostudy.detect.detector import DetectorConfig, load_detector, train_detector, with_matching
     from memostudy.errors import DataError
-    from memostudy.volume_io import read_volume_folder
 
     cfg = AssessConfig(percentile=args.percentile, metric=args.metric, pixel_baseline=not args.no_pixel,
                        aligned=not args.no_aligned).validate()

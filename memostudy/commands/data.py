@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_prepare(args: argparse.Namespace) -> int:
     """Prepare a data set and print its summary."""
-    from memostudy.prepare import prepare
+    from memostudy.data.prepare import prepare
 
     summary = prepare(args.manifest, cache=args.cache, force=args.force, patch_size=args.patch_size)
     print("\n".join(summary.lines()))
@@ -37,7 +37,7 @@ def run_prepare(args: argparse.Namespace) -> int:
 
 def run_manifest(args: argparse.Namespace) -> int:
     """Write a manifest for a folder and say how to prepare it."""
-    from memostudy.manifest import load_manifest, manifest_from_folder
+    from memostudy.data.manifest import load_manifest, manifest_from_folder
 
     out = manifest_from_folder(args.folder, args.out, name=args.name, modality=args.modality,
                                patch_size=args.patch_size, spacing=args.spacing or None, seed=args.seed)

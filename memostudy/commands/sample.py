@@ -25,9 +25,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Sample and write."""
-    from memostudy.ldm import load_run
-    from memostudy.ldm_config import default_num_samples
-    from memostudy.sampling import default_tag, sample_from, write_samples
+    from memostudy.ldm.config import default_num_samples
+    from memostudy.ldm.run import load_run
+    from memostudy.ldm.sampling import default_tag, sample_from, write_samples
     from memostudy.training import select_device
 
     r = load_run(args.run, args.checkpoint, device=select_device())

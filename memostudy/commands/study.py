@@ -47,7 +47,7 @@ def parameters_from_args(args: argparse.Namespace) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     """Run the notebook; print where the report is; non-zero exit when the notebook failed."""
-    from memostudy.study import run_notebook
+    from memostudy.study.runner import run_notebook
 
     res = run_notebook(args.notebook, parameters_from_args(args), reports_dir=args.reports, run_id=args.run_id,
                        force=args.force)

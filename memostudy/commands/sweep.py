@@ -24,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
     """Run the sweep and print where its outputs are."""
     import yaml
 
-    from memostudy.sweep import load_sweep, run_sweep
+    from memostudy.study.sweep import load_sweep, run_sweep
 
     only = None
     if args.only:

@@ -39,8 +39,8 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     """Train, then say how to sample."""
-    from memostudy.ldm import train_ldm
-    from memostudy.ldm_config import preset
+    from memostudy.ldm.config import preset
+    from memostudy.ldm.run import train_ldm
 
     cfg = preset(args.preset, overrides_from_args(args))
     out = train_ldm(cfg, args.out, force=args.force, progress=not args.no_progress)

@@ -32,10 +32,10 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from memostudy.config import apply_overrides, parse_set_options, provenance
-    from memostudy.detector import DetectorConfig
-    from memostudy.detector_validation import ValidationConfig, run_validation
+    from memostudy.detect.detector import DetectorConfig
+    from memostudy.detect.validation import ValidationConfig, run_validation
     from memostudy.errors import RunExistsError
-    from memostudy.figures import html_page, roc_figure, validation_figure
+    from memostudy.report.figures import html_page, roc_figure, validation_figure
 
     out = Path(args.out)
     files = [out / f for f in ("validation.csv", "validation.json", "validation.html")]

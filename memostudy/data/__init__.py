@@ -1,0 +1,8 @@
+"""Data: from a manifest to tagged patches.
+
+A manifest (:mod:`.manifest`) names real volumes and their checksums; :mod:`.sources` obtains them
+through the package registries; :mod:`.prepare` resamples, maps intensities and cuts patches tagged with
+subject, origin and split; :mod:`.patches` loads a prepared set (or a subset of it); :mod:`.volume_io`
+reads and writes single volumes (NIfTI, NRRD, DICOM, NumPy) with one-line errors; :mod:`.phantom` makes
+small synthetic data sets for tests.
+"""

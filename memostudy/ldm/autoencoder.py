@@ -1,0 +1,135 @@
+"""Stage 1 of the LDM: MONAI's ``AutoencoderKL``, its training loss, and the latent scale factor.
+
+The loss is L1 reconstruction + ``kl_weight`` x KL (Dar et al. eq. 1 plus the KL term of a
+variational autoencoder), with an optional PatchGAN term. Trained by :func:`memostudy.training.fit`
+through :class:`AutoencoderTask`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from monai.losses import PatchAdversarialLoss
+from monai.networks.nets import AutoencoderKL, PatchDiscriminator
+from torch.func import functional_call
+
+from memostudy.ldm.config import AutoencoderConfig
+
+
+def build_autoencoder(cfg: AutoencoderConfig) -> AutoencoderKL:
+    """A 3D single-channel ``AutoencoderKL`` as configured."""
+    return AutoencoderKL(
+        spatial_dims=3,
+        in_channels=1,
+        out_channels=1,
+        channels=tuple(cfg.channels),
+        latent_channels=cfg.latent_channels,
+        num_res_blocks=cfg.num_res_blocks,
+        attention_levels=tuple(cfg.attention_levels),
+        norm_num_groups=cfg.norm_num_groups,
+        with_encoder_nonlocal_attn=cfg.with_nonlocal_attn,
+        with_decoder_nonlocal_attn=cfg.with_nonlocal_attn,
+    )
+
+
+def kl_loss(z_mu: torch.Tensor, z_sigma: torch.Tensor) -> torch.Tensor:
+    """KL divergence of N(z_mu, z_sigma^2) from N(0, I), summed over latent voxels, mean over the batch.
+
+    Args:
+        z_mu, z_sigma: (B, C, d, h, w) encoder outputs.
+    """
+    kl = 0.5 * (z_mu.pow(2) + z_sigma.pow(2) - torch.log(z_sigma.pow(2) + 1e-12) - 1)
+    return kl.flatten(1).sum(1).mean()
+
+
+class AutoencoderTask:
+    """The autoencoder as a :class:`memostudy.training.Task`.
+
+    Training loss: ``|x - D(z)|_1 + kl_weight * KL`` with ``z`` sampled from the encoder's posterior
+    (+ ``adversarial_weight`` x the least-squares PatchGAN generator term, and the discriminator's own
+    loss, when that weight is > 0). Validation loss: the L1 of the mean reconstruction ``D(mu)``,
+    i.e. the reconstruction error in [-1, 1] units (x1000 HU for demo-ct's window of 2000 HU / 2).
+    """
+
+    def __init__(self, net: AutoencoderKL, kl_weight: float = 1e-6, adversarial_weight: float = 0.0) -> None:
+        self.net = net
+        self.kl_weight = kl_weight
+        self.adversarial_weight = adversarial_weight
+        self.discriminator: PatchDiscriminator | None = None
+        if adversarial_weight > 0:
+            self.discriminator = PatchDiscriminator(spatial_dims=3, num_layers_d=3, channels=32, in_channels=1,
+                                                    out_channels=1)
+            self.adv = PatchAdversarialLoss(criterion="least_squares")
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        """``autoencoder`` (and ``discriminator`` when the adversarial term is on)."""
+        mods: dict[str, torch.nn.Module] = {"autoencoder": self.net}
+        if self.discriminator is not None:
+            mods["discriminator"] = self.discriminator
+        return mods
+
+    def loss(self, batch: torch.Tensor) -> torch.Tensor:
+        """Training loss of ``batch`` (B, 1, D, H, W) in [-1, 1]."""
+        recon, z_mu, z_sigma = self.net(batch)
+        loss = F.l1_loss(recon.float(), batch.float()) + self.kl_weight * kl_loss(z_mu.float(), z_sigma.float())
+        if self.discriminator is not None:
+            # One optimizer for both nets: the generator term sees the discriminator through detached
+            # weights (so it only moves the autoencoder); the discriminator term sees detached images.
+            d = self.discriminator
+            frozen = {k: v.detach() for k, v in d.named_parameters()}
+            fake_logits = functional_call(d, frozen, (recon,))[-1]
+            g_adv = self.adv(fake_logits, target_is_real=True, for_discriminator=False)
+            d_loss = 0.5 * (self.adv(d(recon.detach())[-1], target_is_real=False, for_discriminator=True)
+                            + self.adv(d(batch)[-1], target_is_real=True, for_discriminator=True))
+            loss = loss + self.adversarial_weight * (g_adv + d_loss)
+        return loss
+
+    def val_loss(self, batch: torch.Tensor) -> torch.Tensor:
+        """Mean L1 of the mean reconstruction ``D(mu)`` of ``batch`` (B, 1, D, H, W)."""
+        return (self.net.reconstruct(batch).float() - batch.float()).abs().mean()
+
+
+@torch.no_grad()
+def encode_stats(net: AutoencoderKL, volumes: torch.Tensor, batch_size: int = 16,
+                 device: torch.device | str = "cpu") -> torch.Tensor:
+    """Posterior mean and sigma of every volume, concatenated along channels.
+
+    Args:
+        volumes: (N, 1, D, H, W) float32 in [-1, 1].
+
+    Returns:
+        (N, 2C, d, h, w) float32 on the CPU: channels [:C] are ``z_mu``, [C:] are ``z_sigma``.
+    """
+    net.eval()
+    out = []
+    for i in range(0, len(volumes), batch_size):
+        mu, sigma = net.encode(volumes[i : i + batch_size].to(device))
+        out.append(torch.cat([mu, sigma], 1).float().cpu())
+    return torch.cat(out)
+
+
+class PosteriorSampler(torch.nn.Module):
+    """Stands in for the autoencoder when the latent posteriors are precomputed.
+
+    ``encode_stage_2_inputs(stats)`` draws ``z = mu + sigma * eps`` from (B, 2C, d, h, w) statistics
+    from :func:`encode_stats`, exactly what ``AutoencoderKL.encode_stage_2_inputs`` does from images,
+    without running the encoder at every diffusion step.
+    """
+
+    def encode_stage_2_inputs(self, stats: torch.Tensor) -> torch.Tensor:
+        """(B, 2C, d, h, w) statistics -> (B, C, d, h, w) latent sample."""
+        mu, sigma = stats.chunk(2, dim=1)
+        return mu + torch.randn_like(sigma) * sigma
+
+
+@torch.no_grad()
+def latent_scale_factor(stats: torch.Tensor, seed: int = 0) -> float:
+    """1 / std of training latents sampled from their posteriors, so the diffusion model sees unit variance.
+
+    Args:
+        stats: (N, 2C, d, h, w) from :func:`encode_stats` on the training volumes.
+    """
+    g = torch.Generator().manual_seed(seed)
+    mu, sigma = stats.chunk(2, dim=1)
+    z = mu + torch.randn(mu.shape, generator=g) * sigma
+    return float(1.0 / z.std())

@@ -1,0 +1,278 @@
+"""Train a 3D latent diffusion model (autoencoder, then diffusion model) into one run folder.
+
+Run folder layout (read by the study notebooks)::
+
+    runs/NAME/
+        config.yaml           the LDMConfig of the run
+        provenance.yaml       versions, git commit, host, time of the latest start
+        data.json             data set, spacing, intensity mapping, patch shape, ids of the patches used
+        autoencoder/          losses.csv, last.pt, final.pt, DONE (see memostudy.training)
+        latent_scale.json     scale_factor = 1 / std of the training latents
+        diffusion/            losses.csv, last.pt, final.pt, DONE, snapshots/epoch_XXXX.pt
+        samples/<tag>/        sample_0000.nii.gz ..., samples.csv (written by memostudy.ldm.sampling)
+
+Started again with the same config, :func:`train_ldm` skips a finished autoencoder and resumes
+whichever stage was interrupted from its ``last.pt``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.networks.nets import AutoencoderKL, DiffusionModelUNet
+from monai.transforms import Compose, RandFlip, RandRotate90
+
+from memostudy.config import load_yaml, provenance, save_yaml, to_dict
+from memostudy.data.patches import PatchSet, load_patches
+from memostudy.errors import ConfigError, DataError, RunExistsError
+from memostudy.ldm.autoencoder import (
+    AutoencoderTask,
+    PosteriorSampler,
+    build_autoencoder,
+    encode_stats,
+    latent_scale_factor,
+)
+from memostudy.ldm.config import LDMConfig
+from memostudy.ldm.diffusion import DiffusionTask, build_unet
+from memostudy.training import (
+    DONE_MARKER,
+    config_differences,
+    derive_seed,
+    fit,
+    load_checkpoint,
+    seed_everything,
+    select_device,
+)
+
+
+class FlipRotate:
+    """Random flips along each axis and random 90-degree rotations (MONAI transforms), per patch.
+
+    Rotations are drawn in every plane whose two axes have the same size (all three planes of a cube).
+    Randomness comes from torch's global RNG, so :func:`memostudy.training.fit` can replay it on resume.
+    """
+
+    def __init__(self, spatial_shape: tuple[int, int, int], prob: float = 0.5) -> None:
+        planes = [(a, b) for a, b in ((0, 1), (0, 2), (1, 2)) if spatial_shape[a] == spatial_shape[b]]
+        self.transform = Compose(
+            [RandFlip(prob=prob, spatial_axis=a) for a in range(3)]
+            + [RandRotate90(prob=prob, max_k=3, spatial_axes=p) for p in planes]
+        )
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        """(B, C, D, H, W) -> (B, C, D, H, W) with each patch independently flipped / rotated."""
+        self.transform.set_random_state(seed=int(torch.randint(0, 2**31 - 1, ())))
+        return torch.stack([torch.as_tensor(self.transform(v)).as_subclass(torch.Tensor) for v in batch])
+
+
+def evenly_spaced(n: int, k: int | None) -> np.ndarray:
+    """Indices of ``k`` items spread evenly over ``range(n)`` (all of them when k is None or >= n)."""
+    if k is None or k >= n:
+        return np.arange(n)
+    return np.unique(np.linspace(0, n - 1, k).round().astype(int))
+
+
+def _subset(ps: PatchSet, k: int | None) -> PatchSet:
+    idx = evenly_spaced(len(ps), k)
+    return PatchSet(volumes=ps.volumes[torch.as_tensor(idx)], ids=[ps.ids[i] for i in idx],
+                    table=ps.table.iloc[idx].reset_index(drop=True), info=ps.info)
+
+
+def training_data(cfg: LDMConfig) -> tuple[PatchSet, PatchSet | None]:
+    """The training patches the LDM learns from (``max_train_patches`` of them) and its validation patches.
+
+    Returns:
+        (train, validation); volumes (N, 1, D, H, W) float32 in [-1, 1]. Validation is None when the
+        data set has no validation split.
+
+    Raises:
+        DataError: data set missing, or its patch shape differs from ``cfg.patch_size``.
+    """
+    train = _subset(load_patches(cfg.data, "train", cfg.cache), cfg.max_train_patches)
+    shape = tuple(train.volumes.shape[2:])
+    if shape != tuple(cfg.patch_size):
+        raise DataError(
+            f"data set {cfg.data!r} has patches of shape {shape} but the config expects patch_size "
+            f"{tuple(cfg.patch_size)}; prepare the data with that patch size or set patch_size={list(shape)}"
+        )
+    try:
+        val: PatchSet | None = _subset(load_patches(cfg.data, "validation", cfg.cache), cfg.max_val_patches)
+    except DataError:
+        val = None
+    return train, val
+
+
+def _check_run_config(out: Path, cfg: LDMConfig) -> None:
+    path = out / "config.yaml"
+    if path.exists():
+        old = load_yaml(LDMConfig, path)
+        diff = config_differences(to_dict(old), to_dict(cfg))
+        if diff:
+            raise ConfigError(
+                f"{out} holds a run with a different config ({'; '.join(diff[:4])}{' ...' if len(diff) > 4 else ''}); "
+                f"use another --out, the original settings, or --force to start over"
+            )
+
+
+def clear_ldm_run(out: Path) -> None:
+    """Delete everything :func:`train_ldm` and sampling write in ``out`` (used by ``force``)."""
+    for name in ("autoencoder", "diffusion", "samples"):
+        shutil.rmtree(out / name, ignore_errors=True)
+    for name in ("config.yaml", "provenance.yaml", "data.json", "latent_scale.json"):
+        (out / name).unlink(missing_ok=True)
+
+
+def train_ldm(cfg: LDMConfig, out_dir: str | Path, force: bool = False, progress: bool = True) -> Path:
+    """Train the autoencoder, compute the latent scale factor, train the diffusion model.
+
+    Args:
+        cfg: the experiment config (validated here).
+        out_dir: run folder (see the module docstring); resumed when it holds an unfinished run
+            with the same config.
+        force: delete a finished or different run in ``out_dir`` and start over.
+        progress: show tqdm bars.
+
+    Returns:
+        ``out_dir`` as a Path.
+
+    Raises:
+        RunExistsError: ``out_dir`` holds a finished run and ``force`` is False.
+        ConfigError: bad config, or ``out_dir`` holds a run with a different config.
+        DataError: the data set is missing or does not fit the config.
+    """
+    cfg = cfg.validate()
+    out = Path(out_dir)
+    if (out / "diffusion" / DONE_MARKER).exists() and not force:
+        raise RunExistsError(f"{out}: a finished LDM run is already there; use --force to train it again, or another --out")
+    if force:
+        clear_ldm_run(out)
+    _check_run_config(out, cfg)
+    train, val = training_data(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    save_yaml(cfg, out / "config.yaml")
+    # torch.__version__ is a str subclass that yaml.safe_dump refuses: store plain values
+    save_yaml({k: v if v is None or isinstance(v, (bool, int, float)) else str(v) for k, v in provenance().items()},
+              out / "provenance.yaml")
+    (out / "data.json").write_text(json.dumps({
+        "data": str(cfg.data), "name": train.info.get("name", str(cfg.data)), "spacing": list(train.spacing),
+        "intensity": train.info.get("intensity"), "patch_shape": list(train.volumes.shape[2:]),
+        "train_ids": train.ids, "validation_ids": val.ids if val is not None else [],
+    }, indent=1))
+    meta = to_dict(cfg)
+    device = select_device()
+
+    seed_everything(derive_seed(cfg.seed, 10))  # initial weights depend on the seed only
+    ae = build_autoencoder(cfg.autoencoder)
+    ae_dir = out / "autoencoder"
+    if not (ae_dir / DONE_MARKER).exists():
+        fit(AutoencoderTask(ae, cfg.autoencoder.kl_weight, cfg.autoencoder.adversarial_weight),
+            train.volumes, val.volumes if val is not None else None, cfg.stage_loop("autoencoder"), ae_dir,
+            desc="autoencoder", progress=progress, meta=meta, device=device)
+    ae.load_state_dict(load_checkpoint(ae_dir / "final.pt")["modules"]["autoencoder"])
+    ae.to(device).eval()
+
+    train_stats = encode_stats(ae, train.volumes, device=device)
+    scale_path = out / "latent_scale.json"
+    if not scale_path.exists():
+        scale = latent_scale_factor(train_stats, seed=cfg.seed)
+        scale_path.write_text(json.dumps({"scale_factor": scale, "latent_std": 1.0 / scale,
+                                          "n_train_patches": len(train), "latent_shape": list(cfg.latent_shape)}))
+    scale = float(json.loads(scale_path.read_text())["scale_factor"])
+
+    if cfg.augment:
+        # flips and rotations act on the images, so latents are encoded afresh at every step
+        encoder: torch.nn.Module = ae
+        inputs, val_inputs, augment = train.volumes, (val.volumes if val is not None else None), FlipRotate(cfg.patch_size)
+    else:
+        # without augmentation each patch's posterior is fixed: encode once, sample z at every step
+        encoder = PosteriorSampler()
+        inputs, augment = train_stats, None
+        val_inputs = encode_stats(ae, val.volumes, device=device) if val is not None else None
+    seed_everything(derive_seed(cfg.seed, 11))
+    unet = build_unet(cfg.diffusion, cfg.autoencoder.latent_channels)
+    fit(DiffusionTask(unet, encoder, scale, cfg.latent_shape, cfg.diffusion), inputs, val_inputs,
+        cfg.stage_loop("diffusion"), out / "diffusion", desc="diffusion", augment=augment, progress=progress,
+        meta=meta, device=device)
+    return out
+
+
+@dataclass
+class LDMRun:
+    """A trained run, ready to sample from.
+
+    Attributes:
+        run_dir: the run folder.
+        cfg: its config.
+        autoencoder: trained ``AutoencoderKL`` (eval mode).
+        unet: diffusion UNet with the weights of ``checkpoint`` (the EMA weights when the run kept them).
+        scale_factor: latent scale factor of the run.
+        data: ``data.json`` of the run (spacing, intensity mapping lo/hi -> [-1, 1], ids used).
+        checkpoint: path of the diffusion checkpoint loaded.
+        epoch: training epoch of that checkpoint.
+        weights: "ema" or "unet".
+    """
+
+    run_dir: Path
+    cfg: LDMConfig
+    autoencoder: AutoencoderKL
+    unet: DiffusionModelUNet
+    scale_factor: float
+    data: dict
+    checkpoint: Path
+    epoch: int
+    weights: str
+
+
+def resolve_checkpoint(run_dir: str | Path, checkpoint: str | int | Path | None = None) -> Path:
+    """The diffusion checkpoint to use: None or "final" -> final.pt, "last" -> last.pt, an epoch number
+    -> ``snapshots/epoch_XXXX.pt``, otherwise a path."""
+    d = Path(run_dir) / "diffusion"
+    if checkpoint is None or str(checkpoint) == "final":
+        path = d / "final.pt"
+    elif str(checkpoint) == "last":
+        path = d / "last.pt"
+    elif str(checkpoint).isdigit():
+        path = d / "snapshots" / f"epoch_{int(checkpoint):04d}.pt"
+    else:
+        path = Path(checkpoint)
+    if not path.is_file():
+        snaps = sorted(p.stem.split("_")[-1].lstrip("0") for p in (d / "snapshots").glob("epoch_*.pt"))
+        raise DataError(
+            f"{path}: checkpoint not found; finish training (memostudy train ... --out {run_dir}) or pick one of: "
+            f"final, last{''.join(', ' + s for s in snaps)}"
+        )
+    return path
+
+
+def load_run(run_dir: str | Path, checkpoint: str | int | Path | None = None,
+             device: torch.device | str = "cpu") -> LDMRun:
+    """Load config, autoencoder, diffusion UNet (of ``checkpoint``, see :func:`resolve_checkpoint`)
+    and scale factor of a trained run."""
+    run = Path(run_dir)
+    if not (run / "config.yaml").exists():
+        raise DataError(f"{run}: not an LDM run folder (no config.yaml); train one with `memostudy train --out {run}`")
+    cfg = load_yaml(LDMConfig, run / "config.yaml")
+    if not (run / "autoencoder" / "final.pt").exists() or not (run / "latent_scale.json").exists():
+        raise DataError(f"{run}: the autoencoder has not finished training; rerun `memostudy train ... --out {run}`")
+    ae = build_autoencoder(cfg.autoencoder)
+    ae.load_state_dict(load_checkpoint(run / "autoencoder" / "final.pt")["modules"]["autoencoder"])
+    path = resolve_checkpoint(run, checkpoint)
+    ckpt = load_checkpoint(path)
+    unet = build_unet(cfg.diffusion, cfg.autoencoder.latent_channels)
+    if "ema" in ckpt["modules"]:
+        unet.load_state_dict({k.removeprefix("module."): v for k, v in ckpt["modules"]["ema"].items()})
+        weights = "ema"
+    else:
+        unet.load_state_dict(ckpt["modules"]["unet"])
+        weights = "unet"
+    epoch = int(ckpt.get("epoch") or (ckpt["history"][-1]["epoch"] if ckpt.get("history") else 0))
+    return LDMRun(
+        run_dir=run, cfg=cfg, autoencoder=ae.to(device).eval(), unet=unet.to(device).eval(),
+        scale_factor=float(json.loads((run / "latent_scale.json").read_text())["scale_factor"]),
+        data=json.loads((run / "data.json").read_text()), checkpoint=path, epoch=epoch, weights=weights,
+    )

@@ -1,0 +1,426 @@
+"""Leak check for shared reports: does an HTML report carry voxels of a training volume?
+
+A report exported for collaborators in share-safe mode must hold no voxel of any training volume.
+Plotly figures inline their data in the HTML, so a slice viewer of a training volume puts whole
+slices in the file even when nobody looks at them. This module reads every numeric array out of the
+HTML text (:func:`decoded_arrays`) and compares them with the training volumes
+(:func:`find_volume_leaks`).
+
+What counts as a leak:
+
+- a 2D array (at least ``min_values`` finite values) equal, within ``atol`` at every value, to an
+  axis-aligned slice of a volume under any of the 8 flips/transposes of a 2D array (viewers
+  transpose and flip slices for display, see :func:`memostudy.report.viewer.plane_slice`). A 1D array whose
+  length is a multiple of a slice's size is also read as flattened slices (``go.Volume`` values,
+  hand-flattened images);
+- a 1D array (at least ``min_run`` finite values) equal, within ``atol``, to a contiguous run of
+  voxels along any axis of a volume, forward or reversed (a line profile through a volume). Only
+  1D arrays are searched this way, not the rows of 2D arrays (that would be one search per row).
+
+NaN entries (``null`` in JSON, masked backgrounds) are wildcards: only finite values are compared.
+
+Not detected: crops or zooms of a slice (a 2D array smaller than the slice), slices resampled or
+rescaled before display, oblique slices, images encoded as PNG, and ipywidgets binary buffers.
+
+Near-constant arrays are never leaks: an array or slice whose standard deviation is below
+``min_std`` (an all -1.0 background slice) would match the air of any volume, synthetic ones
+included, and says nothing about a patient. They are skipped on both sides.
+
+Speed: slices are compared through a matrix product (GEMM) of squared distances
+``||a||^2 + ||b||^2 - 2 a.b`` on a random orthonormal projection of the flattened arrays to
+64 dimensions. An orthonormal projection never lengthens a vector, so a pair within
+``atol`` everywhere (squared distance <= n * atol^2) always passes the projected test: the prefilter
+can give false candidates, never miss a true one. Candidates then get the exact max-abs check.
+Runs are found from the voxel values nearest the query's rarest value (a sorted index of all voxels),
+then pruned one value at a time.
+"""
+
+from __future__ import annotations
+
+import base64
+import html as html_lib
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+# viewer plane (memostudy.report.viewer reads a volume as (X, Y, Z)) shown for a slice across each axis
+_PLANE_OF_AXIS = {0: "sagittal", 1: "coronal", 2: "axial"}
+
+# plotly typed arrays (plotly.py >= 6): little-endian, as plotly.js decodes them
+_DTYPES = {"f4": "<f4", "f8": "<f8", "i1": "i1", "i2": "<i2", "i4": "<i4", "u1": "u1", "u1c": "u1",
+           "u2": "<u2", "u4": "<u4"}
+
+# the 8 symmetries of a 2D array; a leak's ``transform`` is the key ``t`` with slice == t(embedded)
+TRANSFORMS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "a": lambda a: a,
+    "a[::-1]": lambda a: a[::-1],
+    "a[:, ::-1]": lambda a: a[:, ::-1],
+    "a[::-1, ::-1]": lambda a: a[::-1, ::-1],
+    "a.T": lambda a: a.T,
+    "a.T[::-1]": lambda a: a.T[::-1],
+    "a.T[:, ::-1]": lambda a: a.T[:, ::-1],
+    "a.T[::-1, ::-1]": lambda a: a.T[::-1, ::-1],
+}
+
+_PROJ_DIM = 64          # projected length for the GEMM prefilter
+_QUERY_CHUNK = 4096     # query rows per distance block
+_LIB_ROWS = 4096        # library slices per block (bounds the copy of slices in memory)
+
+_BDATA_OBJ = re.compile(r'\{[^{}]*"bdata"[^{}]*\}')
+_NUM = r"(?:-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?|null)"
+_NUM_RE = re.compile(_NUM)
+_LIST1 = rf"\[\s*{_NUM}(?:\s*,\s*{_NUM})*\s*\]"
+_LIST1_RE = re.compile(_LIST1)
+_LIST2_RE = re.compile(rf"\[\s*{_LIST1}(?:\s*,\s*{_LIST1})*\s*\]")
+_MIN_LIST = 16
+
+
+@dataclass(frozen=True)
+class Leak:
+    """One embedded array that reproduces voxels of a training volume.
+
+    Attributes:
+        array: index of the array in :func:`decoded_arrays` of the same HTML.
+        shape: that array's shape as embedded.
+        volume: index of the training volume (first axis of ``volumes``).
+        axis: volume axis (0, 1, 2 of (D, H, W)); for a slice the axis it cuts across, for a run the
+            axis it runs along.
+        index: for a slice ``(k,)``, its index along ``axis``; for a run ``(d, h, w)``, the voxel it
+            starts at (lowest index along ``axis``).
+        transform: for a slice, a key of :data:`TRANSFORMS` with ``slice == TRANSFORMS[t](embedded)``
+            (e.g. ``"a.T"`` for an axial plane of :func:`memostudy.report.viewer.slice_viewer`); for a run,
+            ``"forward"`` or ``"reversed"``.
+        max_abs_diff: largest |embedded - voxel| over the compared (finite) values.
+    """
+
+    array: int
+    shape: tuple[int, ...]
+    volume: int
+    axis: int
+    index: tuple[int, ...]
+    transform: str
+    max_abs_diff: float
+
+    @property
+    def kind(self) -> str:
+        """``"slice"`` or ``"run"``."""
+        return "slice" if len(self.index) == 1 else "run"
+
+    @property
+    def plane(self) -> str:
+        """Plane name of :mod:`memostudy.report.viewer` for a slice across :attr:`axis` (volume read as (X, Y, Z))."""
+        return _PLANE_OF_AXIS[self.axis]
+
+
+def decoded_arrays(html: str) -> list[np.ndarray]:
+    """Every numeric array embedded in an HTML (or JSON) text, in document order.
+
+    Reads plotly typed arrays (``{"dtype": "f4", "bdata": "<base64>", "shape": "32, 32"}``, keys in
+    any order, shape absent = 1D; what plotly >= 6 writes for numpy data) and plain JSON lists of at
+    least 16 numbers (``null`` read as NaN); a list of equal-length number lists is one 2D array, so
+    a 3D nested list gives its 2D sub-lists. Typed arrays are also looked for in HTML-escaped text
+    (an iframe ``srcdoc``) and in JSON escaped once more inside a string (``\\"bdata\\"``).
+
+    Args:
+        html: the report's text.
+
+    Returns:
+        Arrays as decoded: typed arrays keep their dtype, lists are float64.
+    """
+    found: list[tuple[int, np.ndarray]] = []
+    seen: set[tuple[str, str, str]] = set()
+    views = [html]
+    if "&quot;bdata&quot;" in html:
+        views.append(html_lib.unescape(html))
+    if '\\"bdata\\"' in html:
+        views.append(re.sub(r'\\(["\\/])', r"\1", html))
+    for v, text in enumerate(views):
+        for m in _BDATA_OBJ.finditer(text):
+            arr = _decode_typed(m.group(), seen, skip_seen=v > 0)
+            if arr is not None:
+                found.append((m.start() + v * len(html), arr))
+    taken: list[tuple[int, int]] = []
+    for m in _LIST2_RE.finditer(html):
+        if m.group().count(",") + 1 < _MIN_LIST:
+            continue
+        rows = [_numbers(r) for r in _LIST1_RE.findall(m.group())]
+        if len({len(r) for r in rows}) == 1 and len(rows) * len(rows[0]) >= _MIN_LIST:
+            found.append((m.start(), np.array(rows, dtype=np.float64)))
+            taken.append(m.span())
+        # ragged nested lists: their rows are read below as 1D lists
+    taken_starts = np.array([s for s, _ in taken], dtype=np.int64)
+    taken_ends = np.array([e for _, e in taken], dtype=np.int64)
+    for m in _LIST1_RE.finditer(html):
+        i = np.searchsorted(taken_starts, m.start(), side="right") - 1
+        if i >= 0 and m.end() <= taken_ends[i]:
+            continue
+        if m.group().count(",") + 1 < _MIN_LIST:
+            continue
+        values = _numbers(m.group())
+        if len(values) >= _MIN_LIST:
+            found.append((m.start(), np.array(values, dtype=np.float64)))
+    found.sort(key=lambda x: x[0])
+    return [a for _, a in found]
+
+
+def _numbers(text: str) -> list[float]:
+    """The numbers of a matched list, ``null`` as NaN (tolerates JS literals such as ``01``)."""
+    return [float("nan") if t == "null" else float(t) for t in _NUM_RE.findall(text)]
+
+
+def _decode_typed(text: str, seen: set[tuple[str, str, str]], skip_seen: bool) -> np.ndarray | None:
+    """One plotly typed-array object -> ndarray, or None if it is not one (or ``skip_seen`` and already read)."""
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    dtype, data, shape = obj.get("dtype"), obj.get("bdata"), obj.get("shape")
+    if dtype not in _DTYPES or not isinstance(data, str):
+        return None
+    key = (dtype, data, str(shape))
+    if skip_seen and key in seen:  # the same array read again from an escaped view of the text
+        return None
+    seen.add(key)
+    try:
+        arr = np.frombuffer(base64.b64decode(data), dtype=_DTYPES[dtype])
+        if shape is not None and shape != "":
+            dims = [shape] if isinstance(shape, int) else shape
+            if isinstance(dims, str):
+                dims = [int(s) for s in dims.split(",")]
+            arr = arr.reshape([int(d) for d in dims])
+    except (ValueError, TypeError):
+        return None
+    return arr
+
+
+def find_volume_leaks(html: str, volumes: np.ndarray | torch.Tensor, atol: float = 0.006, min_values: int = 64,
+                      min_run: int = 16, min_std: float = 0.02) -> list[Leak]:
+    """Training voxels embedded in an HTML report: slices and runs of ``volumes`` found in its arrays.
+
+    Args:
+        html: the report's text (e.g. an nbconvert export with plotly figures inlined).
+        volumes: training volumes, (N, 1, D, H, W) or (N, D, H, W), e.g. float32 in [-1, 1].
+        atol: largest |embedded - voxel| still counted as equal; the default covers values rounded to
+            2 decimals (plotly figures of :mod:`memostudy.report.viewer`) plus float32 error.
+        min_values: a 2D array needs at least this many finite values to count.
+        min_run: a 1D array needs at least this many finite values to count as a run.
+        min_std: arrays and slices with a standard deviation below this are skipped (a constant
+            background slice matches the air of any volume and reveals nothing).
+
+    Returns:
+        One :class:`Leak` per (embedded array, volume, axis, position) match, best transform kept;
+        empty if the report is share-safe by this test.
+    """
+    return find_array_leaks(decoded_arrays(html), volumes, atol, min_values, min_run, min_std)
+
+
+def find_array_leaks(arrays: list[np.ndarray], volumes: np.ndarray | torch.Tensor, atol: float = 0.006,
+                     min_values: int = 64, min_run: int = 16, min_std: float = 0.02) -> list[Leak]:
+    """:func:`find_volume_leaks` on arrays already decoded (``Leak.array`` indexes ``arrays``)."""
+    if atol < 0:
+        raise ValueError(f"atol must be >= 0, got {atol}")
+    vols = _as_volumes(volumes)
+    slice_shapes = {vols.shape[1:][:a] + vols.shape[1:][a + 1:] for a in range(3)}
+    flat_shapes = slice_shapes | {s[::-1] for s in slice_shapes}
+    planes: list[tuple[int, np.ndarray]] = []   # (array id, 2D float32)
+    runs: list[tuple[int, np.ndarray]] = []     # (array id, 1D float32)
+    for i, arr in enumerate(arrays):
+        a = np.asarray(arr, dtype=np.float32)
+        a = a.reshape([d for d in a.shape if d != 1]) if a.size else a
+        if a.ndim == 1:
+            runs.append((i, a))
+            planes += [(i, sub) for r, c in flat_shapes if a.size % (r * c) == 0 for sub in a.reshape(-1, r, c)]
+        elif a.ndim == 2:
+            planes.append((i, a))
+        elif a.ndim > 2:
+            planes += [(i, sub) for sub in a.reshape(-1, *a.shape[-2:])]
+    planes = [(i, p) for i, p in planes if _informative(p, min_values, min_std)]
+    runs = [(i, r) for i, r in runs if _informative(r, min_run, min_std) and r.size <= max(vols.shape[1:])]
+    shapes = [tuple(np.shape(a)) for a in arrays]
+    best: dict[tuple, Leak] = {}
+    for leak in _match_slices(planes, vols, atol, min_std, shapes) + _match_runs(runs, vols, atol, shapes):
+        key = (leak.array, leak.volume, leak.axis, leak.index)
+        if key not in best or leak.max_abs_diff < best[key].max_abs_diff:
+            best[key] = leak
+    return sorted(best.values(), key=lambda k: (k.array, k.volume, k.axis, k.index))
+
+
+def describe(leaks: list[Leak]) -> str:
+    """One line for logs and error messages: how many arrays leak, from which volumes, how closely."""
+    if not leaks:
+        return "no training voxels found in the report"
+    vols = sorted({k.volume for k in leaks})
+    n_slices = sum(k.kind == "slice" for k in leaks)
+    shown = ", ".join(map(str, vols[:10])) + (", ..." if len(vols) > 10 else "")
+    return (f"{len({k.array for k in leaks})} embedded arrays reproduce training voxels "
+            f"({n_slices} slices, {len(leaks) - n_slices} runs) of {len(vols)} training volume(s): {shown}; "
+            f"max |diff| {max(k.max_abs_diff for k in leaks):.4f}")
+
+
+def _as_volumes(volumes: np.ndarray | torch.Tensor) -> np.ndarray:
+    v = volumes.detach().cpu().numpy() if isinstance(volumes, torch.Tensor) else np.asarray(volumes)
+    if v.ndim == 5 and v.shape[1] == 1:
+        v = v[:, 0]
+    if v.ndim != 4:
+        raise ValueError(f"volumes must be (N, 1, D, H, W) or (N, D, H, W), got shape {v.shape}")
+    return np.ascontiguousarray(v, dtype=np.float32)
+
+
+def _informative(a: np.ndarray, min_count: int, min_std: float) -> bool:
+    finite = a[np.isfinite(a)]
+    return finite.size >= min_count and float(finite.std()) >= min_std
+
+
+def _projection(n: int) -> np.ndarray | None:
+    """(n, k) matrix with orthonormal columns (fixed seed), or None when n is already small."""
+    if n <= _PROJ_DIM:
+        return None
+    q, _ = np.linalg.qr(np.random.default_rng(0).standard_normal((n, _PROJ_DIM)))
+    return q.astype(np.float32)
+
+
+@dataclass
+class _SliceQueries:
+    """Every symmetry of every 2D array of one slice shape, flattened and ready for the GEMM prefilter."""
+
+    ids: np.ndarray             # (m,) array id of each row
+    names: list[str]            # transform of each row
+    x: np.ndarray               # (m, n) float32 rows, NaN where the array has no value
+    proj: np.ndarray | None     # (n, k) projection, None = compare unprojected
+    dense: np.ndarray           # rows without NaN ...
+    q: np.ndarray               # ... their projections (rows_dense, k)
+    q_norm: np.ndarray          # ... and squared norms
+    masked: np.ndarray          # rows with NaN ...
+    x0: np.ndarray              # ... NaN set to 0
+    mask: np.ndarray            # ... 1 where finite
+    x0_norm: np.ndarray         # ... squared norms of x0
+
+    @classmethod
+    def build(cls, planes: list[tuple[int, np.ndarray]], shape: tuple[int, int]) -> _SliceQueries:
+        ids, names, rows = [], [], []
+        for i, p in planes:
+            if p.shape != shape and p.shape != shape[::-1]:
+                continue
+            for name, t in TRANSFORMS.items():
+                tp = t(p)
+                if tp.shape == shape:
+                    ids.append(i)
+                    names.append(name)
+                    rows.append(tp.ravel())
+        n = shape[0] * shape[1]
+        x = np.stack(rows).astype(np.float32) if rows else np.zeros((0, n), np.float32)
+        proj = _projection(n)
+        finite = np.isfinite(x).all(axis=1)
+        dense, masked = np.nonzero(finite)[0], np.nonzero(~finite)[0]
+        q = x[dense] @ proj if proj is not None else x[dense]
+        x0 = np.nan_to_num(x[masked], nan=0.0)
+        return cls(np.array(ids, dtype=np.int64), names, x, proj, dense, q, (q * q).sum(1), masked, x0,
+                   np.isfinite(x[masked]).astype(np.float32), (x0 * x0).sum(1))
+
+
+def _match_slices(planes: list[tuple[int, np.ndarray]], vols: np.ndarray, atol: float, min_std: float,
+                  shapes: list[tuple[int, ...]]) -> list[Leak]:
+    """2D arrays against every axis-aligned slice under the 8 symmetries (GEMM prefilter, exact check)."""
+    leaks: list[Leak] = []
+    if not planes:
+        return leaks
+    n_vol = vols.shape[0]
+    by_shape: dict[tuple[int, int], _SliceQueries] = {}  # cubic volumes: one set of rows for all 3 axes
+    for axis in range(3):
+        per_vol = np.moveaxis(vols, axis + 1, 1)  # (N, L, r, c) view: slices across ``axis``
+        n_slices, r, c = per_vol.shape[1:]
+        n = r * c
+        if (r, c) not in by_shape:
+            by_shape[(r, c)] = _SliceQueries.build(planes, (r, c))
+        qs = by_shape[(r, c)]
+        if not len(qs.ids):
+            continue
+        vols_per_block = max(1, _LIB_ROWS // n_slices)
+        for v0 in range(0, n_vol, vols_per_block):
+            lib = per_vol[v0:v0 + vols_per_block].reshape(-1, n)  # copy of this block's slices
+            keep = np.nonzero(lib.std(axis=1) >= min_std)[0]
+            if not keep.size:
+                continue
+            lib = lib[keep]
+            pairs = []
+            if qs.dense.size:
+                f = lib @ qs.proj if qs.proj is not None else lib
+                f_norm = (f * f).sum(1)[None]
+                for q0 in range(0, qs.dense.size, _QUERY_CHUNK):
+                    s = slice(q0, q0 + _QUERY_CHUNK)
+                    qn = qs.q_norm[s, None]
+                    d2 = qn + f_norm - 2 * (qs.q[s] @ f.T)
+                    # float32 GEMM error grows with the norms: a loose bound, false candidates are cheap
+                    qi, li = np.nonzero(d2 <= n * atol**2 * 1.001 + 1e-4 * (qn + f_norm))
+                    pairs.append((qs.dense[q0 + qi], li))
+            if qs.masked.size:
+                lib_sq = lib * lib
+                for q0 in range(0, qs.masked.size, _QUERY_CHUNK):
+                    s = slice(q0, q0 + _QUERY_CHUNK)
+                    # squared distance over the finite entries only: ||m*x||^2 + m.(lib^2) - 2 (m*x).lib
+                    lib_norm = qs.mask[s] @ lib_sq.T
+                    d2 = qs.x0_norm[s, None] + lib_norm - 2 * (qs.x0[s] @ lib.T)
+                    thr = qs.mask[s].sum(1, keepdims=True) * atol**2 * 1.001 + 1e-4 * (qs.x0_norm[s, None] + lib_norm)
+                    qi, li = np.nonzero(d2 <= thr)
+                    pairs.append((qs.masked[q0 + qi], li))
+            for qi, li in pairs:
+                for p0 in range(0, qi.size, 1024):
+                    qb, lb = qi[p0:p0 + 1024], li[p0:p0 + 1024]
+                    diff = np.nanmax(np.abs(qs.x[qb] - lib[lb]), axis=1)
+                    ok = diff <= atol
+                    for q, lrow, d in zip(qb[ok], lb[ok], diff[ok]):
+                        vol, k = divmod(v0 * n_slices + int(keep[lrow]), n_slices)
+                        a = int(qs.ids[q])
+                        leaks.append(Leak(a, shapes[a], vol, axis, (k,), qs.names[q], float(d)))
+    return leaks
+
+
+def _match_runs(runs: list[tuple[int, np.ndarray]], vols: np.ndarray, atol: float,
+                shapes: list[tuple[int, ...]]) -> list[Leak]:
+    """1D arrays against contiguous runs of voxels along each axis, forward and reversed.
+
+    Candidates are the voxels within ``atol`` of the query's rarest value (binary search in the
+    sorted voxel values); each candidate run is then pruned value by value, rarest first.
+    """
+    leaks: list[Leak] = []
+    if not runs:
+        return leaks
+    _, d_, h_, w_ = vols.shape
+    sizes, strides, vol_size = (d_, h_, w_), (h_ * w_, w_, 1), d_ * h_ * w_
+    flat = vols.reshape(-1)
+    order = np.argsort(flat, kind="stable")
+    sorted_vals = flat[order]
+    for i, q in runs:
+        n = q.size
+        finite = np.isfinite(q)
+        lo = np.searchsorted(sorted_vals, q - atol * 1.001, side="left")
+        hi = np.searchsorted(sorted_vals, q + atol * 1.001, side="right")
+        counts = np.where(finite, hi - lo, np.iinfo(np.int64).max)
+        check = [int(k) for k in np.argsort(counts, kind="stable") if finite[k]]
+        j = check.pop(0)
+        if counts[j] == 0:
+            continue
+        cand = order[lo[j]:hi[j]].astype(np.int64)
+        within = cand % vol_size
+        for axis in range(3):
+            if n > sizes[axis]:
+                continue
+            coord = (within // strides[axis]) % sizes[axis]
+            for name, off in (("forward", np.arange(n)), ("reversed", np.arange(n)[::-1])):
+                start = coord - off[j]
+                base = cand[(start >= 0) & (start + n <= sizes[axis])] - off[j] * strides[axis]
+                for k in check:
+                    if not base.size:
+                        break
+                    base = base[np.abs(flat[base + off[k] * strides[axis]] - q[k]) <= atol]
+                for b in base:
+                    d = float(np.nanmax(np.abs(flat[b + off * strides[axis]] - q)))
+                    if d <= atol:
+                        vol, rem = divmod(int(b), vol_size)
+                        pos = tuple(int(p) for p in np.unravel_index(rem, sizes))
+                        leaks.append(Leak(i, shapes[i], vol, axis, pos, name, d))
+    return leaks

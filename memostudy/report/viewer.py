@@ -1,0 +1,216 @@
+"""Slice viewers: plotly figures that work in exported static HTML, plus ipywidgets for JupyterLab.
+
+The plotly viewers carry every slice in the figure itself (a slider that restyles the heatmaps),
+so they page through slices in an HTML report opened offline with no kernel. The ipywidgets
+browser and labelling widget need a running kernel (JupyterLab) and are not part of the HTML.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import torch
+from plotly.subplots import make_subplots
+
+PLANES = ("axial", "coronal", "sagittal")
+
+
+def _as_array(v: np.ndarray | torch.Tensor) -> np.ndarray:
+    arr = v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)
+    arr = np.asarray(arr, dtype=np.float32)
+    while arr.ndim > 3 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim != 3:
+        raise ValueError(f"a viewer needs a 3D volume, got shape {arr.shape}")
+    return arr
+
+
+def plane_slice(vol: np.ndarray, plane: str, index: int) -> np.ndarray:
+    """A 2D cross-section of a (X, Y, Z) volume, oriented for display (rows top to bottom)."""
+    if plane == "axial":
+        s = vol[:, :, index].T
+    elif plane == "coronal":
+        s = vol[:, index, :].T[::-1]
+    elif plane == "sagittal":
+        s = vol[index, :, :].T[::-1]
+    else:
+        raise ValueError(f"unknown plane {plane!r}; use one of {PLANES}")
+    return np.ascontiguousarray(s)
+
+
+def _axis_len(vol: np.ndarray, plane: str) -> int:
+    return vol.shape[{"axial": 2, "coronal": 1, "sagittal": 0}[plane]]
+
+
+def slice_viewer(
+    volumes: Sequence[np.ndarray | torch.Tensor],
+    titles: Sequence[str] | None = None,
+    window: tuple[float, float] = (-1.0, 1.0),
+    height_per_row: int = 260,
+    decimals: int = 2,
+) -> go.Figure:
+    """Three orthogonal planes per volume, one row per volume, one slider over the slice position.
+
+    All volumes share the same intensity window (``zmin``/``zmax``) so a training volume and its
+    synthetic copy candidate are compared on equal terms. The slider moves every plane of every row
+    to the same relative position, and works in static HTML (no kernel).
+
+    Args:
+        volumes: each (X, Y, Z) or (1, X, Y, Z), e.g. float32 in [-1, 1].
+        titles: one label per volume (row).
+        window: display range (min, max) shared by every panel.
+        decimals: voxel values are rounded to this many decimals in the figure (smaller HTML).
+
+    Returns:
+        A plotly Figure.
+    """
+    vols = [_as_array(v) for v in volumes]
+    titles = list(titles) if titles is not None else [f"volume {i}" for i in range(len(vols))]
+    fig = make_subplots(rows=len(vols), cols=3, horizontal_spacing=0.02, vertical_spacing=0.06,
+                        subplot_titles=[f"{t} — {p}" for t in titles for p in PLANES])
+    n_steps = min(_axis_len(v, p) for v in vols for p in PLANES)
+    mids = {(r, p): _axis_len(v, p) // 2 for r, v in enumerate(vols) for p in PLANES}
+    for r, v in enumerate(vols):
+        for c, p in enumerate(PLANES):
+            fig.add_trace(go.Heatmap(z=np.round(plane_slice(v, p, mids[(r, p)]), decimals), colorscale="gray",
+                                     zmin=window[0], zmax=window[1], showscale=False,
+                                     hovertemplate=f"{titles[r]} {p}<br>x=%{{x}} y=%{{y}}<br>value=%{{z}}<extra></extra>"),
+                          row=r + 1, col=c + 1)
+    steps = []
+    for k in range(n_steps):
+        frac = (k + 0.5) / n_steps
+        zs = [np.round(plane_slice(v, p, min(int(frac * _axis_len(v, p)), _axis_len(v, p) - 1)), decimals)
+              for v in vols for p in PLANES]
+        steps.append({"method": "restyle", "label": str(k), "args": [{"z": zs}]})
+    fig.update_layout(
+        height=height_per_row * len(vols) + 120, margin={"l": 10, "r": 10, "t": 40, "b": 10},
+        sliders=[{"active": n_steps // 2, "currentvalue": {"prefix": "slice position "}, "steps": steps,
+                  "pad": {"t": 10}}],
+    )
+    fig.update_xaxes(showticklabels=False)
+    fig.update_yaxes(showticklabels=False, scaleanchor=None)
+    for i in range(1, len(vols) * 3 + 1):
+        fig.update_yaxes(scaleanchor=f"x{i if i > 1 else ''}", row=(i - 1) // 3 + 1, col=(i - 1) % 3 + 1)
+    return fig
+
+
+def pair_viewer(train: np.ndarray | torch.Tensor, synthetic: np.ndarray | torch.Tensor, train_id: str,
+                synthetic_id: str, similarity: float | None = None, window: tuple[float, float] = (-1.0, 1.0)) -> go.Figure:
+    """A training volume above its synthetic copy candidate, same window, one slider (seed 000 Fig. 4)."""
+    fig = slice_viewer([train, synthetic], [f"train {train_id}", f"synthetic {synthetic_id}"], window=window)
+    if similarity is not None:
+        fig.update_layout(title=f"{synthetic_id} vs {train_id}: similarity {similarity:.3f}")
+    return fig
+
+
+class CandidateBrowser:
+    """JupyterLab widget: page through copy candidates, each shown with :func:`pair_viewer`.
+
+    Needs a running kernel; in static HTML use the plotly viewers instead.
+    """
+
+    def __init__(self, pairs: list[tuple[np.ndarray, np.ndarray, str, str, float]],
+                 window: tuple[float, float] = (-1.0, 1.0)) -> None:
+        import ipywidgets as widgets
+
+        self.pairs, self.window = pairs, window
+        self.slider = widgets.IntSlider(min=0, max=max(len(pairs) - 1, 0), description="candidate")
+        self.out = widgets.Output()
+        self.slider.observe(lambda _: self._show(), names="value")
+        self.widget = widgets.VBox([self.slider, self.out])
+        self._show()
+
+    def _show(self) -> None:
+        from IPython.display import display
+
+        self.out.clear_output(wait=True)
+        if not self.pairs:
+            return
+        t, s, tid, sid, sim = self.pairs[self.slider.value]
+        with self.out:
+            display(pair_viewer(t, s, tid, sid, sim, self.window))
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        display(self.widget)
+
+
+class LabellingWidget:
+    """JupyterLab widget to mark each copy candidate as copy / novel / unsure, saved to a CSV.
+
+    The CSV has columns ``train_id, synthetic_id, label`` and is re-read on start, so labelling
+    can stop and resume. :func:`memostudy.detect.metrics` functions compare these labels with the
+    detector's decisions (sensitivity / specificity), as the seed papers did with manual annotation.
+    """
+
+    LABELS = ("copy", "novel", "unsure")
+
+    def __init__(self, candidates: pd.DataFrame, volumes: dict[str, tuple[np.ndarray, np.ndarray]],
+                 path: str | Path, window: tuple[float, float] = (-1.0, 1.0)) -> None:
+        import ipywidgets as widgets
+
+        self.candidates = candidates.reset_index(drop=True)
+        self.volumes, self.path, self.window = volumes, Path(path), window
+        self.labels = load_labels(self.path)
+        self.index = widgets.IntSlider(min=0, max=max(len(self.candidates) - 1, 0), description="candidate")
+        self.choice = widgets.ToggleButtons(options=self.LABELS, value=None, description="label")
+        self.status = widgets.Label()
+        self.out = widgets.Output()
+        self.index.observe(lambda _: self._show(), names="value")
+        self.choice.observe(self._record, names="value")
+        self.widget = widgets.VBox([self.index, self.choice, self.status, self.out])
+        self._show()
+
+    def _key(self) -> tuple[str, str]:
+        row = self.candidates.iloc[self.index.value]
+        return str(row["train_id"]), str(row["synthetic_id"])
+
+    def _show(self) -> None:
+        from IPython.display import display
+
+        if self.candidates.empty:
+            return
+        key = self._key()
+        self.choice.unobserve(self._record, names="value")
+        self.choice.value = self.labels.get(key)
+        self.choice.observe(self._record, names="value")
+        self.status.value = f"{len(self.labels)} of {len(self.candidates)} labelled; saved to {self.path}"
+        self.out.clear_output(wait=True)
+        t, s = self.volumes[key[0] + "|" + key[1]]
+        with self.out:
+            display(pair_viewer(t, s, key[0], key[1], None, self.window))
+
+    def _record(self, change: dict) -> None:
+        if change["new"] is None:
+            return
+        self.labels[self._key()] = change["new"]
+        save_labels(self.labels, self.path)
+        self.status.value = f"{len(self.labels)} of {len(self.candidates)} labelled; saved to {self.path}"
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        display(self.widget)
+
+
+def load_labels(path: str | Path) -> dict[tuple[str, str], str]:
+    """Read a labels CSV (train_id, synthetic_id, label) into a dict; empty if absent."""
+    path = Path(path)
+    if not path.exists():
+        return {}
+    df = pd.read_csv(path, dtype=str)
+    return {(r.train_id, r.synthetic_id): r.label for r in df.itertuples()}
+
+
+def save_labels(labels: dict[tuple[str, str], str], path: str | Path) -> Path:
+    """Write labels as CSV (train_id, synthetic_id, label), sorted for stable diffs."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = [{"train_id": t, "synthetic_id": s, "label": lab} for (t, s), lab in sorted(labels.items())]
+    pd.DataFrame(rows, columns=["train_id", "synthetic_id", "label"]).to_csv(path, index=False)
+    return path

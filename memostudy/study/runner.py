@@ -1,0 +1,166 @@
+"""Run a study notebook with papermill into its own run folder, then export and check its report.
+
+A run folder ``reports/<run-id>/`` holds everything of one run: ``parameters.yaml``, the executed
+``notebook.ipynb``, every artefact the notebook writes (it receives ``run_dir``), ``report.html``,
+``screenshot.png`` (when a browser is present), and ``run.json`` (status, timing, key figures).
+A notebook that raises still leaves its partial executed notebook and an HTML showing where it
+stopped; the caller gets a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import re
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from memostudy.errors import MemostudyError, RunExistsError
+
+NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
+
+
+@dataclass
+class RunResult:
+    """Outcome of one notebook run."""
+
+    run_dir: Path
+    status: str  # "ok" | "failed"
+    seconds: float
+    report: Path | None
+    error: str = ""
+    key_figures: dict[str, Any] | None = None
+
+
+def find_notebook(name: str | Path) -> Path:
+    """Resolve ``01_memorization``, ``memorization`` or a path to a notebook file."""
+    p = Path(name)
+    if p.suffix == ".ipynb":
+        if not p.is_file():
+            raise MemostudyError(f"{p}: notebook not found")
+        return p
+    cands = sorted(NOTEBOOKS.glob(f"*{name}*.ipynb"))
+    if len(cands) != 1:
+        known = ", ".join(q.stem for q in sorted(NOTEBOOKS.glob("[0-9]*.ipynb")))
+        raise MemostudyError(f"no single notebook matches {name!r}; known: {known}")
+    return cands[0]
+
+
+def kernel_name() -> str:
+    """The project's Jupyter kernel (``memostudy``, installed by ``make setup``), else ``python3``."""
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    return "memostudy" if "memostudy" in KernelSpecManager().find_kernel_specs() else "python3"
+
+
+def new_run_id(notebook: Path, tag: str = "") -> str:
+    """A readable, sortable run id: ``<UTC time>-<notebook>[-<tag>]``."""
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    name = re.sub(r"^\d+_", "", notebook.stem)
+    return "-".join(x for x in (stamp, name, re.sub(r"[^A-Za-z0-9_.-]+", "_", tag)) if x)
+
+
+def run_notebook(
+    notebook: str | Path,
+    parameters: dict[str, Any] | None = None,
+    reports_dir: str | Path = "reports",
+    run_id: str | None = None,
+    force: bool = False,
+    check_browser: bool = True,
+    progress: bool = True,
+) -> RunResult:
+    """Execute ``notebook`` with papermill into ``reports_dir/run_id`` and export its HTML report.
+
+    The notebook receives ``run_dir`` (absolute) among its parameters and may write a
+    ``summary.json`` whose ``key_figures`` mapping is copied into ``run.json`` and the index.
+
+    Raises:
+        RunExistsError: the run folder exists and ``force`` is false.
+    """
+    import papermill as pm
+
+    from memostudy.report.export import export_html, write_index
+
+    nb = find_notebook(notebook)
+    reports_dir = Path(reports_dir).resolve()
+    run_dir = reports_dir / (run_id or new_run_id(nb))
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not force:
+            raise RunExistsError(f"{run_dir}: run folder exists; pick another --run-id or pass --force")
+        import shutil
+
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    params = dict(parameters or {}) | {"run_dir": str(run_dir)}
+    if "interactive" in pm.inspect_notebook(str(nb)) and "interactive" not in params:
+        params["interactive"] = False  # kernel-side widgets cannot run in a batch run or show in the HTML
+    (run_dir / "parameters.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    meta: dict[str, Any] = {"notebook": nb.name, "parameters": params, "status": "running",
+                            "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    (run_dir / "run.json").write_text(json.dumps(meta, indent=2))
+    executed = run_dir / "notebook.ipynb"
+    t0 = time.perf_counter()
+    error = ""
+    try:
+        pm.execute_notebook(str(nb), str(executed), parameters=params, kernel_name=kernel_name(),
+                            cwd=str(run_dir), progress_bar=progress, request_save_on_cell_execute=True,
+                            # the kernel's printed progress lines reach the terminal as they happen
+                            log_output=progress, stdout_file=sys.stdout if progress else None,
+                            stderr_file=sys.stderr if progress else None)
+        status = "ok"
+    except pm.PapermillExecutionError as e:
+        status, error = "failed", f"{e.ename}: {e.evalue}".strip()
+    except Exception as e:  # kernel died, timeout: still leave the partial notebook and a report
+        status, error = "failed", f"{type(e).__name__}: {e}".splitlines()[0]
+    seconds = time.perf_counter() - t0
+    report = None
+    if executed.exists():
+        report = export_html(executed, run_dir / "report.html", title=f"{nb.stem} — {run_dir.name}")
+    summary = run_dir / "summary.json"
+    key = json.loads(summary.read_text()).get("key_figures") if summary.exists() else None
+    meta |= {"status": status, "seconds": round(seconds, 1), "error": error, "key_figures": key}
+    if report is not None and check_browser:
+        meta["browser"] = _browser_check(report, run_dir / "screenshot.png")
+    if report is not None and params.get("share_safe") and summary.exists():
+        meta["share_safe_check"] = check = share_safe_check(report, json.loads(summary.read_text()))
+        if check.get("leaks"):
+            status = meta["status"] = "failed"
+            error = meta["error"] = f"share-safe report shows training voxels: {check['detail']}"
+    (run_dir / "run.json").write_text(json.dumps(meta, indent=2, default=str))
+    write_index(reports_dir)
+    return RunResult(run_dir=run_dir, status=status, seconds=seconds, report=report, error=error, key_figures=key)
+
+
+def share_safe_check(report: Path, summary: dict[str, Any]) -> dict[str, Any]:
+    """Scan a share-safe report for voxels of the training volumes named in ``summary["train_data"]``
+    (``data`` and ``ids``); see :mod:`memostudy.report.leaks`."""
+    from memostudy.data.patches import load_patches
+    from memostudy.report.leaks import describe, find_volume_leaks
+
+    train = summary.get("train_data")
+    if not train:
+        return {"checked": False, "reason": "the notebook names no training data (summary.json train_data)"}
+    split = load_patches(train["data"], "train")
+    pos = {pid: i for i, pid in enumerate(split.ids)}
+    vols = split.volumes[[pos[i] for i in train["ids"] if i in pos]]
+    leaks = find_volume_leaks(report.read_text(encoding="utf-8"), vols)
+    return {"checked": True, "n_train_volumes": len(vols), "leaks": len(leaks), "detail": describe(leaks)}
+
+
+def _browser_check(report: Path, screenshot: Path) -> dict[str, Any]:
+    """Open the report in headless Chromium if one is installed; record what it saw."""
+    from memostudy.report.browser import check_html, find_chromium
+
+    if find_chromium() is None:
+        return {"checked": False, "why": "no chromium (apt-get install chromium)"}
+    try:
+        r = check_html(report, screenshot)
+    except Exception as e:  # a broken browser must not lose the run's results
+        return {"checked": False, "why": f"{type(e).__name__}: {e}".splitlines()[0]}
+    return {"checked": True, "console_errors": r.console_errors, "plots_total": r.plots_total,
+            "plots_drawn": r.plots_drawn, "screenshot": screenshot.name}

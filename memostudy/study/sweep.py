@@ -1,0 +1,241 @@
+"""Sweeps: a grid of notebook parameters x seeds, each cell one papermill run, then one table.
+
+A sweep file (YAML, see ``notebooks/sweeps/``)::
+
+    name: augmentation                 # folder reports/sweeps/<name>/
+    notebook: 02_augmentation          # the experiment's notebook
+    seeds: [0, 1, 2]                   # passed as the notebook parameter `seed`
+    fixed: {data: demo-ct, preset: cpu-tiny}   # parameters common to every cell
+    grid: {augment: [false, true]}     # parameters to vary (Cartesian product)
+    by: [augment]                      # columns of the notebook's result rows that name a setting
+    metrics: [memorized_fraction, copy_fraction]
+
+Every cell is an independent run folder ``reports/sweeps/<name>/<cell-id>/``; a cell whose
+``run.json`` says ``ok`` is skipped, so an interrupted sweep resumes where it stopped, and cells can
+be spread over machines (``--only i/N``) and aggregated afterwards (``--aggregate-only``). Each
+notebook writes its result rows (one per setting it evaluated) to ``summary.json["rows"]``; the
+sweep concatenates them with the cell's parameters and seed into ``table.csv`` and summarises them
+across seeds into ``aggregate.csv`` and ``summary.html``.
+
+A cell's results also depend on defaults that are not among its parameters: the LDM preset's settings and
+the default detector and assessment configs. Each finished cell records their hash in ``defaults.json``
+(:func:`defaults_fingerprint`). A finished cell whose hash differs from today's (a preset or a default changed
+since) is not reused: its folder is moved aside to ``<cell-id>.stale-<time>`` and the cell runs again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import plotly.graph_objects as go
+import yaml
+
+from memostudy.errors import ConfigError
+from memostudy.study.aggregate import aggregate, trend
+
+
+@dataclass
+class SweepSpec:
+    """A parsed sweep file."""
+
+    name: str
+    notebook: str
+    seeds: list[int]
+    fixed: dict[str, Any] = field(default_factory=dict)
+    grid: dict[str, list[Any]] = field(default_factory=dict)
+    by: list[str] = field(default_factory=list)
+    metrics: list[str] = field(default_factory=lambda: ["memorized_fraction", "copy_fraction"])
+    description: str = ""
+
+    def cells(self) -> list[dict[str, Any]]:
+        """Every (grid point, seed) as notebook parameters, in a stable order."""
+        keys = list(self.grid)
+        points = [dict(zip(keys, vals)) for vals in itertools.product(*(self.grid[k] for k in keys))] or [{}]
+        return [self.fixed | p | {"seed": s} for p in points for s in self.seeds]
+
+
+def load_sweep(path: str | Path, overrides: dict[str, Any] | None = None) -> SweepSpec:
+    """Read a sweep file; ``overrides`` replace top-level keys (e.g. a smaller grid for tests)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: sweep file not found")
+    raw = (yaml.safe_load(path.read_text()) or {}) | (overrides or {})
+    for key in ("name", "notebook", "seeds"):
+        if key not in raw:
+            raise ConfigError(f"{path}: sweep file lacks `{key}`; see notebooks/sweeps/*.yaml")
+    known = {f for f in SweepSpec.__dataclass_fields__}
+    unknown = set(raw) - known
+    if unknown:
+        raise ConfigError(f"{path}: unknown sweep key(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
+    return SweepSpec(**raw)
+
+
+def cell_id(params: dict[str, Any]) -> str:
+    """A readable, stable folder name for one cell: varied values plus a short hash of all of them."""
+    text = json.dumps(params, sort_keys=True, default=str)
+    short = "-".join(f"{k}={v}" for k, v in sorted(params.items()) if not isinstance(v, (dict, list)))[:80]
+    safe = "".join(c if c.isalnum() or c in "=-_." else "_" for c in short)
+    return f"{safe}-{hashlib.sha1(text.encode()).hexdigest()[:8]}"
+
+
+def defaults_fingerprint(params: dict[str, Any]) -> str:
+    """Hash of what a cell's results depend on besides its parameters: the resolved LDM preset named by
+    ``params["preset"]`` (default cpu-tiny) and the default detector and assessment configs."""
+    from memostudy.config import to_dict
+    from memostudy.detect.assessment import AssessConfig
+    from memostudy.detect.detector import DetectorConfig
+    from memostudy.ldm.config import preset
+    from memostudy.study.memorization import config_hash
+
+    name = str(params.get("preset", "cpu-tiny"))
+    try:
+        ldm: Any = to_dict(preset(name))
+    except ConfigError:  # an unknown preset fails in the notebook, with its own message
+        ldm = name
+    return config_hash({"preset": ldm, "detector": to_dict(DetectorConfig()), "assessment": to_dict(AssessConfig())})
+
+
+def run_sweep(spec: SweepSpec, reports_dir: str | Path = "reports", only: tuple[int, int] | None = None,
+              aggregate_only: bool = False, progress: bool = True) -> dict[str, Path]:
+    """Run the cells not yet done (all, or every N-th from i with ``only=(i, N)``), then aggregate.
+
+    Returns:
+        Paths of ``table.csv``, ``aggregate.csv`` and ``summary.html``.
+    """
+    from memostudy.study.runner import run_notebook
+
+    root = Path(reports_dir) / "sweeps" / spec.name
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "sweep.yaml").write_text(yaml.safe_dump(spec.__dict__, sort_keys=False))
+    failed = []
+    if not aggregate_only:
+        cells = spec.cells()
+        for i, params in enumerate(cells):
+            if only is not None and i % only[1] != only[0]:
+                continue
+            cid = cell_id(params)
+            fingerprint = defaults_fingerprint(params)
+            status = _status(root / cid)
+            if status == "ok":
+                if _recorded_fingerprint(root / cid) == fingerprint:
+                    print(f"[{i + 1}/{len(cells)}] {cid}: done, skipped")
+                    continue
+                stale = root / f"{cid}.stale-{time.strftime('%Y%m%d-%H%M%S')}"
+                (root / cid).rename(stale)
+                print(f"[{i + 1}/{len(cells)}] {cid}: done with other preset/detector/assessment defaults; "
+                      f"moved to {stale.name}")
+                status = None
+            print(f"[{i + 1}/{len(cells)}] {cid}: running {spec.notebook}")
+            res = run_notebook(spec.notebook, params, reports_dir=root, run_id=cid, force=status is not None,
+                               check_browser=False, progress=progress)
+            if res.status != "ok":
+                failed.append(f"{cid}: {res.error}")
+            else:
+                (root / cid / "defaults.json").write_text(json.dumps({"fingerprint": fingerprint}))
+    out = write_aggregate(spec, root)
+    if failed:
+        raise ConfigError(f"{len(failed)} sweep cell(s) failed (see their report.html): {failed[0]}")
+    return out
+
+
+def _recorded_fingerprint(run_dir: Path) -> str | None:
+    f = run_dir / "defaults.json"
+    try:
+        return json.loads(f.read_text()).get("fingerprint")
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _status(run_dir: Path) -> str | None:
+    f = run_dir / "run.json"
+    if not f.exists():
+        return None
+    try:
+        return json.loads(f.read_text()).get("status")
+    except json.JSONDecodeError:
+        return "broken"
+
+
+def collect_rows(spec: SweepSpec, root: Path) -> pd.DataFrame:
+    """Concatenate the result rows of every finished cell, with the cell's varied parameters and seed."""
+    frames = []
+    for params in spec.cells():
+        d = root / cell_id(params)
+        if _status(d) != "ok" or not (d / "summary.json").exists():
+            continue
+        rows = json.loads((d / "summary.json").read_text()).get("rows") or []
+        if not rows:
+            continue
+        df = pd.DataFrame(rows)
+        for k in list(spec.grid) + ["seed"]:
+            if k not in df.columns:
+                v = params[k]
+                df[k] = json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v
+        df["cell"] = d.name
+        frames.append(df)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def write_aggregate(spec: SweepSpec, root: Path) -> dict[str, Path]:
+    """Write ``table.csv`` (every row), ``aggregate.csv`` (mean and CI per setting) and ``summary.html``."""
+    table = collect_rows(spec, root)
+    by = spec.by or list(spec.grid)
+    table.to_csv(root / "table.csv", index=False)
+    if table.empty:
+        agg = pd.DataFrame()
+    else:
+        missing = [c for c in by + spec.metrics if c not in table.columns]
+        if missing:
+            raise ConfigError(f"sweep {spec.name}: result rows lack column(s) {', '.join(missing)}; "
+                              f"columns are {', '.join(table.columns)}")
+        agg = aggregate(table, by, spec.metrics)
+    agg.to_csv(root / "aggregate.csv", index=False)
+    html = root / "summary.html"
+    html.write_text(summary_html(spec, table, agg), encoding="utf-8")
+    return {"table": root / "table.csv", "aggregate": root / "aggregate.csv", "summary": html}
+
+
+def trend_figure(agg: pd.DataFrame, by: list[str], metric: str, title: str) -> go.Figure:
+    """Mean of ``metric`` per setting with its across-seed CI as error bars (in %)."""
+    x = [" / ".join(str(r[b]) for b in by) for _, r in agg.iterrows()]
+    mean = agg[f"{metric}_mean"] * 100
+    fig = go.Figure(go.Scatter(
+        x=x, y=mean, mode="lines+markers", name=metric,
+        error_y={"type": "data", "symmetric": False, "array": agg[f"{metric}_ci_high"] * 100 - mean,
+                 "arrayminus": mean - agg[f"{metric}_ci_low"] * 100}))
+    fig.update_layout(title=title, xaxis_title=" / ".join(by), yaxis_title=f"{metric} (%)", height=420)
+    fig.update_xaxes(type="category")
+    return fig
+
+
+def summary_html(spec: SweepSpec, table: pd.DataFrame, agg: pd.DataFrame) -> str:
+    """A self-contained page: the sweep, the detector rule, trend plots with CIs, and the tables."""
+    by = spec.by or list(spec.grid)
+    parts = [f"<h1>Sweep {spec.name}</h1><p>{spec.description}</p>",
+             f"<p>Notebook <code>{spec.notebook}</code>; seeds {spec.seeds}; fixed {json.dumps(spec.fixed)}; "
+             f"grid {json.dumps(spec.grid)}.</p>"]
+    if not table.empty and "detector" in table.columns:
+        parts.append(f"<p>Memorization measured with: {', '.join(sorted(set(map(str, table['detector']))))}.</p>")
+    if not table.empty and "percentile" in table.columns:
+        rules = ", ".join(f"{p:g}th percentile" for p in sorted(set(table["percentile"])))
+        parts.append(f"<p>Threshold rule: a copy when its similarity exceeds the {rules} of the real reference "
+                     "volumes' similarity to their nearest training volume.</p>")
+    include = True
+    if not agg.empty:
+        for m in spec.metrics:
+            fig = trend_figure(agg, by, m, f"{m}: mean and 95% CI over seeds ({trend(agg, m)})")
+            parts.append(fig.to_html(full_html=False, include_plotlyjs=include, include_mathjax=False))
+            include = False
+        parts.append("<h2>Per setting (mean, 95% CI over seeds)</h2>" + agg.to_html(index=False, float_format="%.3f"))
+    parts.append("<h2>Every run</h2>" + (table.to_html(index=False, float_format="%.3f") if not table.empty
+                                          else "<p>no finished cell yet</p>"))
+    return ("<!doctype html><html><head><meta charset='utf-8'><title>sweep " + spec.name + "</title>"
+            "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+            "td,th{border:1px solid #ccc;padding:3px 6px}</style></head><body>" + "".join(parts) + "</body></html>")

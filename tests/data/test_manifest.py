@@ -1,0 +1,101 @@
+"""Manifests: checksums refuse tampered files, folder manifests, subject-level splits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from memostudy.data.manifest import load_manifest, manifest_from_folder, sha256_of, source_root, verify_checksums
+from memostudy.errors import DataError
+
+
+def test_manifest_from_folder_lists_every_volume_with_checksum(cohort: Path, tmp_path: Path) -> None:
+    out = manifest_from_folder(cohort, tmp_path / "m.yaml", modality="CT", patch_size=8)
+    m = load_manifest(out)
+    assert sorted(v.subject for v in m.volumes) == ["subj0", "subj1", "subj2", "subj3"]
+    root = source_root(m)
+    for v in m.volumes:
+        assert v.sha256 == sha256_of(root / v.path)
+    assert m.preprocessing["intensity"] == {"kind": "window", "lo": -1000, "hi": 1000}
+    assert m.patch_size == (8, 8, 8)
+
+
+def test_subject_folders_become_subjects(tmp_path: Path, cohort: Path) -> None:
+    folder = tmp_path / "nested"
+    for s in ("alice", "bob"):
+        (folder / s).mkdir(parents=True)
+        for f in ("subj0.nii.gz", "subj1.nii.gz"):
+            (folder / s / f).write_bytes((cohort / f).read_bytes())
+    m = load_manifest(manifest_from_folder(folder, tmp_path / "m.yaml"))
+    assert sorted({v.subject for v in m.volumes}) == ["alice", "bob"]
+    assert len(m.volumes) == 4
+
+
+def test_mrnet_layout_uses_case_subjects_and_top_folder_split(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    for split, cases in (("train", ("0000", "0001")), ("valid", ("1130",))):
+        for plane in ("axial", "coronal"):
+            (tmp_path / "mrnet" / split / plane).mkdir(parents=True)
+            for c in cases:
+                np.save(tmp_path / "mrnet" / split / plane / f"{c}.npy", rng.integers(0, 255, (8, 16, 16)).astype(np.uint8))
+    m = load_manifest(manifest_from_folder(tmp_path / "mrnet", tmp_path / "m.yaml"))
+    split = m.split_of()
+    assert split == {"case0000": "train", "case0001": "train", "case1130": "validation"}
+    assert len(m.volumes) == 6
+
+
+def test_fraction_split_never_puts_a_subject_in_two_splits(tmp_path: Path) -> None:
+    from tests.conftest import write_cohort
+
+    write_cohort(tmp_path / "c", n_subjects=10)
+    m = load_manifest(manifest_from_folder(tmp_path / "c", tmp_path / "m.yaml", seed=3))
+    split = m.split_of()
+    assert len(split) == 10 and set(split.values()) == {"train", "validation", "test"}
+    assert [sum(v == k for v in split.values()) for k in ("train", "validation", "test")] == [8, 1, 1]
+    assert m.split_of() == split  # deterministic
+
+
+def test_tampered_file_is_refused(cohort: Path, tmp_path: Path) -> None:
+    m = load_manifest(manifest_from_folder(cohort, tmp_path / "m.yaml"))
+    target = cohort / "subj2.nii.gz"
+    data = bytearray(target.read_bytes())
+    data[-10] ^= 0xFF
+    target.write_bytes(bytes(data))
+    with pytest.raises(DataError, match=r"subj2\.nii\.gz: sha256 .* does not match"):
+        verify_checksums(m, source_root(m))
+
+
+def test_missing_file_named(cohort: Path, tmp_path: Path) -> None:
+    m = load_manifest(manifest_from_folder(cohort, tmp_path / "m.yaml"))
+    (cohort / "subj1.nii.gz").unlink()
+    with pytest.raises(DataError, match=r"subj1\.nii\.gz: listed in manifest .* but missing"):
+        verify_checksums(m, source_root(m))
+
+
+def test_empty_folder_and_existing_out_are_errors(tmp_path: Path, cohort: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no volumes found"):
+        manifest_from_folder(tmp_path / "empty", tmp_path / "m.yaml")
+    (tmp_path / "exists.yaml").write_text("x")
+    with pytest.raises(DataError, match="already exists"):
+        manifest_from_folder(cohort, tmp_path / "exists.yaml")
+
+
+def test_subject_assigned_twice_is_refused(tmp_path: Path) -> None:
+    p = tmp_path / "m.yaml"
+    p.write_text(yaml.safe_dump({"name": "x", "source": {"kind": "folder", "root": "."},
+                                 "volumes": [{"subject": "a", "path": "a.nii", "sha256": "0"}],
+                                 "preprocessing": {"patch_size": 8},
+                                 "split": {"kind": "by_subject", "assign": {"a": "nowhere"}}}))
+    with pytest.raises(DataError, match="unknown split"):
+        load_manifest(p)
+
+
+def test_demo_manifests_parse() -> None:
+    for name in ("demo-ct", "demo-mr"):
+        m = load_manifest(name)
+        assert m.source["kind"] == "pypi-sdist" and len(m.volumes) == 2
+        assert set(m.split_of().values()) == {"train", "validation"}

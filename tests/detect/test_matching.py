@@ -1,0 +1,78 @@
+"""How the detector compares volumes: latent vectors over the query's orientations and the base's shifts."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from memostudy.data.phantom import phantom_volumes
+from memostudy.detect.detector import Detector, DetectorConfig, DetectorNet, embed, training_key, with_matching
+from memostudy.detect.matching import base_vectors, latent_vectors, query_vectors, shift_grid
+from memostudy.detect.similarity import set_nearest
+from memostudy.detect.views import apply_family, translate
+from memostudy.errors import ConfigError
+
+TINY = dict(channels=(8, 16), input_pool=2, latent_size=4, hidden=32, batch_size=8)
+
+
+def _detector(**kw) -> Detector:
+    torch.manual_seed(0)
+    cfg = DetectorConfig(**{**TINY, **kw}).validate()
+    return Detector(DetectorNet(cfg).eval(), cfg)
+
+
+def test_shift_grid():
+    grid = shift_grid(2.0)
+    assert len(grid) == 27 == len(set(grid)) and grid[0] == (0.0, 0.0, 0.0)
+    assert {v for s in grid for v in s} == {-2.0, 0.0, 2.0}
+    assert shift_grid(0) == [(0.0, 0.0, 0.0)]
+
+
+def test_vector_shapes_and_identity_slices():
+    det = _detector(search_shift=2.0)
+    x = phantom_volumes(3, 16, seed=0)
+    lat = latent_vectors(det, x)
+    assert lat.shape == (3, 8 * 4**3)
+    q, b = query_vectors(det, x), base_vectors(det, x)
+    assert q.shape == (48, 3, 512) and b.shape == (27, 3, 512)
+    assert torch.allclose(q[0], lat) and torch.allclose(b[0], lat)  # identity orientation / no shift first
+    flat = torch.zeros(2, 1, 16, 16, 4)  # non-cubic: only the 16 orientations that keep the shape
+    assert query_vectors(det, flat).shape[0] == 16
+    paper = with_matching(det, {"representation": "embedding"})
+    assert paper.net is det.net
+    e = query_vectors(paper, x)
+    assert e.shape == (1, 3, 32) and torch.allclose(e[0], embed(paper, x))
+    assert base_vectors(paper, x).shape == (1, 3, 32)
+
+
+def test_rotated_and_shifted_copies_meet_their_source_exactly():
+    # the search itself, with random weights: the orientation that undoes a rotation and the shift that a
+    # copy was moved by give the very vectors of the source, so the copy scores 1 against it
+    det = _detector(search_shift=2.0)
+    train = phantom_volumes(6, 16, seed=1)
+    base = base_vectors(det, train)
+    rotated = apply_family(train, "rot90", torch.Generator().manual_seed(0))
+    res, back = set_nearest(query_vectors(det, rotated), base)
+    assert torch.equal(res.indices, torch.arange(6)) and (res.values > 0.9999).all()
+    assert torch.equal(back.indices, torch.arange(6))
+    moved = translate(train, torch.tensor([[2.0, -2.0, 0.0]] * 6))
+    assert (set_nearest(query_vectors(det, moved), base)[0].values > 0.9999).all()
+    no_shift = set_nearest(query_vectors(det, moved), base_vectors(with_matching(det, {"search_shift": 0}), train))[0]
+    assert (no_shift.values < 0.9999).all()
+
+
+def test_bad_settings():
+    with pytest.raises(ConfigError, match="representation"):
+        DetectorConfig(representation="pixels").validate()
+    with pytest.raises(ConfigError, match="search_shift"):
+        DetectorConfig(search_shift=-1).validate()
+    with pytest.raises(ConfigError, match="too large"):
+        base_vectors(_detector(search_shift=8.0), phantom_volumes(2, 16, seed=0))
+    with pytest.raises(ConfigError, match="representation"):
+        with_matching(_detector(), {"representation": "pixels"})
+
+
+def test_comparison_settings_are_not_part_of_the_training_key():
+    a, b = DetectorConfig(), DetectorConfig(representation="embedding", search_shift=1.0)
+    assert training_key(a) == training_key(b) and "representation" not in training_key(a)
+    assert training_key(a) != training_key(DetectorConfig(epochs=3))

@@ -1,0 +1,82 @@
+"""Threshold, fractions with CIs, detection metrics — against numbers worked out by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from memostudy.detect.metrics import (
+    bootstrap_fraction,
+    calibrate_threshold,
+    copy_fraction,
+    detection,
+    is_copy,
+    sensitivity_specificity,
+)
+
+
+def test_threshold_is_hand_computed_percentile():
+    ref = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
+    # linear interpolation: position (10 - 1) * 0.95 = 8.55 -> 0.9 + 0.55 * (1.0 - 0.9)
+    t = calibrate_threshold(ref, 95)
+    assert t.value == pytest.approx(0.955) and t.n_reference == 10
+    assert calibrate_threshold(ref, 50).value == pytest.approx(0.55)
+    assert calibrate_threshold(ref[::-1], 95).value == pytest.approx(0.955)  # order does not matter
+
+
+def test_copy_decision_is_strictly_above():
+    assert is_copy([0.5, 0.955, 0.96], 0.955).tolist() == [False, False, True]
+
+
+def test_fraction_and_ci():
+    ref = np.linspace(0, 1, 101)  # 95th percentile = 0.95
+    sims = np.r_[np.full(30, 0.99), np.full(70, 0.1)]
+    f = copy_fraction(sims, ref, n_boot=500, seed=1)
+    assert f.value == pytest.approx(0.3) and f.n == 100
+    assert f.lo < 0.3 < f.hi and 0.15 < f.lo and f.hi < 0.45
+    again = bootstrap_fraction(sims, ref, n_boot=500, seed=1)
+    assert (again.lo, again.hi) == (f.lo, f.hi)
+    allin = bootstrap_fraction(np.full(10, 2.0), ref, n_boot=100)
+    assert (allin.value, allin.lo, allin.hi) == (1.0, 1.0, 1.0)
+
+
+def test_detection_by_hand():
+    d = detection(copy_scores=[0.9, 0.8, 0.4], novel_scores=[0.1, 0.5, 0.2, 0.6], threshold=0.55)
+    assert d.sensitivity == pytest.approx(2 / 3)
+    assert d.specificity == pytest.approx(3 / 4)
+    # pairs (copy > novel): 0.9 and 0.8 beat all 4; 0.4 beats 0.1 and 0.2 -> 10 of 12
+    assert d.auc == pytest.approx(10 / 12)
+    # ROC point at specificity 0.75: 3 of the 4 novel scores at or below -> threshold 0.5 -> copies 0.9, 0.8
+    assert d.sensitivity_at_spec == pytest.approx(2 / 3) and d.target_specificity == 0.95
+    assert detection([0.9, 0.8, 0.4], [0.1, 0.5, 0.2, 0.6], 0.55, target_specificity=0.75).sensitivity_at_spec == pytest.approx(2 / 3)
+    # specificity 0.5 -> threshold 0.2 -> all three copies; 1.0 -> threshold 0.6 -> two
+    assert detection([0.9, 0.8, 0.4], [0.1, 0.5, 0.2, 0.6], 0.55, target_specificity=0.5).sensitivity_at_spec == 1.0
+    assert detection([0.9, 0.8, 0.4], [0.1, 0.5, 0.2, 0.6], 0.55, target_specificity=1.0).sensitivity_at_spec == pytest.approx(2 / 3)
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError):
+        calibrate_threshold([], 95)
+    with pytest.raises(ValueError):
+        calibrate_threshold([1.0], 101)
+
+
+def test_sensitivity_specificity_against_manual_labels():
+    a = sensitivity_specificity([1, 1, 0, 0, 1, 0], ["copy", "copy", "copy", "novel", "novel", "novel"])
+    assert (a.true_positive, a.false_negative, a.true_negative, a.false_positive) == (2, 1, 2, 1)
+    assert a.sensitivity == pytest.approx(2 / 3) and a.specificity == pytest.approx(2 / 3)
+    assert np.isnan(sensitivity_specificity([True, False], [1, 1]).specificity)  # no volume labelled novel
+    with pytest.raises(ValueError, match="copy"):
+        sensitivity_specificity([1], ["maybe"])
+
+
+def test_reference_rank_and_combined_score_by_hand():
+    from memostudy.detect.metrics import combined_score, reference_rank
+
+    ref = [0.1, 0.2, 0.3, 0.4]
+    assert reference_rank(ref, [0.05, 0.2, 0.35, 0.9]).tolist() == [0.0, 0.5, 0.75, 1.0]
+    # detector A ranks the first query higher, detector B (other scale) the second
+    out = combined_score([ref, [10, 20, 30, 40]], [[0.35, 0.0], [15, 45]])
+    assert out.tolist() == [0.75, 1.0]
+    with pytest.raises(ValueError):
+        combined_score([ref], [[0.1], [0.2]])

@@ -1,0 +1,64 @@
+"""LDMConfig presets, overrides, YAML round trip and validation errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from memostudy.config import load_yaml, save_yaml
+from memostudy.errors import ConfigError
+from memostudy.ldm.config import PRESETS, LDMConfig, default_num_samples, preset
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_is_valid_and_round_trips_through_yaml(name, tmp_path):
+    cfg = preset(name)
+    assert load_yaml(LDMConfig, save_yaml(cfg, tmp_path / "c.yaml")) == cfg
+
+
+def test_paper_presets_follow_the_paper():
+    for name, shape in (("paper-pccta", (64, 64, 64)), ("paper-mrnet", (256, 256, 32))):
+        cfg = preset(name)
+        assert cfg.patch_size == shape
+        assert cfg.diffusion.loop.batch_size == 10
+        assert cfg.diffusion.num_train_timesteps == 1000
+
+
+def test_cpu_tiny_trains_on_a_subset_with_8cubed_latents():
+    cfg = preset("cpu-tiny")
+    assert cfg.patch_size == (32, 32, 32) and cfg.latent_shape == (3, 8, 8, 8)
+    assert 32 <= cfg.max_train_patches <= 64
+    assert not cfg.augment
+    assert default_num_samples(cfg, 48) == 192
+
+
+def test_overrides_are_coerced_and_seeds_fill_stage_loops():
+    cfg = preset("cpu-tiny", {"diffusion.loop.epochs": "7", "diffusion.loop.snapshot_epochs": "[2, 5]", "augment": "true", "seed": 5})
+    assert cfg.diffusion.loop.epochs == 7 and cfg.diffusion.loop.snapshot_epochs == (2, 5) and cfg.augment is True
+    assert cfg.stage_loop("autoencoder").seed == 5 and cfg.stage_loop("diffusion").seed == 6
+    assert preset("cpu-tiny", {"diffusion.loop.seed": 3}).stage_loop("diffusion").seed == 3
+
+
+def test_unknown_preset_lists_the_known_ones():
+    with pytest.raises(ConfigError, match="cpu-tiny.*paper-pccta.*paper-mrnet"):
+        preset("gpu-huge")
+
+
+def test_patch_size_not_divisible_by_autoencoder_downsampling():
+    with pytest.raises(ConfigError, match=r"patch_size \(30, 32, 32\) is not divisible.*4"):
+        preset("cpu-tiny", {"patch_size": [30, 32, 32]})
+
+
+@pytest.mark.parametrize("override, field", [
+    ({"autoencoder.norm_num_groups": 12}, "autoencoder.norm_num_groups"),
+    ({"autoencoder.attention_levels": [False]}, "autoencoder.attention_levels"),
+    ({"diffusion.channels": [32, 64, 64, 64, 64]}, "diffusion UNet's downsampling"),
+    ({"diffusion.ema_decay": 1.5}, "diffusion.ema_decay"),
+    ({"diffusion.loop.batch_size": 0}, "diffusion.loop: batch_size"),
+    ({"autoencoder.loop.snapshot_epochs": [99]}, "autoencoder.loop: snapshot_epochs"),
+    ({"sampling.sampler": "euler"}, "sampling.sampler"),
+    ({"sampling.eta": 1.5}, "sampling.eta"),
+    ({"nonsense": 1}, "unknown config key"),
+])
+def test_bad_values_name_the_field(override, field):
+    with pytest.raises(ConfigError, match=field.replace("(", r"\(")):
+        preset("cpu-tiny", override)

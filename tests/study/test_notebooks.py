@@ -1,0 +1,185 @@
+"""Every study notebook run through papermill (``memostudy study``) with tiny parameters: the files and
+figures each writes, share-safe reports, failures, the kernel the notebooks ask for."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+
+import nbformat
+import numpy as np
+import pandas as pd
+import pytest
+
+from memostudy.cli import main
+from memostudy.data.patches import load_patches
+from memostudy.data.phantom import write_phantom_dataset
+from memostudy.study.runner import NOTEBOOKS, run_notebook, share_safe_check
+
+TINY_DETECTOR = {"channels": [8, 16], "input_pool": 2, "latent_size": 4, "hidden": 32, "batch_size": 8, "lr": 0.01,
+                 "epochs": 2}
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory) -> dict:
+    """A phantom data set at 16^3 and the parameters that make every notebook run in seconds."""
+    root = tmp_path_factory.mktemp("notebooks")
+    data = write_phantom_dataset(root / "phantoms", n_train=8, n_validation=8, size=16)
+    base = {"preset": "test-16", "data": str(data), "detector": TINY_DETECTOR, "n_boot": 50,
+            "runs_dir": str(root / "runs")}
+    return {"root": root, "data": data, "base": base, "reports": root / "reports"}
+
+
+def _run(env: dict, notebook: str, run_id: str, browser: bool = False, **params):
+    res = run_notebook(notebook, env["base"] | params, reports_dir=env["reports"], run_id=run_id,
+                       check_browser=browser, progress=False)
+    assert res.status == "ok", f"{notebook} failed: {res.error}"
+    return res, json.loads((res.run_dir / "summary.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def main_run(env):
+    return _run(env, "01_memorization", "main", browser=shutil.which("chromium") is not None)
+
+
+def test_notebooks_are_committed_clean_and_use_the_project_kernel():
+    from jupyter_client.kernelspec import find_kernel_specs
+
+    books = sorted(NOTEBOOKS.glob("*.ipynb"))
+    assert [b.name[:2] for b in books] == ["01", "02", "03", "04", "05", "06"]
+    for b in books:
+        nb = nbformat.read(b, as_version=4)
+        assert nb.metadata["kernelspec"]["name"] == "memostudy"
+        code = [c for c in nb.cells if c.cell_type == "code"]
+        assert all(not c.outputs and c.execution_count is None for c in code), f"{b.name} has outputs"
+        assert sum("parameters" in c.metadata.get("tags", []) for c in code) == 1, f"{b.name}: one parameters cell"
+    assert "memostudy" in find_kernel_specs()  # registered by `make setup` into the venv (make lab uses it)
+
+
+def test_memorization_notebook_writes_consistent_results(env, main_run):
+    res, summary = main_run
+    row = summary["rows"][0]
+    train = pd.read_csv(res.run_dir / "train.csv")
+    synthetic = pd.read_csv(res.run_dir / "synthetic.csv")
+    assert len(train) == row["n_train"] == 8  # test-16 trains on 8 patches
+    assert len(synthetic) == row["n_synthetic"] == 4  # samples_per_training_patch 0.5 in test-16
+    assert row["memorized_fraction"] == pytest.approx(train["memorized"].mean())
+    assert row["copy_fraction"] == pytest.approx(synthetic["is_copy"].mean())
+    assert row["memorized_lo"] <= row["memorized_fraction"] <= row["memorized_hi"]
+    assert (train["memorized"] == (train["similarity"] > row["threshold"])).all()
+    assert set(train["nearest_synthetic_id"]) <= set(synthetic["synthetic_id"])
+    assert summary["key_figures"]["n_train"] == 8 and "pixel copies %" in summary["key_figures"]
+    assert summary["train_data"]["ids"] == list(train["train_id"])
+    run = json.loads((res.run_dir / "run.json").read_text())
+    assert run["status"] == "ok" and run["parameters"]["interactive"] is False
+    html = res.report.read_text()
+    for heading in ("Similarity histograms", "Top copy candidates", "Pixel baseline", "Training curves"):
+        assert heading in html
+    assert not re.search(r"<(script|link)[^>]+(src|href)=[\"']https?://", html)  # nothing loaded from the network
+    assert "main" in (env["reports"] / "index.html").read_text()
+    if shutil.which("chromium"):
+        assert run["browser"]["console_errors"] == []
+        # 2 histograms + 4 candidate pairs + 2 loss curves
+        assert run["browser"]["plots_drawn"] == run["browser"]["plots_total"] == 8
+        assert (res.run_dir / "screenshot.png").stat().st_size > 10_000
+
+
+def test_share_safe_report_holds_no_training_voxel(env, main_run):
+    from memostudy.report.leaks import find_volume_leaks
+
+    res, summary = main_run
+    train = load_patches(env["data"], "train")
+    idx = [train.ids.index(i) for i in summary["train_data"]["ids"]]
+    volumes = train.volumes[idx]
+    # the check can fail: the ordinary report shows training volumes next to their candidates
+    assert find_volume_leaks(res.report.read_text(), volumes)
+    assert share_safe_check(res.report, summary)["leaks"] > 0  # what marks a share-safe run failed
+    safe, safe_summary = _run(env, "01_memorization", "safe", share_safe=True)
+    assert safe_summary["share_safe"] is True
+    check = json.loads((safe.run_dir / "run.json").read_text())["share_safe_check"]
+    assert check["checked"] and check["leaks"] == 0 and check["n_train_volumes"] == 8
+    assert find_volume_leaks(safe.report.read_text(), volumes) == []
+    assert not (safe.run_dir / "train.csv").exists()
+    assert "Top copy candidates" in safe.report.read_text()  # synthetic volumes are still shown
+
+
+@pytest.mark.parametrize("notebook, params, column, expected", [
+    ("02_augmentation", {}, "augment", [False, True]),
+    ("03_training_size", {"train_sizes": [4, 8]}, "train_patches", [4, 8]),
+    ("06_model_size", {"model_sizes": {"narrow": [8, 16], "wide": [16, 32]}}, "model", ["narrow", "wide"]),
+])
+def test_setting_notebooks_write_one_row_per_setting(env, notebook, params, column, expected):
+    res, summary = _run(env, notebook, notebook, **params)
+    rows = pd.DataFrame(summary["rows"])
+    assert list(rows[column]) == expected
+    assert rows["memorized_fraction"].between(0, 1).all() and rows["copy_fraction"].between(0, 1).all()
+    if column == "train_patches":
+        assert list(rows["n_train"]) == expected
+    if column == "augment":
+        assert list(rows["augment"]) == expected
+    # one detector for every setting
+    assert len({r["detector"]["path"] for r in summary["records"].values()}) == 1
+    assert "memorized %" in res.report.read_text()
+
+
+def test_overtraining_notebook_tracks_quality_per_snapshot(env):
+    res, summary = _run(env, "04_overtraining", "overtraining", epochs=[2, "final"])
+    rows = pd.DataFrame(summary["rows"])
+    assert list(rows["epoch"]) == [2, 3]  # test-16: snapshot at epoch 2, final after 3
+    assert rows["ms_ssim"].between(-1, 1).all() and (rows["frechet_embedding"] >= 0).all()
+    assert rows["train_loss"].notna().all()
+    assert list(summary["key_figures"]) == ["memorized % (epoch 2)", "memorized % (epoch 3)"]
+
+
+def test_detector_validation_notebook_reports_each_family(env):
+    res, summary = _run(env, "05_detector_validation", "validation",
+                        data=str(env["data"]), copies_per_family=4, detector=TINY_DETECTOR)
+    table = pd.DataFrame(summary["rows"])
+    assert set(table["detector"]) == {"contrastive", "contrastive-32d", "pixel", "pixel-oriented", "aligned", "combined"}
+    assert {"all", "flip", "rot90", "noise"} <= set(table["family"])
+    assert table[["sensitivity", "specificity", "auc"]].apply(lambda c: c.between(0, 1)).all().all()
+    assert (res.run_dir / "detector.pt").exists() and (res.run_dir / "validation.csv").exists()
+    assert np.isfinite(summary["key_figures"]["contrastive auc"]) and np.isfinite(summary["key_figures"]["combined auc"])
+
+
+def test_a_failing_notebook_leaves_a_partial_report_and_exits_non_zero(env, capsys):
+    code = main(["study", "01_memorization", "--reports", str(env["reports"]), "--run-id", "broken",
+                 "--preset", "no-such-preset", "-p", "data", str(env["data"])])
+    assert code == 1
+    assert "unknown preset" in capsys.readouterr().err
+    run_dir = env["reports"] / "broken"
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "failed"
+    assert "unknown preset" in (run_dir / "report.html").read_text()
+    assert (run_dir / "notebook.ipynb").exists()
+
+
+@pytest.mark.parametrize("sweep, tiny, n_settings", [
+    ("augmentation", {"augment_settings": [False, True]}, 2),
+    ("training_size", {"train_sizes": [4, 8]}, 2),
+    ("overtraining", {"epochs": [2, "final"]}, 2),
+    ("model_size", {"model_sizes": {"narrow": [8, 16], "wide": [16, 32]}}, 2),
+])
+def test_each_sweep_file_runs_at_tiny_scale_and_aggregates_over_seeds(env, sweep, tiny, n_settings):
+    from memostudy.study.sweep import load_sweep, run_sweep
+
+    path = NOTEBOOKS / "sweeps" / f"{sweep}.yaml"
+    real = load_sweep(path)
+    assert len(real.seeds) >= 3  # the real sweep: at least 3 seeds per setting
+    spec = load_sweep(path, {"seeds": [0, 1], "fixed": env["base"] | tiny})
+    out = run_sweep(spec, reports_dir=env["root"] / "sweeps", progress=False)
+    table, agg = pd.read_csv(out["table"]), pd.read_csv(out["aggregate"])
+    assert len(table) == 2 * n_settings and sorted(set(table["seed"])) == [0, 1]
+    assert len(agg) == n_settings and (agg["n_seeds"] == 2).all()
+    for m in spec.metrics:
+        assert (agg[f"{m}_ci_low"] <= agg[f"{m}_mean"] + 1e-12).all()
+        means = table.groupby(spec.by)[m].mean().sort_index()
+        assert np.allclose(agg.sort_values(spec.by)[f"{m}_mean"].to_numpy(float), means.to_numpy(float), equal_nan=True)
+    assert table["detector"].nunique() == 1  # one detector for the whole sweep
+    html = out["summary"].read_text()
+    assert "Memorization measured with" in html and "95th percentile" in html
+    # a second run finds every cell done and only aggregates again
+    before = {p: p.stat().st_mtime for p in (env["root"] / "sweeps" / "sweeps" / spec.name).glob("*/run.json")}
+    run_sweep(spec, reports_dir=env["root"] / "sweeps", progress=False)
+    after = {p: p.stat().st_mtime for p in (env["root"] / "sweeps" / "sweeps" / spec.name).glob("*/run.json")}
+    assert before == after and len(before) == 2

@@ -1,0 +1,99 @@
+"""Sweeps: grid x seeds through papermill, resume by skipping finished cells, aggregate table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+import pytest
+import yaml
+from nbformat.v4 import new_code_cell, new_notebook
+
+import memostudy.study.sweep
+from memostudy.cli import main
+from memostudy.errors import ConfigError
+from memostudy.study.sweep import cell_id, defaults_fingerprint, load_sweep, run_sweep
+
+BODY = """
+import json, pathlib
+rows = [{"augment": augment, "memorized_fraction": (0.6 if not augment else 0.3) + 0.01 * seed,
+         "copy_fraction": 0.1, "detector": "fixed-detector"}]
+pathlib.Path(run_dir, "summary.json").write_text(json.dumps({"rows": rows, "key_figures": rows[0]}))
+"""
+
+
+def _sweep(tmp_path: Path, **extra) -> Path:
+    nb = new_notebook(cells=[new_code_cell("augment = False\nseed = 0\nrun_dir = '.'", metadata={"tags": ["parameters"]}),
+                             new_code_cell(BODY)])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, str(tmp_path / "exp.ipynb"))
+    spec = {"name": "aug", "notebook": str(tmp_path / "exp.ipynb"), "seeds": [0, 1, 2],
+            "grid": {"augment": [False, True]}, "by": ["augment"],
+            "metrics": ["memorized_fraction", "copy_fraction"]} | extra
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec))
+    return tmp_path / "s.yaml"
+
+
+def test_sweep_runs_grid_and_aggregates(tmp_path: Path) -> None:
+    spec = load_sweep(_sweep(tmp_path))
+    out = run_sweep(spec, reports_dir=tmp_path / "reports", progress=False)
+    table = pd.read_csv(out["table"])
+    assert len(table) == 6 and sorted(table["seed"].unique()) == [0, 1, 2]
+    agg = pd.read_csv(out["aggregate"])
+    assert list(agg["augment"]) == [False, True] and list(agg["n_seeds"]) == [3, 3]
+    assert agg["memorized_fraction_mean"].tolist() == pytest.approx([0.61, 0.31])
+    html = out["summary"].read_text()
+    assert "fixed-detector" in html and html.count("plotly-graph-div") == 2 and "falls" in html
+
+
+def test_interrupted_sweep_resumes_skipping_done_cells(tmp_path: Path, capsys) -> None:
+    spec = load_sweep(_sweep(tmp_path))
+    root = tmp_path / "reports"
+    run_sweep(spec, reports_dir=root, only=(0, 2), progress=False)  # half the cells, as if interrupted
+    done = {p.parent.name: p.stat().st_mtime_ns for p in (root / "sweeps" / "aug").glob("*/run.json")}
+    assert len(done) == 3
+    assert main(["sweep", str(tmp_path / "s.yaml"), "--reports", str(root)]) == 0
+    assert capsys.readouterr().out.count("done, skipped") == 3
+    for name, mtime in done.items():
+        assert (root / "sweeps" / "aug" / name / "run.json").stat().st_mtime_ns == mtime
+    assert len(pd.read_csv(root / "sweeps" / "aug" / "table.csv")) == 6
+
+
+def test_bad_sweep_files(tmp_path: Path) -> None:
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump({"name": "x", "notebook": "n"}))
+    with pytest.raises(ConfigError, match="lacks `seeds`"):
+        load_sweep(tmp_path / "bad.yaml")
+    with pytest.raises(ConfigError, match="unknown sweep key"):
+        load_sweep(_sweep(tmp_path, colour="red"))
+
+
+def test_cell_ids_are_stable_and_distinct() -> None:
+    a, b = {"augment": True, "seed": 0}, {"augment": True, "seed": 1}
+    assert cell_id(a) == cell_id(dict(reversed(list(a.items()))))
+    assert cell_id(a) != cell_id(b)
+    assert json.dumps(a)  # plain parameters only
+
+
+def test_a_cell_done_with_other_defaults_is_moved_aside_and_run_again(tmp_path: Path, capsys, monkeypatch) -> None:
+    spec = load_sweep(_sweep(tmp_path), {"seeds": [0], "grid": {"augment": [False]}})
+    root = tmp_path / "reports"
+    run_sweep(spec, reports_dir=root, progress=False)
+    cid = cell_id(spec.cells()[0])
+    assert json.loads((root / "sweeps" / "aug" / cid / "defaults.json").read_text())["fingerprint"] == \
+        defaults_fingerprint(spec.cells()[0])
+    run_sweep(spec, reports_dir=root, progress=False)
+    assert "done, skipped" in capsys.readouterr().out
+    monkeypatch.setattr(memostudy.study.sweep, "defaults_fingerprint", lambda params: "changed")  # e.g. a new preset
+    run_sweep(spec, reports_dir=root, progress=False)
+    out = capsys.readouterr().out
+    assert "other preset/detector/assessment defaults" in out and "running" in out
+    stale = list((root / "sweeps" / "aug").glob(f"{cid}.stale-*"))
+    assert len(stale) == 1 and (stale[0] / "summary.json").exists()  # the old results are kept
+    assert json.loads((root / "sweeps" / "aug" / cid / "defaults.json").read_text())["fingerprint"] == "changed"
+
+
+def test_defaults_fingerprint_follows_the_preset() -> None:
+    assert defaults_fingerprint({"preset": "cpu-tiny"}) == defaults_fingerprint({})
+    assert defaults_fingerprint({"preset": "cpu-tiny"}) != defaults_fingerprint({"preset": "test-16"})
