@@ -15,16 +15,19 @@ Output folder of one :func:`fit` call::
         final.pt                 module weights, config and loss history of the finished run
         DONE                     written last
 
+The file names are :class:`RunFolder`'s: every other module asks it rather than spelling them.
+
 Randomness of step ``k`` (batch order, augmentation, noise, timesteps) is a pure function of
-``(seed, k)``: each epoch's order comes from its own generator and the global RNGs are reseeded before
-every step, so a run killed and resumed from ``last.pt`` repeats the uninterrupted run's losses exactly.
+``(seed, k)``: each epoch's order and each step's draws come from their own generators
+(:mod:`memostudy.seeds`), handed to the task and the augmentation, so a run killed and resumed from
+``last.pt`` repeats the uninterrupted run's losses exactly, and the caller's global RNG is never touched.
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
-import random
 import shutil
 import time
 from collections.abc import Callable
@@ -32,16 +35,71 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
 from memostudy.config import to_dict
 from memostudy.errors import ConfigError, RunExistsError
+from memostudy.seeds import Stream, generator
 
 DONE_MARKER = "DONE"
 LOSS_COLUMNS = ["epoch", "step", "train_loss", "val_loss", "seconds"]
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """The files :func:`fit` writes in one stage's folder; the one place their names are spelled.
+
+    Attributes:
+        path: the stage folder (e.g. ``<ldm run>/diffusion`` or ``<audit out>/detector_training``).
+    """
+
+    path: Path
+
+    @property
+    def done(self) -> Path:
+        """Marker written last: the run finished."""
+        return self.path / DONE_MARKER
+
+    @property
+    def last(self) -> Path:
+        """Resumable checkpoint (modules, optimizer, step, statistics)."""
+        return self.path / "last.pt"
+
+    @property
+    def final(self) -> Path:
+        """Weights, config and loss history of the finished run."""
+        return self.path / "final.pt"
+
+    @property
+    def losses(self) -> Path:
+        """One row per epoch, columns :data:`LOSS_COLUMNS`."""
+        return self.path / "losses.csv"
+
+    @property
+    def snapshots(self) -> Path:
+        """Folder of the weights kept at ``LoopConfig.snapshot_epochs``."""
+        return self.path / "snapshots"
+
+    def snapshot(self, epoch: int) -> Path:
+        """The snapshot file of ``epoch``."""
+        return self.snapshots / f"epoch_{int(epoch):04d}.pt"
+
+    def snapshot_epochs(self) -> list[int]:
+        """Epochs whose snapshots are on disk, ascending."""
+        return sorted(int(p.stem.split("_")[-1]) for p in self.snapshots.glob("epoch_*.pt"))
+
+    def is_done(self) -> bool:
+        """True when the run finished (``DONE`` is there)."""
+        return self.done.exists()
+
+    def clear(self) -> None:
+        """Remove what :func:`fit` writes here (used by ``force``); other files stay."""
+        for p in (self.last, self.final, self.done, self.losses):
+            p.unlink(missing_ok=True)
+            p.with_suffix(p.suffix + ".tmp").unlink(missing_ok=True)
+        shutil.rmtree(self.snapshots, ignore_errors=True)
 
 
 @dataclass
@@ -94,7 +152,7 @@ class Task(Protocol):
     """What :func:`fit` needs from a model.
 
     Optional methods, used when present:
-        ``val_loss(batch) -> Tensor``: validation loss (default: ``loss`` under ``no_grad``).
+        ``val_loss(batch, generator) -> Tensor``: validation loss (default: ``loss`` under ``no_grad``).
         ``after_step() -> None``: called after each optimizer step (e.g. to update an EMA copy).
         ``to(device) -> None``: move everything the task holds (default: move ``modules()``).
     """
@@ -103,8 +161,9 @@ class Task(Protocol):
         """The modules to checkpoint; their parameters with ``requires_grad`` are optimized."""
         ...
 
-    def loss(self, batch: torch.Tensor) -> torch.Tensor:
-        """Scalar training loss of ``batch`` (B, C, D, H, W) already on the training device."""
+    def loss(self, batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Scalar training loss of ``batch`` (B, C, D, H, W) already on the training device; every random
+        draw (noise, timesteps, views) comes from the CPU ``generator``."""
         ...
 
 
@@ -130,18 +189,6 @@ def adam(params: list[torch.nn.Parameter], lr: float, weight_decay: float = 0.0)
     """
     fused = bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
     return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=fused)
-
-
-def derive_seed(*xs: int) -> int:
-    """A 63-bit seed derived from integers (so seeds of different steps and stages never collide)."""
-    return int(np.random.SeedSequence([abs(int(x)) for x in xs]).generate_state(1, np.uint64)[0] >> np.uint64(1))
-
-
-def seed_everything(seed: int) -> None:
-    """Seed torch (CPU and CUDA), numpy and python's ``random``."""
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    random.seed(seed)
 
 
 def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -174,24 +221,22 @@ def _states(task: Task) -> dict[str, dict]:
     return {k: m.state_dict() for k, m in task.modules().items()}
 
 
+def _takes_generator(fn: Callable) -> bool:
+    return "generator" in inspect.signature(fn).parameters
+
+
 @torch.no_grad()
-def _evaluate(task: Task, val: torch.Tensor, batch_size: int, device: torch.device, amp: str, seed: int) -> float:
-    seed_everything(seed)  # the same noise at every validation, so epochs are comparable
+def _evaluate(task: Task, val: torch.Tensor, batch_size: int, device: torch.device, amp: str,
+              g: torch.Generator) -> float:
     fn = getattr(task, "val_loss", None) or task.loss
+    kw = {"generator": g} if _takes_generator(fn) else {}
     total, count = 0.0, 0
     for i in range(0, len(val), batch_size):
         batch = val[i : i + batch_size].to(device)
         with autocast_context(amp, device):
-            total += float(fn(batch)) * len(batch)
+            total += float(fn(batch, **kw)) * len(batch)
         count += len(batch)
     return total / max(count, 1)
-
-
-def clear_run(out_dir: Path) -> None:
-    """Remove what :func:`fit` writes in ``out_dir`` (used by ``force``)."""
-    for name in ("last.pt", "last.pt.tmp", "final.pt", "final.pt.tmp", DONE_MARKER, "losses.csv"):
-        (out_dir / name).unlink(missing_ok=True)
-    shutil.rmtree(out_dir / "snapshots", ignore_errors=True)
 
 
 def fit(
@@ -216,8 +261,9 @@ def fit(
         cfg: loop settings; ``cfg.seed`` None means 0.
         out_dir: folder of this stage (see the module docstring for what goes in it).
         desc: progress bar label.
-        augment: applied to each CPU batch (B, C, D, H, W) before it goes to the device; it must draw
-            its randomness from torch's global RNG (reseeded every step) to keep resuming exact.
+        augment: ``augment(batch, generator)`` is applied to each CPU batch (B, C, D, H, W) before it goes
+            to the device; it draws its randomness from ``generator`` (the step's stream), which keeps
+            resuming exact.
         force: start over even if the folder holds a finished or different run.
         progress: show a tqdm progress bar.
         meta: extra config (e.g. the whole experiment config) stored in checkpoints and compared on resume.
@@ -232,11 +278,12 @@ def fit(
     """
     cfg = cfg.validate()
     out = Path(out_dir)
+    folder = RunFolder(out)
     seed = 0 if cfg.seed is None else int(cfg.seed)
-    if (out / DONE_MARKER).exists() and not force:
+    if folder.is_done() and not force:
         raise RunExistsError(f"{out}: a finished run is already there; use --force (force=True) to train it again")
     if force:
-        clear_run(out)
+        folder.clear()
     out.mkdir(parents=True, exist_ok=True)
     if len(train) == 0:
         raise ConfigError("no training inputs: the training set is empty")
@@ -255,7 +302,7 @@ def fit(
     per_epoch = _batches(n, cfg.batch_size)
     total = cfg.epochs * per_epoch
     step, history, epoch_sum, epoch_count, seconds = 0, [], 0.0, 0, 0.0
-    ckpt_path = out / "last.pt"
+    ckpt_path = folder.last
     if ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
         diff = config_differences(ckpt["config"], config)
@@ -272,28 +319,27 @@ def fit(
 
     def checkpoint() -> None:
         _save({"modules": _states(task), "optimizer": optimizer.state_dict(), "step": step, "history": history,
-               "epoch_sum": epoch_sum, "epoch_count": epoch_count, "seconds": seconds, "config": config,
-               "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state()}}, ckpt_path)
+               "epoch_sum": epoch_sum, "epoch_count": epoch_count, "seconds": seconds, "config": config}, ckpt_path)
 
     def write_losses() -> pd.DataFrame:
         df = pd.DataFrame(history, columns=LOSS_COLUMNS)
-        df.to_csv(out / "losses.csv", index=False)
+        df.to_csv(folder.losses, index=False)
         return df
 
     bar = tqdm(total=total, initial=step, desc=desc, disable=not progress, dynamic_ncols=True)
     t0 = time.perf_counter() - seconds
     for epoch in range(step // per_epoch, cfg.epochs):
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(derive_seed(seed, 1, epoch)))
+        order = torch.randperm(n, generator=generator(Stream.BATCH_ORDER, seed, epoch))
         for b in range(step - epoch * per_epoch, per_epoch):
-            seed_everything(derive_seed(seed, 2, step))
+            g = generator(Stream.STEP, seed, step)  # augmentation then the task draw from it, in this order
             batch = train[order[b * cfg.batch_size : (b + 1) * cfg.batch_size]]
             if augment is not None:
-                batch = augment(batch)
+                batch = augment(batch, g)
             batch = batch.to(device, non_blocking=True)
             for m in task.modules().values():
                 m.train()
             with autocast_context(cfg.amp, device):
-                loss = task.loss(batch)
+                loss = task.loss(batch, generator=g)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"{desc}: loss became {float(loss)} at step {step}; lower the learning rate")
             optimizer.zero_grad(set_to_none=True)
@@ -316,23 +362,24 @@ def fit(
         if val is not None and len(val) and ((epoch + 1) % cfg.val_every == 0 or last):
             for m in task.modules().values():
                 m.eval()
-            val_loss = _evaluate(task, val, cfg.batch_size, device, cfg.amp, derive_seed(seed, 3))
+            # the same draws at every validation, so epochs are comparable
+            val_loss = _evaluate(task, val, cfg.batch_size, device, cfg.amp, generator(Stream.VALIDATION, seed))
         seconds = time.perf_counter() - t0
         history.append({"epoch": epoch + 1, "step": step, "train_loss": epoch_sum / max(epoch_count, 1),
                         "val_loss": val_loss, "seconds": round(seconds, 3)})
         epoch_sum, epoch_count = 0.0, 0
         write_losses()
         if epoch + 1 in cfg.snapshot_epochs:
-            (out / "snapshots").mkdir(exist_ok=True)
+            folder.snapshots.mkdir(exist_ok=True)
             _save({"modules": _states(task), "epoch": epoch + 1, "step": step, "config": config},
-                  out / "snapshots" / f"epoch_{epoch + 1:04d}.pt")
+                  folder.snapshot(epoch + 1))
         if step % cfg.checkpoint_every == 0 and not last:  # at an epoch's end: after its row and snapshot
             checkpoint()
     bar.close()
     checkpoint()
     _save({"modules": _states(task), "epoch": cfg.epochs, "step": step, "config": config, "history": history},
-          out / "final.pt")
-    (out / DONE_MARKER).write_text(f"finished {step} steps in {seconds:.1f} s\n")
+          folder.final)
+    folder.done.write_text(f"finished {step} steps in {seconds:.1f} s\n")
     return write_losses()
 
 

@@ -13,11 +13,11 @@ from memostudy.errors import ConfigError, RunExistsError
 from memostudy.ldm.autoencoder import AutoencoderTask, build_autoencoder
 from memostudy.ldm.config import preset
 from memostudy.ldm.run import FlipRotate
-from memostudy.training import LoopConfig, adam, fit
+from memostudy.training import LoopConfig, RunFolder, adam, fit
 
 
 class NoisyDenoiser:
-    """A toy task whose loss uses the global RNG (like diffusion noise), to test seeding and resuming."""
+    """A toy task whose loss draws noise from the step's generator (like diffusion noise), to test seeding and resuming."""
 
     def __init__(self, kill_after: int | None = None) -> None:
         torch.manual_seed(0)
@@ -27,11 +27,11 @@ class NoisyDenoiser:
     def modules(self) -> dict[str, torch.nn.Module]:
         return {"net": self.net}
 
-    def loss(self, batch: torch.Tensor) -> torch.Tensor:
+    def loss(self, batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         self.calls += torch.is_grad_enabled()  # training calls only, not validation
         if self.kill_after is not None and self.calls > self.kill_after:
             raise KeyboardInterrupt  # stands in for a killed process
-        return (self.net(batch + 0.3 * torch.randn_like(batch)) - batch).pow(2).mean()
+        return (self.net(batch + 0.3 * torch.randn(batch.shape, generator=generator)) - batch).pow(2).mean()
 
 
 @pytest.fixture(scope="module")
@@ -111,9 +111,25 @@ def test_resuming_with_a_different_config_is_refused(tmp_path, vols):
         fit(NoisyDenoiser(), vols, None, loop(), tmp_path, progress=False, meta={"data": "other"})
 
 
+def test_fit_leaves_the_global_rng_alone(tmp_path, vols):
+    state = torch.get_rng_state()
+    fit(NoisyDenoiser(), vols, vols[:2], loop(epochs=1), tmp_path, progress=False)
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_run_folder_names_what_fit_wrote(tmp_path, vols):
+    fit(NoisyDenoiser(), vols, None, loop(snapshot_epochs=(1, 3)), tmp_path, progress=False)
+    folder = RunFolder(tmp_path)
+    assert folder.is_done() and folder.final.is_file() and folder.last.is_file() and folder.losses.is_file()
+    assert folder.snapshot_epochs() == [1, 3] and folder.snapshot(3).is_file()
+    (tmp_path / "keep.txt").write_text("not the loop's")
+    folder.clear()
+    assert not folder.is_done() and folder.snapshot_epochs() == [] and not folder.final.exists()
+    assert (tmp_path / "keep.txt").exists()
+
+
 def test_flip_rotate_only_permutes_voxels(vols):
-    torch.manual_seed(3)
-    out = FlipRotate((8, 8, 8), prob=1.0)(vols)
+    out = FlipRotate((8, 8, 8), prob=1.0)(vols, torch.Generator().manual_seed(3))
     assert out.shape == vols.shape and type(out) is torch.Tensor
     assert not torch.equal(out, vols)
     assert torch.equal(out.flatten(1).sort(1).values, vols.flatten(1).sort(1).values)

@@ -38,6 +38,7 @@ from memostudy.config import from_dict, provenance, to_dict
 from memostudy.detect.similarity import normalise
 from memostudy.detect.views import ViewParams, orient, orientations, random_view, shape_preserving
 from memostudy.errors import ConfigError, DataError
+from memostudy.seeds import Stream, initial_weights
 
 LOSSES = ("ntxent", "triplet")
 #: what the detector compares: see ``DetectorConfig.representation``
@@ -290,15 +291,15 @@ def train_detector(train: torch.Tensor, val: torch.Tensor | None, cfg: DetectorC
     Returns:
         The trained :class:`Detector` (weights of the best validation epoch when ``cfg.select_best``).
     """
-    from memostudy.training import LoopConfig, fit, load_checkpoint
+    from memostudy.training import LoopConfig, RunFolder, fit, load_checkpoint
 
     cfg = (cfg or DetectorConfig()).validate()
     if train.dim() != 5 or train.shape[1] != 1:
         raise DataError(f"training volumes must be (N, 1, D, H, W), got {tuple(train.shape)}")
     if len(train) < 2:
         raise DataError(f"the detector needs at least 2 training volumes (other volumes are the negatives), got {len(train)}")
-    torch.manual_seed(cfg.seed)
-    net = DetectorNet(cfg)
+    with initial_weights(Stream.DETECTOR_INIT, cfg.seed):
+        net = DetectorNet(cfg)
     loop = LoopConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed, amp="off",
                       checkpoint_every=max(1, math.ceil(len(train) / cfg.batch_size)),
                       snapshot_epochs=tuple(range(1, cfg.epochs + 1)) if cfg.select_best else ())
@@ -307,15 +308,16 @@ def train_detector(train: torch.Tensor, val: torch.Tensor | None, cfg: DetectorC
         work = (Path(out_dir) / "detector_training" if out_dir is not None
                 else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="memostudy-detector-"))))
         meta = {"detector": training_key(cfg), "n_train": len(train)}
-        if (work / "DONE").exists() and not force:  # finished earlier (e.g. a resumed study): reuse it
-            if load_checkpoint(work / "final.pt")["config"]["meta"] != json.loads(json.dumps(meta)):
+        folder = RunFolder(work)
+        if folder.is_done() and not force:  # finished earlier (e.g. a resumed study): reuse it
+            if load_checkpoint(folder.final)["config"]["meta"] != json.loads(json.dumps(meta)):
                 raise ConfigError(f"{work} holds a detector trained with another config; use --force to retrain")
-            losses = pd.read_csv(work / "losses.csv")
+            losses = pd.read_csv(folder.losses)
         else:
             losses = fit(ContrastiveTask(net, cfg), train.float(), val, loop, work, desc="detector", force=force,
                          progress=progress, meta=meta, device="cpu")
         best = _best_epoch(losses, cfg.select_best)
-        ckpt = work / "snapshots" / f"epoch_{best:04d}.pt" if cfg.select_best else work / "final.pt"
+        ckpt = folder.snapshot(best) if cfg.select_best else folder.final
         net.load_state_dict(load_checkpoint(ckpt)["modules"]["detector"])
     net.eval()
     history = [{k: float(v) for k, v in row.items() if k in ("epoch", "train_loss", "val_loss", "seconds") and v == v}

@@ -14,6 +14,7 @@ from monai.networks.nets import AutoencoderKL, PatchDiscriminator
 from torch.func import functional_call
 
 from memostudy.ldm.config import AutoencoderConfig
+from memostudy.seeds import Stream, generator
 
 
 def build_autoencoder(cfg: AutoencoderConfig) -> AutoencoderKL:
@@ -68,9 +69,11 @@ class AutoencoderTask:
             mods["discriminator"] = self.discriminator
         return mods
 
-    def loss(self, batch: torch.Tensor) -> torch.Tensor:
-        """Training loss of ``batch`` (B, 1, D, H, W) in [-1, 1]."""
-        recon, z_mu, z_sigma = self.net(batch)
+    def loss(self, batch: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Training loss of ``batch`` (B, 1, D, H, W) in [-1, 1]; the posterior draw comes from the CPU
+        ``generator`` (what ``AutoencoderKL.forward`` does, with the draw made explicit)."""
+        z_mu, z_sigma = self.net.encode(batch)
+        recon = self.net.decode(z_mu + posterior_noise(z_sigma, generator) * z_sigma)
         loss = F.l1_loss(recon.float(), batch.float()) + self.kl_weight * kl_loss(z_mu.float(), z_sigma.float())
         if self.discriminator is not None:
             # One optimizer for both nets: the generator term sees the discriminator through detached
@@ -108,18 +111,35 @@ def encode_stats(net: AutoencoderKL, volumes: torch.Tensor, batch_size: int = 16
     return torch.cat(out)
 
 
-class PosteriorSampler(torch.nn.Module):
-    """Stands in for the autoencoder when the latent posteriors are precomputed.
+def posterior_noise(sigma: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Standard normal noise shaped like ``sigma``, drawn on the CPU from ``generator`` (None: torch's
+    global RNG) and moved to ``sigma``'s device."""
+    return torch.randn(sigma.shape, generator=generator, dtype=sigma.dtype).to(sigma.device)
 
-    ``encode_stage_2_inputs(stats)`` draws ``z = mu + sigma * eps`` from (B, 2C, d, h, w) statistics
-    from :func:`encode_stats`, exactly what ``AutoencoderKL.encode_stage_2_inputs`` does from images,
-    without running the encoder at every diffusion step.
+
+class PosteriorSampler(torch.nn.Module):
+    """The encoder as the latent diffusion inferer sees it: ``encode_stage_2_inputs`` draws
+    ``z = mu + sigma * eps`` with ``eps`` from :attr:`generator`.
+
+    Two sources of ``(mu, sigma)``: with ``autoencoder`` None, the inputs are (B, 2C, d, h, w) statistics
+    from :func:`encode_stats` (the posteriors are precomputed, so the encoder does not run at every
+    diffusion step); with an ``AutoencoderKL``, the inputs are images and are encoded (as with
+    augmentation). Either way the draw is what ``AutoencoderKL.encode_stage_2_inputs`` does, with its
+    randomness made explicit; the owner sets :attr:`generator` before each use.
     """
 
-    def encode_stage_2_inputs(self, stats: torch.Tensor) -> torch.Tensor:
-        """(B, 2C, d, h, w) statistics -> (B, C, d, h, w) latent sample."""
-        mu, sigma = stats.chunk(2, dim=1)
-        return mu + torch.randn_like(sigma) * sigma
+    def __init__(self, autoencoder: AutoencoderKL | None = None) -> None:
+        super().__init__()
+        self.autoencoder = autoencoder
+        self.generator: torch.Generator | None = None
+
+    def encode_stage_2_inputs(self, inputs: torch.Tensor) -> torch.Tensor:
+        """(B, 2C, d, h, w) statistics, or (B, 1, D, H, W) images with an autoencoder -> (B, C, d, h, w) latents."""
+        if self.autoencoder is None:
+            mu, sigma = inputs.chunk(2, dim=1)
+        else:
+            mu, sigma = self.autoencoder.encode(inputs)
+        return mu + posterior_noise(sigma, self.generator) * sigma
 
 
 @torch.no_grad()
@@ -129,7 +149,7 @@ def latent_scale_factor(stats: torch.Tensor, seed: int = 0) -> float:
     Args:
         stats: (N, 2C, d, h, w) from :func:`encode_stats` on the training volumes.
     """
-    g = torch.Generator().manual_seed(seed)
+    g = generator(Stream.LATENT_SCALE, seed)
     mu, sigma = stats.chunk(2, dim=1)
     z = mu + torch.randn(mu.shape, generator=g) * sigma
     return float(1.0 / z.std())

@@ -14,6 +14,7 @@ from monai.inferers import LatentDiffusionInferer
 from monai.networks.nets import DiffusionModelUNet
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 
+from memostudy.ldm.autoencoder import PosteriorSampler
 from memostudy.ldm.config import DiffusionConfig
 
 
@@ -31,26 +32,46 @@ def build_unet(cfg: DiffusionConfig, latent_channels: int) -> DiffusionModelUNet
     )
 
 
-class DDIMSampler(DDIMScheduler):
-    """MONAI's ``DDIMScheduler`` with its ``eta`` fixed at construction.
+class DDPMSampler(DDPMScheduler):
+    """MONAI's ``DDPMScheduler`` whose steps draw their noise from :attr:`generator`.
 
-    ``LatentDiffusionInferer.sample`` calls ``scheduler.step`` without ``eta``, which leaves MONAI's default
-    0 (deterministic DDIM). This subclass passes the chosen ``eta`` instead; the maths stays MONAI's.
-    eta = 1 adds, at each of the N steps, the noise of the DDPM posterior of that stride.
+    ``LatentDiffusionInferer.sample`` calls ``scheduler.step`` without a generator, which would draw from
+    torch's global RNG; the sampler sets :attr:`generator` (on the sampling device) before each batch.
+    """
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.generator: torch.Generator | None = None
+
+    def step(self, model_output: torch.Tensor, timestep: int, sample: torch.Tensor,
+             generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One DDPM step, its noise from ``generator`` or else :attr:`generator`."""
+        return super().step(model_output, timestep, sample, generator or self.generator)
+
+
+class DDIMSampler(DDIMScheduler):
+    """MONAI's ``DDIMScheduler`` with its ``eta`` fixed at construction and its noise from :attr:`generator`.
+
+    ``LatentDiffusionInferer.sample`` calls ``scheduler.step`` without ``eta`` or a generator, which leaves
+    MONAI's default eta 0 (deterministic DDIM) and torch's global RNG. This subclass passes the chosen
+    ``eta`` and :attr:`generator` instead; the maths stays MONAI's. eta = 1 adds, at each of the N steps,
+    the noise of the DDPM posterior of that stride.
     """
 
     def __init__(self, eta: float = 0.0, **kwargs) -> None:
         super().__init__(**kwargs)
         self.eta = float(eta)
+        self.generator: torch.Generator | None = None
 
     def step(self, model_output: torch.Tensor, timestep: int, sample: torch.Tensor, eta: float | None = None,
              generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """One DDIM step with ``self.eta`` unless ``eta`` is given."""
-        return super().step(model_output, timestep, sample, self.eta if eta is None else eta, generator)
+        return super().step(model_output, timestep, sample, self.eta if eta is None else eta,
+                            generator or self.generator)
 
 
 def build_scheduler(cfg: DiffusionConfig, sampler: str = "ddpm", steps: int | None = None,
-                    eta: float = 0.0) -> DDPMScheduler | DDIMScheduler:
+                    eta: float = 0.0) -> DDPMSampler | DDIMSampler:
     """The training schedule (``"ddpm"``, all ``num_train_timesteps`` steps) or a DDIM sampler of ``steps``
     steps with noise level ``eta`` (0 = deterministic DDIM, 1 = DDPM-like; see :class:`DDIMSampler`).
 
@@ -59,7 +80,7 @@ def build_scheduler(cfg: DiffusionConfig, sampler: str = "ddpm", steps: int | No
     kw = {"num_train_timesteps": cfg.num_train_timesteps, "schedule": cfg.schedule,
           "beta_start": cfg.beta_start, "beta_end": cfg.beta_end, "clip_sample": False}
     if sampler == "ddpm":
-        return DDPMScheduler(**kw)
+        return DDPMSampler(**kw)
     if sampler == "ddim":
         sched = DDIMSampler(eta=eta, **kw)
         sched.set_timesteps(num_inference_steps=int(steps or 50))
@@ -101,6 +122,8 @@ class DiffusionTask:
     def __init__(self, unet: DiffusionModelUNet, encoder: torch.nn.Module, scale_factor: float,
                  latent_shape: tuple[int, int, int, int], cfg: DiffusionConfig) -> None:
         self.unet = unet
+        if not isinstance(encoder, PosteriorSampler):  # an AutoencoderKL: make its posterior draw explicit
+            encoder = PosteriorSampler(encoder)
         self.encoder = encoder.requires_grad_(False).eval()
         self.latent_shape = tuple(latent_shape)
         self.scheduler = build_scheduler(cfg, "ddpm")
@@ -121,11 +144,13 @@ class DiffusionTask:
         if self.ema is not None:
             self.ema.to(device)
 
-    def loss(self, batch: torch.Tensor) -> torch.Tensor:
-        """MSE between true and predicted noise at random timesteps, for a batch of images or statistics."""
+    def loss(self, batch: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """MSE between true and predicted noise at random timesteps, for a batch of images or statistics;
+        noise, timesteps and the posterior draw come from the CPU ``generator``, in that order."""
         self.encoder.eval()
-        noise = torch.randn((len(batch), *self.latent_shape), device=batch.device)
-        t = torch.randint(0, self.scheduler.num_train_timesteps, (len(batch),), device=batch.device).long()
+        noise = torch.randn((len(batch), *self.latent_shape), generator=generator).to(batch.device)
+        t = torch.randint(0, self.scheduler.num_train_timesteps, (len(batch),), generator=generator).to(batch.device)
+        self.encoder.generator = generator
         pred = self.inferer(inputs=batch, autoencoder_model=self.encoder, diffusion_model=self.unet,
                             noise=noise, timesteps=t)
         return F.mse_loss(pred.float(), noise.float())

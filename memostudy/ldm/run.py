@@ -6,7 +6,7 @@ Run folder layout (read by the study notebooks)::
         config.yaml           the LDMConfig of the run
         provenance.yaml       versions, git commit, host, time of the latest start
         data.json             data set, spacing, intensity mapping, patch shape, ids of the patches used
-        autoencoder/          losses.csv, last.pt, final.pt, DONE (see memostudy.training)
+        autoencoder/          losses.csv, last.pt, final.pt, DONE (see memostudy.training.RunFolder)
         latent_scale.json     scale_factor = 1 / std of the training latents
         diffusion/            losses.csv, last.pt, final.pt, DONE, snapshots/epoch_XXXX.pt
         samples/<tag>/        sample_0000.nii.gz ..., samples.csv (written by memostudy.ldm.sampling)
@@ -39,22 +39,15 @@ from memostudy.ldm.autoencoder import (
 )
 from memostudy.ldm.config import LDMConfig
 from memostudy.ldm.diffusion import DiffusionTask, build_unet
-from memostudy.training import (
-    DONE_MARKER,
-    config_differences,
-    derive_seed,
-    fit,
-    load_checkpoint,
-    seed_everything,
-    select_device,
-)
+from memostudy.seeds import Stream, initial_weights
+from memostudy.training import RunFolder, config_differences, fit, load_checkpoint, select_device
 
 
 class FlipRotate:
     """Random flips along each axis and random 90-degree rotations (MONAI transforms), per patch.
 
     Rotations are drawn in every plane whose two axes have the same size (all three planes of a cube).
-    Randomness comes from torch's global RNG, so :func:`memostudy.training.fit` can replay it on resume.
+    Randomness comes from the generator :func:`memostudy.training.fit` hands over, so it replays on resume.
     """
 
     def __init__(self, spatial_shape: tuple[int, int, int], prob: float = 0.5) -> None:
@@ -64,9 +57,9 @@ class FlipRotate:
             + [RandRotate90(prob=prob, max_k=3, spatial_axes=p) for p in planes]
         )
 
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+    def __call__(self, batch: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """(B, C, D, H, W) -> (B, C, D, H, W) with each patch independently flipped / rotated."""
-        self.transform.set_random_state(seed=int(torch.randint(0, 2**31 - 1, ())))
+        self.transform.set_random_state(seed=int(torch.randint(0, 2**31 - 1, (), generator=generator)))
         return torch.stack([torch.as_tensor(self.transform(v)).as_subclass(torch.Tensor) for v in batch])
 
 
@@ -147,7 +140,8 @@ def train_ldm(cfg: LDMConfig, out_dir: str | Path, force: bool = False, progress
     """
     cfg = cfg.validate()
     out = Path(out_dir)
-    if (out / "diffusion" / DONE_MARKER).exists() and not force:
+    ae_dir, diffusion_dir = RunFolder(out / "autoencoder"), RunFolder(out / "diffusion")
+    if diffusion_dir.is_done() and not force:
         raise RunExistsError(f"{out}: a finished LDM run is already there; use --force to train it again, or another --out")
     if force:
         clear_ldm_run(out)
@@ -166,14 +160,14 @@ def train_ldm(cfg: LDMConfig, out_dir: str | Path, force: bool = False, progress
     meta = to_dict(cfg)
     device = select_device()
 
-    seed_everything(derive_seed(cfg.seed, 10))  # initial weights depend on the seed only
-    ae = build_autoencoder(cfg.autoencoder)
-    ae_dir = out / "autoencoder"
-    if not (ae_dir / DONE_MARKER).exists():
-        fit(AutoencoderTask(ae, cfg.autoencoder.kl_weight, cfg.autoencoder.adversarial_weight),
-            train.volumes, val.volumes if val is not None else None, cfg.stage_loop("autoencoder"), ae_dir,
-            desc="autoencoder", progress=progress, meta=meta, device=device)
-    ae.load_state_dict(load_checkpoint(ae_dir / "final.pt")["modules"]["autoencoder"])
+    with initial_weights(Stream.AUTOENCODER_INIT, cfg.seed):  # initial weights depend on the seed only
+        ae_task = AutoencoderTask(build_autoencoder(cfg.autoencoder), cfg.autoencoder.kl_weight,
+                                  cfg.autoencoder.adversarial_weight)
+    ae = ae_task.net
+    if not ae_dir.is_done():
+        fit(ae_task, train.volumes, val.volumes if val is not None else None, cfg.stage_loop("autoencoder"),
+            ae_dir.path, desc="autoencoder", progress=progress, meta=meta, device=device)
+    ae.load_state_dict(load_checkpoint(ae_dir.final)["modules"]["autoencoder"])
     ae.to(device).eval()
 
     train_stats = encode_stats(ae, train.volumes, device=device)
@@ -193,10 +187,10 @@ def train_ldm(cfg: LDMConfig, out_dir: str | Path, force: bool = False, progress
         encoder = PosteriorSampler()
         inputs, augment = train_stats, None
         val_inputs = encode_stats(ae, val.volumes, device=device) if val is not None else None
-    seed_everything(derive_seed(cfg.seed, 11))
-    unet = build_unet(cfg.diffusion, cfg.autoencoder.latent_channels)
+    with initial_weights(Stream.DIFFUSION_INIT, cfg.seed):
+        unet = build_unet(cfg.diffusion, cfg.autoencoder.latent_channels)
     fit(DiffusionTask(unet, encoder, scale, cfg.latent_shape, cfg.diffusion), inputs, val_inputs,
-        cfg.stage_loop("diffusion"), out / "diffusion", desc="diffusion", augment=augment, progress=progress,
+        cfg.stage_loop("diffusion"), diffusion_dir.path, desc="diffusion", augment=augment, progress=progress,
         meta=meta, device=device)
     return out
 
@@ -231,17 +225,17 @@ class LDMRun:
 def resolve_checkpoint(run_dir: str | Path, checkpoint: str | int | Path | None = None) -> Path:
     """The diffusion checkpoint to use: None or "final" -> final.pt, "last" -> last.pt, an epoch number
     -> ``snapshots/epoch_XXXX.pt``, otherwise a path."""
-    d = Path(run_dir) / "diffusion"
+    d = RunFolder(Path(run_dir) / "diffusion")
     if checkpoint is None or str(checkpoint) == "final":
-        path = d / "final.pt"
+        path = d.final
     elif str(checkpoint) == "last":
-        path = d / "last.pt"
+        path = d.last
     elif str(checkpoint).isdigit():
-        path = d / "snapshots" / f"epoch_{int(checkpoint):04d}.pt"
+        path = d.snapshot(int(checkpoint))
     else:
         path = Path(checkpoint)
     if not path.is_file():
-        snaps = sorted(p.stem.split("_")[-1].lstrip("0") for p in (d / "snapshots").glob("epoch_*.pt"))
+        snaps = [str(e) for e in d.snapshot_epochs()]
         raise DataError(
             f"{path}: checkpoint not found; finish training (memostudy train ... --out {run_dir}) or pick one of: "
             f"final, last{''.join(', ' + s for s in snaps)}"
@@ -257,10 +251,11 @@ def load_run(run_dir: str | Path, checkpoint: str | int | Path | None = None,
     if not (run / "config.yaml").exists():
         raise DataError(f"{run}: not an LDM run folder (no config.yaml); train one with `memostudy train --out {run}`")
     cfg = load_yaml(LDMConfig, run / "config.yaml")
-    if not (run / "autoencoder" / "final.pt").exists() or not (run / "latent_scale.json").exists():
+    ae_final = RunFolder(run / "autoencoder").final
+    if not ae_final.exists() or not (run / "latent_scale.json").exists():
         raise DataError(f"{run}: the autoencoder has not finished training; rerun `memostudy train ... --out {run}`")
     ae = build_autoencoder(cfg.autoencoder)
-    ae.load_state_dict(load_checkpoint(run / "autoencoder" / "final.pt")["modules"]["autoencoder"])
+    ae.load_state_dict(load_checkpoint(ae_final)["modules"]["autoencoder"])
     path = resolve_checkpoint(run, checkpoint)
     ckpt = load_checkpoint(path)
     unet = build_unet(cfg.diffusion, cfg.autoencoder.latent_channels)

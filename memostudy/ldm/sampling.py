@@ -19,7 +19,8 @@ from memostudy.data.volume_io import write_nifti
 from memostudy.errors import ConfigError, RunExistsError
 from memostudy.ldm.diffusion import build_scheduler
 from memostudy.ldm.run import LDMRun, load_run
-from memostudy.training import autocast_context, derive_seed, select_device
+from memostudy.seeds import Stream, generator
+from memostudy.training import autocast_context, select_device
 
 
 @torch.no_grad()
@@ -49,8 +50,9 @@ def sample_from(run: LDMRun, n: int, sampler: str = "ddim", steps: int = 50, see
     out = []
     batches = range(0, n, batch_size)
     for k, start in enumerate(tqdm(batches, desc=f"sampling {sampler}", disable=not progress, dynamic_ncols=True)):
-        torch.manual_seed(derive_seed(seed, 4, k))
-        noise = torch.randn((min(batch_size, n - start), *run.cfg.latent_shape), device=device)
+        g = generator(Stream.SAMPLING, seed, k, device=device)  # initial noise, then every step's noise
+        scheduler.generator = g
+        noise = torch.randn((min(batch_size, n - start), *run.cfg.latent_shape), generator=g, device=device)
         with autocast_context("auto", device):
             vol = inferer.sample(input_noise=noise, autoencoder_model=ae, diffusion_model=unet,
                                  scheduler=scheduler, verbose=False)

@@ -39,9 +39,10 @@ from memostudy.detect.detector import (
 )
 from memostudy.errors import ConfigError, DataError
 from memostudy.ldm.config import LDMConfig, default_num_samples, preset
-from memostudy.ldm.run import DONE_MARKER, evenly_spaced, load_run, train_ldm
+from memostudy.ldm.run import evenly_spaced, load_run, train_ldm
 from memostudy.ldm.sampling import default_tag, sample_from, write_samples
 from memostudy.study.quality import frechet_distance, ms_ssim_diversity
+from memostudy.training import RunFolder
 
 #: bump when a code change makes earlier cached models invalid
 CACHE_VERSION = 1
@@ -251,7 +252,7 @@ def train_or_resume(ldm_cfg: LDMConfig, root: Path, progress: bool = True) -> Pa
     """Train the LDM of ``ldm_cfg`` in ``root/ldm/<data>-<hash>``, resume it, or reuse it if finished."""
     name = f"{Path(str(ldm_cfg.data)).name}-{config_hash(ldm_cfg)}"
     run_dir = root / "ldm" / name
-    if (run_dir / "diffusion" / DONE_MARKER).exists():
+    if RunFolder(run_dir / "diffusion").is_done():
         _say(f"LDM: reusing the finished run {run_dir}")
     else:
         _say(f"LDM: {'resuming' if run_dir.exists() else 'training'} {run_dir} (autoencoder "

@@ -100,12 +100,12 @@ def test_killed_ldm_run_resumes_with_the_same_losses(data_dir, run_dir, tmp_path
     original = DiffusionTask.loss
     calls = {"n": 0}
 
-    def dying(self, batch):
+    def dying(self, batch, generator=None):
         if torch.is_grad_enabled():
             calls["n"] += 1
             if calls["n"] > 5:  # killed during diffusion step 6; its last checkpoint is step 4
                 raise KeyboardInterrupt
-        return original(self, batch)
+        return original(self, batch, generator)
 
     monkeypatch.setattr(DiffusionTask, "loss", dying)
     with pytest.raises(KeyboardInterrupt):
