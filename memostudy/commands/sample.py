@@ -31,11 +31,9 @@ def run(args: argparse.Namespace) -> int:
     from memostudy.training import select_device
 
     r = load_run(args.run, args.checkpoint, device=select_device())
-    sampler = args.sampler or r.cfg.sampling.sampler
-    steps = r.cfg.diffusion.num_train_timesteps if sampler == "ddpm" else (args.steps or r.cfg.sampling.steps)
+    s = r.cfg.sampling_for(args.sampler, args.steps, args.eta, args.batch_size)
+    sampler, steps, eta, batch_size = s.sampler, s.steps, s.eta, s.batch_size
     n = args.n if args.n is not None else default_num_samples(r.cfg, len(r.data.get("train_ids", [])))
-    batch_size = args.batch_size or r.cfg.sampling.batch_size
-    eta = r.cfg.sampling.eta if args.eta is None else args.eta
     tag = args.tag or default_tag(args.checkpoint, sampler, steps, args.seed, eta)
     vols = sample_from(r, n, sampler=sampler, steps=steps, seed=args.seed, batch_size=batch_size,
                        progress=not args.no_progress, eta=eta)

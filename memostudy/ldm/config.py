@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 
 from memostudy.config import apply_overrides
 from memostudy.errors import ConfigError
+from memostudy.seeds import Stream, stream_seed
 from memostudy.training import LoopConfig
 
 
@@ -62,13 +63,28 @@ class DiffusionConfig:
 
 @dataclass
 class SamplingConfig:
-    """Defaults of ``memostudy sample`` for this run (the CLI can override each)."""
+    """Defaults of ``memostudy sample`` for this run (the CLI can override each; see
+    :meth:`LDMConfig.sampling_for`, the one place where overrides are resolved and checked)."""
 
     sampler: str = "ddim"  # "ddim" or "ddpm" (always num_train_timesteps steps)
     steps: int = 50
     eta: float = 0.0  # DDIM noise: 0 = deterministic DDIM (MONAI's default), 1 = as stochastic as DDPM
     samples_per_training_patch: float = 4.0  # the paper sampled about 4x the training set
     batch_size: int = 32
+
+    def check(self, num_train_timesteps: int) -> SamplingConfig:
+        """Raise ConfigError naming the first value out of range (the only place these ranges are checked)."""
+        if self.sampler not in ("ddim", "ddpm"):
+            raise ConfigError(f"sampling.sampler must be 'ddim' or 'ddpm', got {self.sampler!r}")
+        if not 0.0 <= self.eta <= 1.0:
+            raise ConfigError(f"sampling.eta must be in [0, 1] (0 = deterministic DDIM), got {self.eta}")
+        if not 1 <= self.steps <= num_train_timesteps:
+            raise ConfigError(f"sampling.steps must be in [1, {num_train_timesteps}], got {self.steps}")
+        if self.batch_size < 1:
+            raise ConfigError(f"sampling.batch_size must be >= 1, got {self.batch_size}")
+        if not self.samples_per_training_patch > 0:
+            raise ConfigError(f"sampling.samples_per_training_patch must be > 0, got {self.samples_per_training_patch}")
+        return self
 
 
 @dataclass
@@ -108,8 +124,25 @@ class LDMConfig:
         """The loop config of ``stage`` ("autoencoder" or "diffusion") with its seed filled in."""
         loop = getattr(self, stage).loop
         if loop.seed is None:
-            loop = replace(loop, seed=self.seed + (0 if stage == "autoencoder" else 1))
+            stream = Stream.STAGE_AUTOENCODER if stage == "autoencoder" else Stream.STAGE_DIFFUSION
+            loop = replace(loop, seed=stream_seed(stream, self.seed))
         return loop
+
+    def sampling_for(self, sampler: str | None = None, steps: int | None = None, eta: float | None = None,
+                     batch_size: int | None = None) -> SamplingConfig:
+        """The sampling settings of one draw: each argument overrides this config's ``sampling`` when not None.
+
+        DDPM always runs all ``num_train_timesteps`` steps, so ``steps`` is set to that for it.
+
+        Raises:
+            ConfigError: a value out of range (named).
+        """
+        s = replace(self.sampling, **{k: v for k, v in
+                                      (("sampler", sampler), ("steps", steps), ("eta", eta), ("batch_size", batch_size))
+                                      if v is not None})
+        if s.sampler == "ddpm":
+            s = replace(s, steps=self.diffusion.num_train_timesteps)
+        return replace(s, eta=float(s.eta), steps=int(s.steps)).check(self.diffusion.num_train_timesteps)
 
     def validate(self) -> LDMConfig:
         """Check values that would otherwise fail deep inside MONAI; raise ConfigError naming the field."""
@@ -150,12 +183,7 @@ class LDMConfig:
             raise ConfigError("diffusion.num_train_timesteps must be >= 2")
         if not 0.0 <= dm.ema_decay < 1.0:
             raise ConfigError(f"diffusion.ema_decay must be in [0, 1) (0 = off), got {dm.ema_decay}")
-        if self.sampling.sampler not in ("ddim", "ddpm"):
-            raise ConfigError(f"sampling.sampler must be 'ddim' or 'ddpm', got {self.sampling.sampler!r}")
-        if not 0.0 <= self.sampling.eta <= 1.0:
-            raise ConfigError(f"sampling.eta must be in [0, 1] (0 = deterministic DDIM), got {self.sampling.eta}")
-        if not 1 <= self.sampling.steps <= dm.num_train_timesteps:
-            raise ConfigError(f"sampling.steps must be in [1, {dm.num_train_timesteps}], got {self.sampling.steps}")
+        self.sampling.check(dm.num_train_timesteps)
         for name, n in (("max_train_patches", self.max_train_patches), ("max_val_patches", self.max_val_patches)):
             if n is not None and n < 1:
                 raise ConfigError(f"{name} must be >= 1 or None (all), got {n}")

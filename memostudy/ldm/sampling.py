@@ -24,25 +24,22 @@ from memostudy.training import autocast_context, select_device
 
 
 @torch.no_grad()
-def sample_from(run: LDMRun, n: int, sampler: str = "ddim", steps: int = 50, seed: int = 0, batch_size: int = 8,
-                progress: bool = True, device: torch.device | str | None = None, eta: float | None = None) -> torch.Tensor:
+def sample_from(run: LDMRun, n: int, sampler: str | None = None, steps: int | None = None, seed: int = 0,
+                batch_size: int | None = None, progress: bool = True, device: torch.device | str | None = None,
+                eta: float | None = None) -> torch.Tensor:
     """Draw ``n`` volumes from a loaded run.
 
+    ``sampler``, ``steps``, ``eta`` (DDIM's noise level; ignored by DDPM) and ``batch_size`` override the
+    run's ``sampling`` config when given (resolved and checked by :meth:`LDMConfig.sampling_for`).
     Batch ``k`` is seeded from ``(seed, k)``: the same (seed, batch_size) gives the same samples.
-    ``eta`` is DDIM's noise level (None: the run's ``sampling.eta``; ignored by DDPM).
 
     Returns:
         (n, 1, D, H, W) float32 in [-1, 1] on the CPU.
     """
     if n < 1:
         raise ConfigError(f"number of samples must be >= 1, got {n}")
-    if sampler not in ("ddim", "ddpm"):
-        raise ConfigError(f"sampler must be 'ddim' or 'ddpm', got {sampler!r}")
-    if sampler == "ddim" and not 1 <= steps <= run.cfg.diffusion.num_train_timesteps:
-        raise ConfigError(f"--steps must be in [1, {run.cfg.diffusion.num_train_timesteps}], got {steps}")
-    eta = run.cfg.sampling.eta if eta is None else float(eta)
-    if not 0.0 <= eta <= 1.0:
-        raise ConfigError(f"--eta must be in [0, 1] (0 = deterministic DDIM), got {eta}")
+    s = run.cfg.sampling_for(sampler, steps, eta, batch_size)
+    sampler, steps, eta, batch_size = s.sampler, s.steps, s.eta, s.batch_size
     device = torch.device(device) if device is not None else select_device()
     ae, unet = run.autoencoder.to(device).eval(), run.unet.to(device).eval()
     scheduler = build_scheduler(run.cfg.diffusion, sampler, steps, eta)

@@ -62,3 +62,22 @@ def test_patch_size_not_divisible_by_autoencoder_downsampling():
 def test_bad_values_name_the_field(override, field):
     with pytest.raises(ConfigError, match=field.replace("(", r"\(")):
         preset("cpu-tiny", override)
+
+
+def test_sampling_for_resolves_overrides_once_and_checks_ranges():
+    cfg = preset("test-16")
+    s = cfg.sampling_for()
+    assert (s.sampler, s.steps, s.eta, s.batch_size) == ("ddim", 10, 0.0, 4)
+    s = cfg.sampling_for(steps=7, eta=1, batch_size=2)
+    assert (s.steps, s.eta, s.batch_size) == (7, 1.0, 2) and isinstance(s.eta, float)
+    assert cfg.sampling_for(sampler="ddpm", steps=7).steps == cfg.diffusion.num_train_timesteps
+    assert cfg.sampling.steps == 10  # the run's own config is not changed
+    for bad, field in (({"eta": 1.5}, "sampling.eta"), ({"steps": 0}, "sampling.steps"),
+                       ({"sampler": "plms"}, "sampling.sampler"), ({"batch_size": -1}, "sampling.batch_size")):
+        with pytest.raises(ConfigError, match=field):
+            cfg.sampling_for(**bad)
+
+
+def test_stage_loops_take_the_seed_streams_of_the_table():
+    cfg = preset("test-16", {"seed": 5})
+    assert cfg.stage_loop("autoencoder").seed == 5 and cfg.stage_loop("diffusion").seed == 6
