@@ -39,6 +39,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from memostudy import distributed
 from memostudy.config import to_dict
 from memostudy.errors import ConfigError, RunExistsError
 from memostudy.seeds import Stream, generator
@@ -168,8 +169,8 @@ class Task(Protocol):
 
 
 def select_device() -> torch.device:
-    """CUDA if present, else CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """CUDA if present (this rank's GPU under torchrun), else CPU."""
+    return distributed.device()
 
 
 def autocast_context(amp: str, device: torch.device) -> contextlib.AbstractContextManager:
@@ -221,6 +222,34 @@ def _states(task: Task) -> dict[str, dict]:
     return {k: m.state_dict() for k, m in task.modules().items()}
 
 
+class _TaskLoss(torch.nn.Module):
+    """A task's loss as one module, so that ``DistributedDataParallel`` can wrap every trained module at
+    once and average their gradients whatever the task calls inside ``loss`` (``encode``, an inferer ...)."""
+
+    def __init__(self, task: Task) -> None:
+        super().__init__()
+        self.task = task
+        self.trained = torch.nn.ModuleDict({k: m for k, m in task.modules().items()
+                                            if any(p.requires_grad for p in m.parameters())})
+
+    def forward(self, batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return self.task.loss(batch, generator=generator)
+
+
+def _loss_fn(task: Task, device: torch.device) -> Callable[[torch.Tensor, torch.Generator], torch.Tensor]:
+    """``task.loss``, or its DistributedDataParallel wrapper when running under torchrun."""
+    if distributed.world_size() == 1:
+        return lambda batch, g: task.loss(batch, generator=g)
+    ddp = torch.nn.parallel.DistributedDataParallel(
+        _TaskLoss(task), device_ids=[device.index] if device.type == "cuda" else None)
+    return lambda batch, g: ddp(batch, g)
+
+
+def _share(indices: torch.Tensor, world: int, rank: int) -> torch.Tensor:
+    """This rank's share of one global batch of indices (near-equal consecutive parts)."""
+    return torch.tensor_split(indices, world)[rank]
+
+
 def _takes_generator(fn: Callable) -> bool:
     return "generator" in inspect.signature(fn).parameters
 
@@ -269,6 +298,11 @@ def fit(
         meta: extra config (e.g. the whole experiment config) stored in checkpoints and compared on resume.
         device: where to train; default :func:`select_device`.
 
+    Under torchrun (:mod:`memostudy.distributed`) each of the N ranks trains on its share of every global
+    batch of N x ``cfg.batch_size`` volumes, gradients are averaged by DistributedDataParallel, the
+    recorded losses are means over all ranks, and only rank 0 writes files. A last global batch too small
+    to give every rank a volume is skipped.
+
     Returns:
         The loss table (columns :data:`LOSS_COLUMNS`, one row per epoch), also in ``losses.csv``.
 
@@ -282,9 +316,11 @@ def fit(
     seed = 0 if cfg.seed is None else int(cfg.seed)
     if folder.is_done() and not force:
         raise RunExistsError(f"{out}: a finished run is already there; use --force (force=True) to train it again")
-    if force:
+    main, world, rank = distributed.is_main(), distributed.world_size(), distributed.rank()
+    if force and main:
         folder.clear()
     out.mkdir(parents=True, exist_ok=True)
+    distributed.barrier()
     if len(train) == 0:
         raise ConfigError("no training inputs: the training set is empty")
 
@@ -299,7 +335,10 @@ def fit(
     config = {"loop": to_dict(cfg), "meta": meta or {}}
 
     n = len(train)
-    per_epoch = _batches(n, cfg.batch_size)
+    global_batch = cfg.batch_size * world
+    per_epoch = _batches(n, global_batch) if n % global_batch == 0 or n % global_batch >= world else n // global_batch
+    if per_epoch == 0:
+        raise ConfigError(f"{n} training inputs cannot be shared by {world} processes; use fewer processes")
     total = cfg.epochs * per_epoch
     step, history, epoch_sum, epoch_count, seconds = 0, [], 0.0, 0, 0.0
     ckpt_path = folder.last
@@ -317,29 +356,34 @@ def fit(
         step, history = int(ckpt["step"]), list(ckpt["history"])
         epoch_sum, epoch_count, seconds = float(ckpt["epoch_sum"]), int(ckpt["epoch_count"]), float(ckpt["seconds"])
 
+    loss_fn = _loss_fn(task, device)
+
     def checkpoint() -> None:
+        if not main:
+            return
         _save({"modules": _states(task), "optimizer": optimizer.state_dict(), "step": step, "history": history,
                "epoch_sum": epoch_sum, "epoch_count": epoch_count, "seconds": seconds, "config": config}, ckpt_path)
 
     def write_losses() -> pd.DataFrame:
         df = pd.DataFrame(history, columns=LOSS_COLUMNS)
-        df.to_csv(folder.losses, index=False)
+        if main:
+            df.to_csv(folder.losses, index=False)
         return df
 
-    bar = tqdm(total=total, initial=step, desc=desc, disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=total, initial=step, desc=desc, disable=not (progress and main), dynamic_ncols=True)
     t0 = time.perf_counter() - seconds
     for epoch in range(step // per_epoch, cfg.epochs):
         order = torch.randperm(n, generator=generator(Stream.BATCH_ORDER, seed, epoch))
         for b in range(step - epoch * per_epoch, per_epoch):
             g = generator(Stream.STEP, seed, step)  # augmentation then the task draw from it, in this order
-            batch = train[order[b * cfg.batch_size : (b + 1) * cfg.batch_size]]
+            batch = train[_share(order[b * global_batch : (b + 1) * global_batch], world, rank)]
             if augment is not None:
                 batch = augment(batch, g)
             batch = batch.to(device, non_blocking=True)
             for m in task.modules().values():
                 m.train()
             with autocast_context(cfg.amp, device):
-                loss = task.loss(batch, generator=g)
+                loss = loss_fn(batch, g)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"{desc}: loss became {float(loss)} at step {step}; lower the learning rate")
             optimizer.zero_grad(set_to_none=True)
@@ -350,8 +394,9 @@ def fit(
             if hasattr(task, "after_step"):
                 task.after_step()
             step += 1
-            epoch_sum += float(loss.detach()) * len(batch)
-            epoch_count += len(batch)
+            loss_sum, count = distributed.sum_over_ranks([float(loss.detach()) * len(batch), len(batch)], device)
+            epoch_sum += loss_sum
+            epoch_count += int(count)
             seconds = time.perf_counter() - t0
             bar.update(1)
             bar.set_postfix(epoch=epoch + 1, loss=f"{float(loss.detach()):.4f}")
@@ -369,7 +414,7 @@ def fit(
                         "val_loss": val_loss, "seconds": round(seconds, 3)})
         epoch_sum, epoch_count = 0.0, 0
         write_losses()
-        if epoch + 1 in cfg.snapshot_epochs:
+        if epoch + 1 in cfg.snapshot_epochs and main:
             folder.snapshots.mkdir(exist_ok=True)
             _save({"modules": _states(task), "epoch": epoch + 1, "step": step, "config": config},
                   folder.snapshot(epoch + 1))
@@ -377,10 +422,13 @@ def fit(
             checkpoint()
     bar.close()
     checkpoint()
-    _save({"modules": _states(task), "epoch": cfg.epochs, "step": step, "config": config, "history": history},
-          folder.final)
-    folder.done.write_text(f"finished {step} steps in {seconds:.1f} s\n")
-    return write_losses()
+    if main:
+        _save({"modules": _states(task), "epoch": cfg.epochs, "step": step, "config": config, "history": history},
+              folder.final)
+        folder.done.write_text(f"finished {step} steps in {seconds:.1f} s\n")
+    df = write_losses()
+    distributed.barrier()  # the other ranks may read final.pt next
+    return df
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:

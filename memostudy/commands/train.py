@@ -38,12 +38,22 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Train, then say how to sample."""
+    """Train, then say how to sample. Under ``torchrun --nproc_per_node N -m memostudy train ...`` the N
+    processes train one run together (see :mod:`memostudy.distributed`)."""
+    from memostudy import distributed
     from memostudy.ldm.config import preset
     from memostudy.ldm.run import train_ldm
 
     cfg = preset(args.preset, overrides_from_args(args))
-    out = train_ldm(cfg, args.out, force=args.force, progress=not args.no_progress)
-    print(f"trained {out}")
-    print(f"next: memostudy sample --run {out}")
+    distributed.setup()
+    main = distributed.is_main()
+    try:
+        out = train_ldm(cfg, args.out, force=args.force, progress=not args.no_progress)
+    except BaseException:
+        distributed.teardown(wait=False)
+        raise
+    distributed.teardown()
+    if main:
+        print(f"trained {out}")
+        print(f"next: memostudy sample --run {out}")
     return 0

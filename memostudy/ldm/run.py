@@ -27,6 +27,7 @@ import torch
 from monai.networks.nets import AutoencoderKL, DiffusionModelUNet
 from monai.transforms import Compose, RandFlip, RandRotate90
 
+from memostudy import distributed
 from memostudy.config import load_yaml, provenance, save_yaml, to_dict
 from memostudy.data.patches import PatchSet, load_patches
 from memostudy.errors import ConfigError, DataError, RunExistsError
@@ -143,20 +144,24 @@ def train_ldm(cfg: LDMConfig, out_dir: str | Path, force: bool = False, progress
     ae_dir, diffusion_dir = RunFolder(out / "autoencoder"), RunFolder(out / "diffusion")
     if diffusion_dir.is_done() and not force:
         raise RunExistsError(f"{out}: a finished LDM run is already there; use --force to train it again, or another --out")
-    if force:
+    main = distributed.is_main()  # under torchrun only rank 0 writes; the others wait where they read
+    if force and main:
         clear_ldm_run(out)
+    distributed.barrier()
     _check_run_config(out, cfg)
     train, val = training_data(cfg)
-    out.mkdir(parents=True, exist_ok=True)
-    save_yaml(cfg, out / "config.yaml")
-    # torch.__version__ is a str subclass that yaml.safe_dump refuses: store plain values
-    save_yaml({k: v if v is None or isinstance(v, (bool, int, float)) else str(v) for k, v in provenance().items()},
-              out / "provenance.yaml")
-    (out / "data.json").write_text(json.dumps({
-        "data": str(cfg.data), "name": train.info.get("name", str(cfg.data)), "spacing": list(train.spacing),
-        "intensity": train.info.get("intensity"), "patch_shape": list(train.volumes.shape[2:]),
-        "train_ids": train.ids, "validation_ids": val.ids if val is not None else [],
-    }, indent=1))
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_yaml(cfg, out / "config.yaml")
+        # torch.__version__ is a str subclass that yaml.safe_dump refuses: store plain values
+        save_yaml({k: v if v is None or isinstance(v, (bool, int, float)) else str(v)
+                   for k, v in provenance().items()}, out / "provenance.yaml")
+        (out / "data.json").write_text(json.dumps({
+            "data": str(cfg.data), "name": train.info.get("name", str(cfg.data)), "spacing": list(train.spacing),
+            "intensity": train.info.get("intensity"), "patch_shape": list(train.volumes.shape[2:]),
+            "train_ids": train.ids, "validation_ids": val.ids if val is not None else [],
+        }, indent=1))
+    distributed.barrier()
     meta = to_dict(cfg)
     device = select_device()
 
@@ -172,10 +177,11 @@ def train_ldm(cfg: LDMConfig, out_dir: str | Path, force: bool = False, progress
 
     train_stats = encode_stats(ae, train.volumes, device=device)
     scale_path = out / "latent_scale.json"
-    if not scale_path.exists():
+    if not scale_path.exists() and main:
         scale = latent_scale_factor(train_stats, seed=cfg.seed)
         scale_path.write_text(json.dumps({"scale_factor": scale, "latent_std": 1.0 / scale,
                                           "n_train_patches": len(train), "latent_shape": list(cfg.latent_shape)}))
+    distributed.barrier()
     scale = float(json.loads(scale_path.read_text())["scale_factor"])
 
     if cfg.augment:
