@@ -6,7 +6,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.memostudy-installed
 
-.PHONY: setup study test lint lab data clean-cache
+.PHONY: setup study test test-fast lint lab data clean-cache
 
 setup: $(STAMP)
 
@@ -24,6 +24,10 @@ study: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# everything but the end-to-end checks marked slow (papermill runs, subprocess fault and torchrun tests)
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check memostudy tests benchmarks
