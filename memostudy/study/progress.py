@@ -63,7 +63,7 @@ class ChannelBar(tqdm.std.tqdm):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._channel = os.environ.get(ENV)
-        self._last_line = -float("inf")
+        self._last_line, self._last_n = -float("inf"), -1
         self._closing = False
         if self._channel:
             kwargs |= {"disable": False, "file": _LineFile(self._channel), "mininterval": INTERVAL_S,
@@ -76,9 +76,11 @@ class ChannelBar(tqdm.std.tqdm):
         if self._channel:
             now = self._time()
             last = self.total is not None and self.n >= self.total
+            if self._closing and self.n == self._last_n:  # the last state is already written
+                return True
             if not (self._closing or last) and now - self._last_line < INTERVAL_S:
                 return True
-            self._last_line = now
+            self._last_line, self._last_n = now, self.n
         return super().display(msg, pos)
 
     def close(self) -> None:

@@ -68,3 +68,15 @@ def test_channel_bar_writes_one_line_per_redraw_even_when_disabled(tmp_path: Pat
     assert "\r" not in path.read_text()
     with terminal_progress(tmp_path / "nowhere", enabled=False) as nothing:
         assert nothing is None and ENV not in os.environ
+
+
+def test_a_bar_refreshed_every_step_writes_its_last_state_once(tmp_path: Path) -> None:
+    with terminal_progress(tmp_path, out=io.StringIO()) as path:
+        bar = ChannelBar(total=50, desc="diffusion", disable=True)
+        for step in range(50):
+            bar.update(1)
+            bar.set_postfix(loss=f"{1 / (step + 1):.4f}")  # what training.fit does every step
+        bar.close()
+    lines = path.read_text().splitlines()
+    assert [ln.split(" [")[0] for ln in lines] == ["diffusion:   0% 0/50", "diffusion: 100% 50/50"]
+    assert lines[-1].endswith("loss=0.0200]")
