@@ -19,8 +19,15 @@ What counts as a leak:
 
 NaN entries (``null`` in JSON, masked backgrounds) are wildcards: only finite values are compared.
 
-Not detected: crops or zooms of a slice (a 2D array smaller than the slice), slices resampled or
-rescaled before display, oblique slices, images encoded as PNG, and ipywidgets binary buffers.
+8-bit arrays (typed ``u1``, what :func:`memostudy.report.viewer.slice_viewer` writes: grey levels 0-255 of a
+display window) are read back into voxel values through every display window the HTML declares
+(``"display_window": [lo, hi]`` in a figure's ``layout.meta``) and the default window (-1, 1):
+``lo + g * (hi - lo) / 255``, once as they are and once with the clipped levels 0 and 255 as wildcards
+(a window narrower than the data clips voxels). ``atol`` is raised to half a grey step of the widest
+window when such arrays are present.
+
+Not detected: crops or zooms of a slice (a 2D array smaller than the slice), slices resampled, or
+rescaled before display other than by a declared window, oblique slices, images encoded as PNG, and ipywidgets binary buffers.
 
 Near-constant arrays are never leaks: an array or slice whose standard deviation is below
 ``min_std`` (an all -1.0 background slice) would match the air of any volume, synthetic ones
@@ -77,6 +84,8 @@ _LIST1 = rf"\[\s*{_NUM}(?:\s*,\s*{_NUM})*\s*\]"
 _LIST1_RE = re.compile(_LIST1)
 _LIST2_RE = re.compile(rf"\[\s*{_LIST1}(?:\s*,\s*{_LIST1})*\s*\]")
 _MIN_LIST = 16
+_WINDOW_RE = re.compile(rf'"display_window"\s*:\s*\[\s*({_NUM})\s*,\s*({_NUM})\s*\]')
+DEFAULT_WINDOW = (-1.0, 1.0)  # memostudy.report.viewer's default display window
 
 
 @dataclass(frozen=True)
@@ -197,6 +206,17 @@ def _decode_typed(text: str, seen: set[tuple[str, str, str]], skip_seen: bool) -
     return arr
 
 
+def display_windows(html: str) -> list[tuple[float, float]]:
+    """The display windows an HTML declares (``"display_window": [lo, hi]``, also HTML-escaped), plus
+    :data:`DEFAULT_WINDOW`; the windows through which 8-bit arrays are read back (see the module docstring)."""
+    found = {DEFAULT_WINDOW}
+    for text in (html, html_lib.unescape(html) if "&quot;display_window&quot;" in html else ""):
+        for lo, hi in _WINDOW_RE.findall(text):
+            if lo != "null" and hi != "null" and float(hi) > float(lo):
+                found.add((float(lo), float(hi)))
+    return sorted(found)
+
+
 def find_volume_leaks(html: str, volumes: np.ndarray | torch.Tensor, atol: float = 0.006, min_values: int = 64,
                       min_run: int = 16, min_std: float = 0.02) -> list[Leak]:
     """Training voxels embedded in an HTML report: slices and runs of ``volumes`` found in its arrays.
@@ -205,7 +225,7 @@ def find_volume_leaks(html: str, volumes: np.ndarray | torch.Tensor, atol: float
         html: the report's text (e.g. an nbconvert export with plotly figures inlined).
         volumes: training volumes, (N, 1, D, H, W) or (N, D, H, W), e.g. float32 in [-1, 1].
         atol: largest |embedded - voxel| still counted as equal; the default covers values rounded to
-            2 decimals (plotly figures of :mod:`memostudy.report.viewer`) plus float32 error.
+            2 decimals plus float32 error (8-bit arrays raise it to half a grey step, see the module docstring).
         min_values: a 2D array needs at least this many finite values to count.
         min_run: a 1D array needs at least this many finite values to count as a run.
         min_std: arrays and slices with a standard deviation below this are skipped (a constant
@@ -215,21 +235,26 @@ def find_volume_leaks(html: str, volumes: np.ndarray | torch.Tensor, atol: float
         One :class:`Leak` per (embedded array, volume, axis, position) match, best transform kept;
         empty if the report is share-safe by this test.
     """
-    return find_array_leaks(decoded_arrays(html), volumes, atol, min_values, min_run, min_std)
+    return find_array_leaks(decoded_arrays(html), volumes, atol, min_values, min_run, min_std,
+                            windows=display_windows(html))
 
 
 def find_array_leaks(arrays: list[np.ndarray], volumes: np.ndarray | torch.Tensor, atol: float = 0.006,
-                     min_values: int = 64, min_run: int = 16, min_std: float = 0.02) -> list[Leak]:
-    """:func:`find_volume_leaks` on arrays already decoded (``Leak.array`` indexes ``arrays``)."""
+                     min_values: int = 64, min_run: int = 16, min_std: float = 0.02,
+                     windows: list[tuple[float, float]] | None = None) -> list[Leak]:
+    """:func:`find_volume_leaks` on arrays already decoded (``Leak.array`` indexes ``arrays``); ``windows``:
+    display windows of 8-bit arrays (default :data:`DEFAULT_WINDOW`)."""
     if atol < 0:
         raise ValueError(f"atol must be >= 0, got {atol}")
+    windows = list(windows or [DEFAULT_WINDOW])
+    if any(np.asarray(a).dtype == np.uint8 for a in arrays):
+        atol = max(atol, max(hi - lo for lo, hi in windows) / 510 * 1.001 + 1e-5)
     vols = _as_volumes(volumes)
     slice_shapes = {vols.shape[1:][:a] + vols.shape[1:][a + 1:] for a in range(3)}
     flat_shapes = slice_shapes | {s[::-1] for s in slice_shapes}
     planes: list[tuple[int, np.ndarray]] = []   # (array id, 2D float32)
     runs: list[tuple[int, np.ndarray]] = []     # (array id, 1D float32)
-    for i, arr in enumerate(arrays):
-        a = np.asarray(arr, dtype=np.float32)
+    for i, a in ((i, a) for i, arr in enumerate(arrays) for a in _as_values(np.asarray(arr), windows)):
         a = a.reshape([d for d in a.shape if d != 1]) if a.size else a
         if a.ndim == 1:
             runs.append((i, a))
@@ -268,6 +293,20 @@ def _as_volumes(volumes: np.ndarray | torch.Tensor) -> np.ndarray:
     if v.ndim != 4:
         raise ValueError(f"volumes must be (N, 1, D, H, W) or (N, D, H, W), got shape {v.shape}")
     return np.ascontiguousarray(v, dtype=np.float32)
+
+
+def _as_values(arr: np.ndarray, windows: list[tuple[float, float]]) -> list[np.ndarray]:
+    """float32 readings of an embedded array: itself, or for 8-bit grey levels their voxel values in each
+    window, as they are and with the clipped levels 0 and 255 as NaN wildcards."""
+    if arr.dtype != np.uint8:
+        return [np.asarray(arr, dtype=np.float32)]
+    g = arr.astype(np.float32)
+    clipped = (arr == 0) | (arr == 255)
+    out = []
+    for lo, hi in windows:
+        v = (lo + g * ((hi - lo) / 255)).astype(np.float32)
+        out += [v, np.where(clipped, np.float32(np.nan), v)] if clipped.any() else [v]
+    return out
 
 
 def _informative(a: np.ndarray, min_count: int, min_std: float) -> bool:

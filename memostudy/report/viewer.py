@@ -1,12 +1,16 @@
-"""Slice viewers: plotly figures that work in exported static HTML, plus ipywidgets for JupyterLab.
+"""Slice viewers: plotly figures that work in exported static HTML, plus an ipywidgets labeller for JupyterLab.
 
 The plotly viewers carry every slice in the figure itself (a slider that restyles the heatmaps),
-so they page through slices in an HTML report opened offline with no kernel. The ipywidgets
-browser and labelling widget need a running kernel (JupyterLab) and are not part of the HTML.
+so they page through slices in an HTML report opened offline with no kernel. Slices are stored as
+8-bit grey levels of the display window (plotly typed arrays, ``{"dtype": "u1", "bdata": ...}``): one
+byte per voxel instead of a float written out as text, which is what keeps a report of a few 32^3
+pairs at a few hundred kB instead of megabytes. 8 bits are what a screen shows of a grey colour scale
+anyway. The labelling widget needs a running kernel (JupyterLab) and is not part of the HTML.
 """
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -46,50 +50,76 @@ def _axis_len(vol: np.ndarray, plane: str) -> int:
     return vol.shape[{"axial": 2, "coronal": 1, "sagittal": 0}[plane]]
 
 
+def to_gray8(s: np.ndarray, window: tuple[float, float]) -> np.ndarray:
+    """Grey levels of ``s`` in a display window: ``window[0]`` -> 0, ``window[1]`` -> 255, clipped, rounded.
+
+    A value ``g`` shown stands for ``window[0] + g * (window[1] - window[0]) / 255`` (within half a step).
+    """
+    lo, hi = window
+    if not hi > lo:
+        raise ValueError(f"window must be (min, max) with min < max, got {window}")
+    g = np.rint((np.clip(s, lo, hi) - lo) * (255.0 / (hi - lo)))
+    return g.astype(np.uint8)
+
+
+def typed_array(a: np.ndarray) -> dict:
+    """A plotly typed-array spec of a uint8 array (``{"dtype": "u1", "bdata": base64, "shape": "r, c"}``).
+
+    plotly.py writes numpy arrays of traces this way itself, but not values inside slider steps; plotly.js
+    decodes the spec wherever a data array is expected, restyle arguments included.
+    """
+    a = np.ascontiguousarray(a, dtype=np.uint8)
+    return {"dtype": "u1", "bdata": base64.b64encode(a.tobytes()).decode("ascii"),
+            "shape": ", ".join(str(d) for d in a.shape)}
+
+
 def slice_viewer(
     volumes: Sequence[np.ndarray | torch.Tensor],
     titles: Sequence[str] | None = None,
     window: tuple[float, float] = (-1.0, 1.0),
     height_per_row: int = 260,
-    decimals: int = 2,
 ) -> go.Figure:
     """Three orthogonal planes per volume, one row per volume, one slider over the slice position.
 
-    All volumes share the same intensity window (``zmin``/``zmax``) so a training volume and its
-    synthetic copy candidate are compared on equal terms. The slider moves every plane of every row
-    to the same relative position, and works in static HTML (no kernel).
+    All volumes share the same intensity window so a training volume and its synthetic copy candidate
+    are compared on equal terms. The slider moves every plane of every row to the same relative
+    position, and works in static HTML (no kernel). Each slice is stored as 8-bit grey levels of the
+    window (:func:`to_gray8`), as uint8 typed arrays: 1 byte per voxel in the figure's JSON.
 
     Args:
         volumes: each (X, Y, Z) or (1, X, Y, Z), e.g. float32 in [-1, 1].
         titles: one label per volume (row).
-        window: display range (min, max) shared by every panel.
-        decimals: voxel values are rounded to this many decimals in the figure (smaller HTML).
+        window: display range (min, max) shared by every panel; values outside it show as black / white.
 
     Returns:
-        A plotly Figure.
+        A plotly Figure; ``layout.meta["display_window"]`` records ``window`` (the share-safe scan reads it).
     """
     vols = [_as_array(v) for v in volumes]
     titles = list(titles) if titles is not None else [f"volume {i}" for i in range(len(vols))]
+    lo, hi = float(window[0]), float(window[1])
     fig = make_subplots(rows=len(vols), cols=3, horizontal_spacing=0.02, vertical_spacing=0.06,
                         subplot_titles=[f"{t} — {p}" for t in titles for p in PLANES])
     n_steps = min(_axis_len(v, p) for v in vols for p in PLANES)
     mids = {(r, p): _axis_len(v, p) // 2 for r, v in enumerate(vols) for p in PLANES}
     for r, v in enumerate(vols):
         for c, p in enumerate(PLANES):
-            fig.add_trace(go.Heatmap(z=np.round(plane_slice(v, p, mids[(r, p)]), decimals), colorscale="gray",
-                                     zmin=window[0], zmax=window[1], showscale=False,
-                                     hovertemplate=f"{titles[r]} {p}<br>x=%{{x}} y=%{{y}}<br>value=%{{z}}<extra></extra>"),
+            fig.add_trace(go.Heatmap(z=to_gray8(plane_slice(v, p, mids[(r, p)]), (lo, hi)), colorscale="gray",
+                                     zmin=0, zmax=255, showscale=False,
+                                     hovertemplate=f"{titles[r]} {p}<br>x=%{{x}} y=%{{y}}<br>grey level %{{z}} of 255 "
+                                                   f"(window {lo:g} to {hi:g})<extra></extra>"),
                           row=r + 1, col=c + 1)
     steps = []
     for k in range(n_steps):
         frac = (k + 0.5) / n_steps
-        zs = [np.round(plane_slice(v, p, min(int(frac * _axis_len(v, p)), _axis_len(v, p) - 1)), decimals)
+        zs = [typed_array(to_gray8(plane_slice(v, p, min(int(frac * _axis_len(v, p)), _axis_len(v, p) - 1)),
+                                   (lo, hi)))
               for v in vols for p in PLANES]
         steps.append({"method": "restyle", "label": str(k), "args": [{"z": zs}]})
     fig.update_layout(
         height=height_per_row * len(vols) + 120, margin={"l": 10, "r": 10, "t": 40, "b": 10},
         sliders=[{"active": n_steps // 2, "currentvalue": {"prefix": "slice position "}, "steps": steps,
                   "pad": {"t": 10}}],
+        meta={"display_window": [lo, hi]},
     )
     fig.update_xaxes(showticklabels=False)
     fig.update_yaxes(showticklabels=False, scaleanchor=None)
@@ -105,39 +135,6 @@ def pair_viewer(train: np.ndarray | torch.Tensor, synthetic: np.ndarray | torch.
     if similarity is not None:
         fig.update_layout(title=f"{synthetic_id} vs {train_id}: similarity {similarity:.3f}")
     return fig
-
-
-class CandidateBrowser:
-    """JupyterLab widget: page through copy candidates, each shown with :func:`pair_viewer`.
-
-    Needs a running kernel; in static HTML use the plotly viewers instead.
-    """
-
-    def __init__(self, pairs: list[tuple[np.ndarray, np.ndarray, str, str, float]],
-                 window: tuple[float, float] = (-1.0, 1.0)) -> None:
-        import ipywidgets as widgets
-
-        self.pairs, self.window = pairs, window
-        self.slider = widgets.IntSlider(min=0, max=max(len(pairs) - 1, 0), description="candidate")
-        self.out = widgets.Output()
-        self.slider.observe(lambda _: self._show(), names="value")
-        self.widget = widgets.VBox([self.slider, self.out])
-        self._show()
-
-    def _show(self) -> None:
-        from IPython.display import display
-
-        self.out.clear_output(wait=True)
-        if not self.pairs:
-            return
-        t, s, tid, sid, sim = self.pairs[self.slider.value]
-        with self.out:
-            display(pair_viewer(t, s, tid, sid, sim, self.window))
-
-    def _ipython_display_(self) -> None:
-        from IPython.display import display
-
-        display(self.widget)
 
 
 class LabellingWidget:

@@ -85,6 +85,7 @@ def run_notebook(
     import papermill as pm
 
     from memostudy.report.export import export_html, write_index
+    from memostudy.study.progress import terminal_progress
 
     nb = find_notebook(notebook)
     reports_dir = Path(reports_dir).resolve()
@@ -107,11 +108,12 @@ def run_notebook(
     t0 = time.perf_counter()
     error = ""
     try:
-        pm.execute_notebook(str(nb), str(executed), parameters=params, kernel_name=kernel_name(),
-                            cwd=str(run_dir), progress_bar=progress, request_save_on_cell_execute=True,
-                            # the kernel's printed progress lines reach the terminal as they happen
-                            log_output=progress, stdout_file=sys.stdout if progress else None,
-                            stderr_file=sys.stderr if progress else None)
+        with terminal_progress(run_dir, enabled=progress):  # the package's bars, kept out of the notebook
+            pm.execute_notebook(str(nb), str(executed), parameters=params, kernel_name=kernel_name(),
+                                cwd=str(run_dir), progress_bar=progress, request_save_on_cell_execute=True,
+                                # the kernel's printed progress lines reach the terminal as they happen
+                                log_output=progress, stdout_file=sys.stdout if progress else None,
+                                stderr_file=sys.stderr if progress else None)
         status = "ok"
     except pm.PapermillExecutionError as e:
         status, error = "failed", f"{e.ename}: {e.evalue}".strip()

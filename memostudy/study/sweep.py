@@ -11,8 +11,10 @@ A sweep file (YAML, see ``notebooks/sweeps/``)::
     metrics: [memorized_fraction, copy_fraction]
 
 Every cell is an independent run folder ``reports/sweeps/<name>/<cell-id>/``; a cell whose
-``run.json`` says ``ok`` is skipped, so an interrupted sweep resumes where it stopped, and cells can
-be spread over machines (``--only i/N``) and aggregated afterwards (``--aggregate-only``). Each
+``run.json`` says ``ok`` is skipped, so an interrupted sweep resumes where it stopped. Cells run in this
+process one after the other, or each as one submitit job on this machine or on Slurm (``executor:`` in the
+file, ``--executor local|slurm``; see :mod:`memostudy.study.executors`), or can be spread over machines by
+hand (``--only i/N``) and aggregated afterwards (``--aggregate-only``). Each
 notebook writes its result rows (one per setting it evaluated) to ``summary.json["rows"]``; the
 sweep concatenates them with the cell's parameters and seed into ``table.csv`` and summarises them
 across seeds into ``aggregate.csv`` and ``summary.html``.
@@ -39,6 +41,7 @@ import yaml
 
 from memostudy.errors import ConfigError
 from memostudy.study.aggregate import aggregate, trend
+from memostudy.study.executors import Cell, ExecutorConfig, run_cells
 
 
 @dataclass
@@ -53,6 +56,7 @@ class SweepSpec:
     by: list[str] = field(default_factory=list)
     metrics: list[str] = field(default_factory=lambda: ["memorized_fraction", "copy_fraction"])
     description: str = ""
+    executor: dict[str, Any] = field(default_factory=dict)  # see memostudy.study.executors.ExecutorConfig
 
     def cells(self) -> list[dict[str, Any]]:
         """Every (grid point, seed) as notebook parameters, in a stable order."""
@@ -103,20 +107,29 @@ def defaults_fingerprint(params: dict[str, Any]) -> str:
 
 
 def run_sweep(spec: SweepSpec, reports_dir: str | Path = "reports", only: tuple[int, int] | None = None,
-              aggregate_only: bool = False, progress: bool = True) -> dict[str, Path]:
-    """Run the cells not yet done (all, or every N-th from i with ``only=(i, N)``), then aggregate.
+              aggregate_only: bool = False, progress: bool = True,
+              executor: ExecutorConfig | None = None) -> dict[str, Path]:
+    """Run the cells not yet done (all, or every N-th from i with ``only=(i, N)``), wait for them, then aggregate.
+
+    Args:
+        executor: where the cells run; default the sweep file's ``executor`` mapping (in process if absent).
 
     Returns:
         Paths of ``table.csv``, ``aggregate.csv`` and ``summary.html``.
-    """
-    from memostudy.study.runner import run_notebook
 
-    root = Path(reports_dir) / "sweeps" / spec.name
+    Raises:
+        ConfigError: a cell failed (after the finished ones are aggregated).
+    """
+    from memostudy.study.runner import find_notebook
+
+    executor = executor or ExecutorConfig.from_dict(spec.executor)
+    root = Path(reports_dir).resolve() / "sweeps" / spec.name
     root.mkdir(parents=True, exist_ok=True)
     (root / "sweep.yaml").write_text(yaml.safe_dump(spec.__dict__, sort_keys=False))
     failed = []
     if not aggregate_only:
         cells = spec.cells()
+        todo = []
         for i, params in enumerate(cells):
             if only is not None and i % only[1] != only[0]:
                 continue
@@ -132,13 +145,10 @@ def run_sweep(spec: SweepSpec, reports_dir: str | Path = "reports", only: tuple[
                 print(f"[{i + 1}/{len(cells)}] {cid}: done with other preset/detector/assessment defaults; "
                       f"moved to {stale.name}")
                 status = None
-            print(f"[{i + 1}/{len(cells)}] {cid}: running {spec.notebook}")
-            res = run_notebook(spec.notebook, params, reports_dir=root, run_id=cid, force=status is not None,
-                               check_browser=False, progress=progress)
-            if res.status != "ok":
-                failed.append(f"{cid}: {res.error}")
-            else:
-                (root / cid / "defaults.json").write_text(json.dumps({"fingerprint": fingerprint}))
+            todo.append(Cell(i, len(cells), cid, params, fingerprint, force=status is not None))
+        # a job runs elsewhere: it gets the notebook's absolute path
+        notebook = spec.notebook if executor.kind == "inprocess" else str(find_notebook(spec.notebook).resolve())
+        failed = run_cells(todo, notebook, root, executor, progress=progress)
     out = write_aggregate(spec, root)
     if failed:
         raise ConfigError(f"{len(failed)} sweep cell(s) failed (see their report.html): {failed[0]}")

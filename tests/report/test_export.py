@@ -44,7 +44,10 @@ def test_run_exports_html_without_network_references(tmp_path: Path) -> None:
     assert res.status == "ok" and res.key_figures == {"height": 7}
     text = res.report.read_text()
     assert text.count('class="plotly-graph-div"') == 2
-    assert text.count("window.Plotly") >= 1  # plotly.js inlined
+    assert text.count('id="memostudy-plotlyjs"') == 1  # plotly.js inlined once (compressed)
+    # the executed notebook holds each figure once, as plotly's mimetype, and no plotly.js
+    nb = (res.run_dir / "notebook.ipynb").read_text()
+    assert nb.count("application/vnd.plotly.v1+json") == 2 and "text/html" not in nb and "window.Plotly" not in nb
     assert not re.findall(r'<script[^>]+src="https?://', text), "the report must not load scripts from the network"
     assert "A tiny report" in text and "PLOT_CELL" not in text
     index = (tmp_path / "reports" / "index.html").read_text()

@@ -12,7 +12,7 @@ import pytest
 import torch
 from scipy.ndimage import gaussian_filter
 
-from memostudy.report.leaks import TRANSFORMS, decoded_arrays, describe, find_volume_leaks
+from memostudy.report.leaks import TRANSFORMS, decoded_arrays, describe, find_array_leaks, find_volume_leaks
 from memostudy.report.viewer import pair_viewer, plane_slice, slice_viewer
 
 
@@ -38,8 +38,9 @@ def test_slice_viewer_of_a_training_volume_is_found(train) -> None:
     # trace 0 is the axial plane at the middle: vol[:, :, 8].T, so slice == a.T
     first = [k for k in leaks if k.array == 0]
     assert [(k.axis, k.index, k.transform, k.plane) for k in first] == [(2, (8,), "a.T", "axial")]
-    assert max(k.max_abs_diff for k in leaks) <= 0.006
-    # every slider step (plain nested lists in plotly's JSON) leaks too: 3 traces + 16 steps x 3 planes
+    assert max(k.max_abs_diff for k in leaks) <= 1 / 255 + 1e-5  # half a grey step of the window (-1, 1)
+    # every slider step (8-bit typed arrays inside the slider's restyle arguments) leaks too:
+    # 3 traces + 16 steps x 3 planes
     assert len({k.array for k in leaks}) == 3 + 16 * 3
     assert "training volume(s): 2;" in describe(leaks)
 
@@ -47,15 +48,34 @@ def test_slice_viewer_of_a_training_volume_is_found(train) -> None:
 def test_synthetic_volume_is_not_a_leak(train) -> None:
     synthetic = smooth_volumes(1, seed=1)[0]
     html = slice_viewer([synthetic]).to_html(include_plotlyjs=False)
-    assert len(decoded_arrays(html)) == 3 + 16 * 3
+    arrays = decoded_arrays(html)
+    assert len(arrays) == 3 + 16 * 3 and {a.dtype for a in arrays} == {np.dtype(np.uint8)}
     assert find_volume_leaks(html, train) == []
     assert describe([]) == "no training voxels found in the report"
     # a pair figure leaks its training row only, and plotly.js inlined in the page adds no false alarm
     html = pair_viewer(train[1], synthetic, "t1", "s1").to_html(include_plotlyjs=True)
-    traces = [i for i, a in enumerate(decoded_arrays(html)) if a.dtype == np.float32]  # typed f4: the 6 traces
     leaks = find_volume_leaks(html, train)
-    assert len(traces) == 6 and {k.volume for k in leaks} == {1}
-    assert set(traces[:3]) <= {k.array for k in leaks} and not set(traces[3:]) & {k.array for k in leaks}
+    frames = [i for i, a in enumerate(decoded_arrays(html)) if a.dtype == np.uint8]  # plotly.js has number lists
+    assert len(frames) == 6 + 16 * 6 and {k.volume for k in leaks} == {1}
+    # frames come trace by trace, then step by step: the first 3 of every 6 are the training row
+    assert {k.array for k in leaks} == {i for j, i in enumerate(frames) if j % 6 < 3}
+
+
+def test_training_slice_shown_at_8_bits_in_a_narrow_window_is_found(train) -> None:
+    from memostudy.report.leaks import display_windows
+    from memostudy.report.viewer import to_gray8
+
+    html = slice_viewer([train[3]], window=(-0.3, 0.3)).to_html(include_plotlyjs=False)
+    assert display_windows(html) == [(-1.0, 1.0), (-0.3, 0.3)]
+    assert np.mean(np.abs(train[3]) > 0.3) > 0.1  # the window clips voxels: read as wildcards
+    leaks = find_volume_leaks(html, train)
+    assert {k.volume for k in leaks} == {3} and len({k.array for k in leaks}) == 3 + 16 * 3
+    # a plain 8-bit heatmap (default window, no declaration) of a training slice is found too
+    g = to_gray8(plane_slice(train[0], "sagittal", 9), (-1.0, 1.0))
+    leaks = find_volume_leaks(go.Figure(go.Heatmap(z=g)).to_html(include_plotlyjs=False), train)
+    assert [(k.volume, k.axis, k.index, k.transform) for k in leaks] == [(0, 0, (9,), "a.T[:, ::-1]")]
+    # and the same grey levels read through the wrong window are no leak
+    assert find_array_leaks([g], train, windows=[(-0.5, 2.0)]) == []
 
 
 def test_transposed_and_flipped_slice_in_a_plain_heatmap_is_found(train) -> None:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-import numpy as np
+import base64
+import json
 
-from memostudy.report.viewer import load_labels, pair_viewer, plane_slice, save_labels, slice_viewer
+import numpy as np
+import plotly.io as pio
+
+from memostudy.report.viewer import load_labels, pair_viewer, plane_slice, save_labels, slice_viewer, to_gray8
 
 
 def test_plane_slices_pick_the_right_axis() -> None:
@@ -21,13 +25,39 @@ def test_viewer_carries_every_slice_with_a_shared_window() -> None:
     a, b = rng.uniform(-1, 1, (8, 8, 8)), rng.uniform(-1, 1, (8, 8, 8))
     fig = pair_viewer(a, b, "t1", "s1", 0.87, window=(-0.5, 0.5))
     assert len(fig.data) == 6
-    assert {(t.zmin, t.zmax) for t in fig.data} == {(-0.5, 0.5)}
+    assert {(t.zmin, t.zmax) for t in fig.data} == {(0, 255)} and fig.layout.meta["display_window"] == [-0.5, 0.5]
     steps = fig.layout.sliders[0].steps
     assert len(steps) == 8
     # step k shows slice k of the training volume's axial plane (row 0, col 0) and of the synthetic one
-    np.testing.assert_allclose(steps[3].args[0]["z"][0], np.round(plane_slice(a, "axial", 3), 2))
-    np.testing.assert_allclose(steps[3].args[0]["z"][3], np.round(plane_slice(b, "axial", 3), 2))
+    np.testing.assert_array_equal(_decode(steps[3].args[0]["z"][0]), to_gray8(plane_slice(a, "axial", 3), (-0.5, 0.5)))
+    np.testing.assert_array_equal(_decode(steps[3].args[0]["z"][3]), to_gray8(plane_slice(b, "axial", 3), (-0.5, 0.5)))
     assert "0.870" in fig.layout.title.text
+
+
+def _decode(spec: dict) -> np.ndarray:
+    assert spec["dtype"] == "u1"
+    shape = [int(d) for d in spec["shape"].split(",")]
+    return np.frombuffer(base64.b64decode(spec["bdata"]), np.uint8).reshape(shape)
+
+
+def test_gray_levels_map_the_window_to_0_255() -> None:
+    v = np.array([-2.0, -1.0, -0.999, 0.0, 0.5, 1.0, 3.0])
+    np.testing.assert_array_equal(to_gray8(v, (-1.0, 1.0)), [0, 0, 0, 128, 191, 255, 255])
+    # a level g stands for lo + g * (hi - lo) / 255, within half a step
+    x = np.linspace(-1, 1, 1001)
+    assert np.abs(-1 + to_gray8(x, (-1.0, 1.0)).astype(float) * 2 / 255 - x).max() <= 1 / 255 + 1e-12
+
+
+def test_every_frame_is_one_byte_per_voxel_in_the_figure_json() -> None:
+    """Bound on the viewer's encoding: a frame of an R x C plane costs at most base64 of R*C bytes plus a
+    small fixed overhead in the JSON (it was ~20 characters per voxel as float text)."""
+    rng = np.random.default_rng(1)
+    vol = rng.uniform(-1, 1, (32, 32, 32)).astype(np.float32)
+    text = pio.to_json(pair_viewer(vol, vol[::-1], "t", "s", 0.5))
+    frames = 2 * 3 * (32 + 1)  # 6 panels, 32 slider steps plus the initial traces
+    per_frame = (len(text) - len(pio.to_json(pair_viewer(vol[:1, :1, :1], vol[:1, :1, :1], "t", "s", 0.5)))) / frames
+    assert per_frame <= 32 * 32 * 4 / 3 + 200, per_frame  # base64 of 1024 bytes, plus keys and slider steps
+    assert json.loads(text)["layout"]["sliders"][0]["steps"][0]["args"][0]["z"][0]["dtype"] == "u1"
 
 
 def test_single_volume_viewer_accepts_channel_first() -> None:

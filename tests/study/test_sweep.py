@@ -14,6 +14,7 @@ from nbformat.v4 import new_code_cell, new_notebook
 import memostudy.study.sweep
 from memostudy.cli import main
 from memostudy.errors import ConfigError
+from memostudy.study.executors import ExecutorConfig
 from memostudy.study.sweep import cell_id, defaults_fingerprint, load_sweep, run_sweep
 
 BODY = """
@@ -97,3 +98,104 @@ def test_a_cell_done_with_other_defaults_is_moved_aside_and_run_again(tmp_path: 
 def test_defaults_fingerprint_follows_the_preset() -> None:
     assert defaults_fingerprint({"preset": "cpu-tiny"}) == defaults_fingerprint({})
     assert defaults_fingerprint({"preset": "cpu-tiny"}) != defaults_fingerprint({"preset": "test-16"})
+
+
+# --- cells as submitit jobs (real processes with submitit's local executor) ---------------------------------
+
+HANG = """
+import os, pathlib, time
+hang = pathlib.Path(run_dir).parent.parent / "hang"  # <reports>/sweeps/<name>/<cell> -> <reports>/sweeps/hang
+if augment and hang.exists():
+    pathlib.Path(run_dir, "job.pid").write_text(str(os.getppid()))  # the kernel's parent: the job's process
+    time.sleep(600)
+"""
+
+
+def _job_sweep(tmp_path: Path) -> Path:
+    """The sweep of :func:`_sweep` with one seed (2 cells), whose augment=True cell can be made to hang."""
+    path = _sweep(tmp_path, seeds=[0])
+    nb = nbformat.read(str(tmp_path / "exp.ipynb"), as_version=4)
+    nb.cells.insert(1, new_code_cell(HANG))
+    nbformat.write(nb, str(tmp_path / "exp.ipynb"))
+    return path
+
+
+@pytest.mark.slow
+def test_sweep_cells_run_as_local_jobs_with_logs_beside_the_cell(tmp_path: Path, capsys) -> None:
+    root = tmp_path / "reports"
+    assert main(["sweep", str(_job_sweep(tmp_path)), "--reports", str(root), "--executor", "local",
+                 "--cpus-per-job", "1", "--max-parallel", "2", "--time-min", "10"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("local job") == 2 and out.count(": ok") == 2
+    agg = pd.read_csv(root / "sweeps" / "aug" / "aggregate.csv")
+    assert list(agg["augment"]) == [False, True] and agg["memorized_fraction_mean"].tolist() == pytest.approx([0.6, 0.3])
+    for params in load_sweep(tmp_path / "s.yaml").cells():
+        cid = cell_id(params)
+        assert json.loads((root / "sweeps" / "aug" / cid / "run.json").read_text())["status"] == "ok"
+        assert (root / "sweeps" / "aug" / cid / "defaults.json").exists()
+        logs = list((root / "sweeps" / "aug" / f"{cid}.job").glob("*_log.out"))
+        assert len(logs) == 1 and logs[0].stat().st_size > 0  # the job's output: papermill's progress
+    # a second call submits nothing
+    assert main(["sweep", str(tmp_path / "s.yaml"), "--reports", str(root), "--executor", "local"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("done, skipped") == 2 and "submitted" not in out
+
+
+@pytest.mark.slow
+def test_a_cell_killed_mid_job_is_rerun_on_the_next_call(tmp_path: Path, capsys) -> None:
+    import os
+    import signal
+    import threading
+    import time
+
+    spec = load_sweep(_job_sweep(tmp_path))
+    root = tmp_path / "reports"
+    sweep_dir = root / "sweeps" / "aug"
+    killed, hung = cell_id(spec.cells()[1]), sweep_dir.parent / "hang"
+    hung.parent.mkdir(parents=True)
+    hung.touch()
+
+    def kill_the_job() -> None:  # as Slurm does at a time limit or on preemption
+        pid_file = sweep_dir / killed / "job.pid"
+        for _ in range(600):
+            if pid_file.exists() and pid_file.read_text():
+                os.kill(int(pid_file.read_text()), signal.SIGKILL)
+                return
+            time.sleep(0.5)
+
+    watcher = threading.Thread(target=kill_the_job)
+    watcher.start()
+    executor = ExecutorConfig(kind="local", cpus_per_job=1, max_parallel=2)
+    with pytest.raises(ConfigError, match=f"1 sweep cell.*{killed}: job .* ended without finishing"):
+        run_sweep(spec, reports_dir=root, executor=executor, progress=False)
+    watcher.join()
+    assert json.loads((sweep_dir / killed / "run.json").read_text())["status"] == "running"  # left as it died
+    assert len(pd.read_csv(sweep_dir / "table.csv")) == 1  # the finished cell is aggregated meanwhile
+    done = cell_id(spec.cells()[0])
+    mtime = (sweep_dir / done / "run.json").stat().st_mtime_ns
+    capsys.readouterr()
+
+    hung.unlink()
+    run_sweep(spec, reports_dir=root, executor=executor, progress=False)
+    out = capsys.readouterr().out
+    assert f"{done}: done, skipped" in out and f"{killed}: local job" in out
+    assert (sweep_dir / done / "run.json").stat().st_mtime_ns == mtime
+    assert json.loads((sweep_dir / killed / "run.json").read_text())["status"] == "ok"
+    assert len(pd.read_csv(sweep_dir / "table.csv")) == 2
+
+
+def test_executor_settings_come_from_the_file_and_the_command_line(tmp_path: Path, monkeypatch) -> None:
+    seen = {}
+    monkeypatch.setattr(memostudy.study.sweep, "run_cells",
+                        lambda cells, notebook, root, cfg, progress: seen.update(cfg=cfg, cells=cells) or [])
+    path = _sweep(tmp_path, executor={"kind": "slurm", "partition": "gpu", "gpus_per_job": 1, "time_min": 240})
+    assert main(["sweep", str(path), "--reports", str(tmp_path / "r"), "--partition", "a100", "--mem-gb", "32"]) == 0
+    cfg = seen["cfg"]
+    assert (cfg.kind, cfg.partition, cfg.gpus_per_job, cfg.time_min, cfg.mem_gb) == ("slurm", "a100", 1, 240, 32.0)
+    assert len(seen["cells"]) == 6 and cfg.parallel() is None
+    p = cfg.submitit_parameters("memostudy-aug")
+    assert p["slurm_partition"] == "a100" and p["gpus_per_node"] == 1 and p["timeout_min"] == 240
+    with pytest.raises(ConfigError, match="unknown executor setting"):
+        ExecutorConfig.from_dict({"queue": "x"})
+    with pytest.raises(ConfigError, match="executor kind 'pbs'"):
+        ExecutorConfig.from_dict({"kind": "pbs"})
