@@ -13,6 +13,11 @@ Everything works on batches ``(N, 1, D, H, W)`` float32 in [-1, 1] with an expli
 Python loop over the batch and cost more than the detector's own step on 2 CPU cores; the batched
 ``affine_grid``/``grid_sample`` does one call for the whole batch. Blur uses MONAI's
 ``GaussianFilter`` (separable, one call per distinct sigma).
+
+Two orientation augmentations live here: :func:`random_orientation` (uniform over the orientations,
+drawn from an explicit generator: the detector's views) and :class:`FlipRotate` (MONAI's per-axis
+random flips and 90-degree rotations, drawn from torch's global RNG so the training loop can replay
+them on resume: the LDM's augmentation, kept as it is because cached LDM runs depend on its draws).
 """
 
 from __future__ import annotations
@@ -239,6 +244,29 @@ def _random_changes(volumes: torch.Tensor, g: torch.Generator | None, p: ViewPar
             out = out.clone()
             out[sel] = fn(out[sel], g, p)
     return out
+
+
+class FlipRotate:
+    """Random flips along each axis and random 90-degree rotations (MONAI transforms), per patch: the
+    LDM's training augmentation.
+
+    Rotations are drawn in every plane whose two axes have the same size (all three planes of a cube).
+    Randomness comes from torch's global RNG, so :func:`memostudy.training.fit` can replay it on resume.
+    """
+
+    def __init__(self, spatial_shape: tuple[int, int, int], prob: float = 0.5) -> None:
+        from monai.transforms import Compose, RandFlip, RandRotate90
+
+        planes = [(a, b) for a, b in ((0, 1), (0, 2), (1, 2)) if spatial_shape[a] == spatial_shape[b]]
+        self.transform = Compose(
+            [RandFlip(prob=prob, spatial_axis=a) for a in range(3)]
+            + [RandRotate90(prob=prob, max_k=3, spatial_axes=p) for p in planes]
+        )
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        """(B, C, D, H, W) -> (B, C, D, H, W) with each patch independently flipped / rotated."""
+        self.transform.set_random_state(seed=int(torch.randint(0, 2**31 - 1, ())))
+        return torch.stack([torch.as_tensor(self.transform(v)).as_subclass(torch.Tensor) for v in batch])
 
 
 def random_view(volumes: torch.Tensor, g: torch.Generator | None, p: ViewParams = ViewParams()) -> torch.Tensor:
