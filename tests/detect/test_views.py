@@ -93,3 +93,19 @@ def test_family_shape_and_seed(family):
 def test_unknown_family():
     with pytest.raises(ValueError, match="unknown transform family"):
         apply_family(torch.zeros(1, 1, 4, 4, 4), "warp", torch.Generator())
+
+
+def test_flip_rotate_turns_each_patch_to_one_orientation_replayably():
+    from memostudy.detect.views import FlipRotate, orient, orientations
+
+    x = torch.randn(6, 1, 8, 8, 8)
+    torch.manual_seed(3)
+    out = FlipRotate((8, 8, 8))(x)
+    torch.manual_seed(3)
+    assert torch.equal(FlipRotate((8, 8, 8))(x), out)  # drawn from torch's global RNG: replayable
+    table = orientations()
+    for a, b in zip(x, out):
+        assert any(torch.equal(orient(a, o), b) for o in table)
+    assert sum(not torch.equal(a, b) for a, b in zip(x, out)) >= 3
+    flat = torch.randn(4, 1, 8, 8, 4)  # rotations only in the one square plane: the shape stays
+    assert FlipRotate((8, 8, 4), prob=1.0)(flat).shape == flat.shape
