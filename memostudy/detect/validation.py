@@ -33,7 +33,7 @@ from memostudy.detect.detector import Detector, DetectorConfig
 from memostudy.detect.matching import CompareConfig
 from memostudy.detect.metrics import calibrate_threshold, detection
 from memostudy.detect.registry import Searches
-from memostudy.detect.similarity import METRICS
+from memostudy.detect.similarity import METRICS, Nearest
 from memostudy.detect.views import COPY_FAMILIES, apply_family
 from memostudy.errors import ConfigError, DataError
 
@@ -155,7 +155,9 @@ class DetectorValidation:
     summary: dict = field(default_factory=dict)
 
 
-def _rows(name: str, gt: GroundTruth, ref, cop, nov, percentile: float) -> tuple[list[dict], list[dict], float]:
+def _rows(name: str, gt: GroundTruth, ref: Nearest, cop: Nearest, nov: Nearest,
+          percentile: float) -> tuple[list[dict], list[dict], float]:
+    """One detector's table rows (overall and per family), score rows, and threshold."""
     thr = calibrate_threshold(ref.values, percentile)
     fam = np.array(gt.copy_family)
     match = cop.indices.numpy() == gt.copy_source
@@ -197,7 +199,9 @@ def validate_detector(detector: Detector, train: torch.Tensor, held_out: torch.T
              *(["aligned", "combined"] if cfg.aligned else [])]
     search = Searches(detector, train, {"reference": gt.reference, "copies": gt.copies, "novel": gt.novel},
                       cfg.compare, cfg.metric, cfg.align)
-    table, scores, thresholds = [], [], {}
+    table: list[dict] = []
+    scores: list[dict] = []
+    thresholds: dict[str, float] = {}
     for name in names:
         rows, rows_scores, thresholds[name] = _rows(name, gt, search.nearest(name, "reference"),
                                                     search.nearest(name, "copies"), search.nearest(name, "novel"),
