@@ -8,11 +8,11 @@ import pandas as pd
 import pytest
 import torch
 
+from memostudy.data.augment import FlipRotate
 from memostudy.data.phantom import phantom_volumes
 from memostudy.errors import ConfigError, RunExistsError
 from memostudy.ldm.autoencoder import AutoencoderTask, build_autoencoder
 from memostudy.ldm.config import preset
-from memostudy.ldm.run import FlipRotate
 from memostudy.training import LoopConfig, RunFolder, adam, fit
 
 

@@ -22,8 +22,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-aligned", action="store_true",
                    help="skip the aligned pixel correlation and the combined detector (about 0.2 s per volume of 32^3)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="detector config override, e.g. --set epochs=10 (repeatable); with --detector only the "
-                        "comparison settings apply (representation=latent|embedding, search_shift=VOXELS)")
+                   help="detector or comparison setting, e.g. --set epochs=10 (repeatable); the comparison settings "
+                        "(representation=latent|embedding, search_shift=VOXELS, orientation_pooling=true|false) apply "
+                        "to a --detector too, the others only to a detector trained here")
     p.add_argument("--force", action="store_true", help="replace results already in --out")
     p.set_defaults(func=run)
 
@@ -34,15 +35,17 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from memostudy.config import apply_overrides, parse_set_options
+    from memostudy.config import parse_set_options
     from memostudy.data.volume_io import read_volume_folder
-    from memostudy.detect.assessment import AssessConfig, assess, check_out_dir, scale_intensities, write_audit
-    from memostudy.detect.detector import DetectorConfig, load_detector, train_detector, with_matching
+    from memostudy.detect.assessment import AssessConfig, assess, scale_intensities
+    from memostudy.detect.detector import load_or_train_detector
+    from memostudy.detect.matching import configs_from_overrides
     from memostudy.errors import DataError
+    from memostudy.report.audit import check_out_dir, write_audit
 
+    det_cfg, compare = configs_from_overrides(parse_set_options(args.set))
     cfg = AssessConfig(percentile=args.percentile, metric=args.metric, pixel_baseline=not args.no_pixel,
-                       aligned=not args.no_aligned).validate()
-    det_cfg = apply_overrides(DetectorConfig(), parse_set_options(args.set)).validate()
+                       aligned=not args.no_aligned, compare=compare).validate()
     out = check_out_dir(args.out, args.force)
     t0 = time.perf_counter()
     sets = {}
@@ -62,11 +65,10 @@ def run(args: argparse.Namespace) -> int:
     t_read = time.perf_counter() - t0
     torch.manual_seed(det_cfg.seed)
     if args.detector:
-        detector = with_matching(load_detector(args.detector), det_cfg)  # compared as this command says
-        print(f"detector: loaded {args.detector}")
+        print(f"detector: loading {args.detector}")
     else:
         print(f"detector: training on {len(train)} volume(s), {det_cfg.epochs} epoch(s) (reference = validation)")
-        detector = train_detector(train, reference, det_cfg, out_dir=out, progress=True)
+    detector = load_or_train_detector(train, reference, det_cfg, checkpoint=args.detector, out_dir=out, progress=True)
     t_train = time.perf_counter() - t0 - t_read
     a = assess(train, reference, synthetic, detector, sets["train"][1], sets["reference"][1], sets["synthetic"][1], cfg=cfg)
     t_assess = time.perf_counter() - t0 - t_read - t_train
@@ -75,17 +77,16 @@ def run(args: argparse.Namespace) -> int:
              "intensity": intensity,
              "seconds": {"read": round(t_read, 2), "detector": round(t_train, 2), "assess": round(t_assess, 2)}}
     write_audit(a, out, extra=extra, force=True)
-    s = a.summary
-    print(f"threshold {s['threshold']:.6g} ({s['metric']}, {s['percentile']:g}th percentile of reference)")
-    print(f"memorized: {s['memorized_fraction']:.1%} of training volumes "
-          f"[{s['memorized_fraction_ci'][0]:.1%}, {s['memorized_fraction_ci'][1]:.1%}]")
-    print(f"copies: {s['copy_fraction']:.1%} of synthetic volumes [{s['copy_fraction_ci'][0]:.1%}, {s['copy_fraction_ci'][1]:.1%}]")
-    if s.get("combined"):
-        co = s["combined"]
-        print(f"combined (contrastive or aligned): copies {co['copy_fraction']:.1%}, memorized {co['memorized_fraction']:.1%}")
-    if s.get("pixel_baseline"):
-        px = s["pixel_baseline"]
-        print(f"pixel baseline: copies {px['copy_fraction']:.1%}, memorized {px['memorized_fraction']:.1%} "
-              f"(threshold {px['threshold']:.4g})")
+    c, found = a.summary.contrastive, a.summary.detectors
+    print(f"threshold {c.threshold:.6g} ({cfg.metric}, {cfg.percentile:g}th percentile of reference)")
+    print(f"memorized: {c.memorized.value:.1%} of training volumes [{c.memorized.lo:.1%}, {c.memorized.hi:.1%}]")
+    print(f"copies: {c.copies.value:.1%} of synthetic volumes [{c.copies.lo:.1%}, {c.copies.hi:.1%}]")
+    if "combined" in found:
+        co = found["combined"]
+        print(f"combined (contrastive or aligned): copies {co.copies.value:.1%}, memorized {co.memorized.value:.1%}")
+    if "pixel" in found:
+        px = found["pixel"]
+        print(f"pixel baseline: copies {px.copies.value:.1%}, memorized {px.memorized.value:.1%} "
+              f"(threshold {px.threshold:.4g})")
     print(f"wrote {out}/summary.json, synthetic.csv, train.csv, reference.csv, report.html")
     return 0

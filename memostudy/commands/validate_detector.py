@@ -20,8 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, default=None, help="use only the first N patches of each split (quick runs)")
     p.add_argument("--seed", type=int, default=0, help="seed of the reference/novel split and the copies")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="detector config override, e.g. --set epochs=10 (repeatable); with --detector only the "
-                        "comparison settings apply (representation, search_shift)")
+                   help="detector or comparison setting, e.g. --set epochs=10 (repeatable); the comparison settings "
+                        "(representation, search_shift, orientation_pooling) apply to a --detector too")
     p.add_argument("--force", action="store_true", help="replace results already in --out")
     p.set_defaults(func=run)
 
@@ -31,19 +31,20 @@ def run(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from memostudy.config import apply_overrides, parse_set_options, provenance
-    from memostudy.detect.detector import DetectorConfig
+    from memostudy.config import parse_set_options, provenance
+    from memostudy.detect.matching import configs_from_overrides
     from memostudy.detect.validation import ValidationConfig, run_validation
     from memostudy.errors import RunExistsError
-    from memostudy.report.figures import html_page, roc_figure, validation_figure
+    from memostudy.report.figures import roc_figure, validation_figure
+    from memostudy.report.page import html_page
 
     out = Path(args.out)
     files = [out / f for f in ("validation.csv", "validation.json", "validation.html")]
     if any(f.exists() for f in files) and not args.force:
         raise RunExistsError(f"{out}: already holds detector validation results; pass --force or choose another --out")
-    det_cfg = apply_overrides(DetectorConfig(), parse_set_options(args.set)).validate()
+    det_cfg, compare = configs_from_overrides(parse_set_options(args.set))
     vcfg = ValidationConfig(copies_per_family=args.copies_per_family, percentile=args.percentile,
-                            metric=args.metric, seed=args.seed).validate()
+                            metric=args.metric, seed=args.seed, compare=compare).validate()
     out.mkdir(parents=True, exist_ok=True)
     res, detector, record = run_validation(args.data, det_cfg, vcfg, detector_path=args.detector, out_dir=str(out),
                                            cache=args.cache, limit=args.limit)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,6 +52,14 @@ class PatchSet:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def subset(self, indices: Sequence[int] | np.ndarray | torch.Tensor) -> PatchSet:
+        """The patches at ``indices`` (positions in this set, in the order given), with their ids and
+        table rows (table re-indexed from 0); ``info`` is shared."""
+        idx = torch.as_tensor(np.asarray(indices, dtype=np.int64).reshape(-1))
+        rows = idx.tolist()
+        return PatchSet(volumes=self.volumes[idx], ids=[self.ids[i] for i in rows],
+                        table=self.table.iloc[rows].reset_index(drop=True), info=self.info)
 
     @property
     def spacing(self) -> tuple[float, float, float]:

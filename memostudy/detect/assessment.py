@@ -3,7 +3,8 @@
 :func:`assess` composes the pieces — the detector's vectors and their search (:mod:`memostudy.detect.matching`,
 :mod:`memostudy.detect.similarity`), the calibrated threshold and fractions
 (:mod:`memostudy.detect.metrics`) and the pixel baseline (:mod:`memostudy.detect.baseline`) — and owns no maths
-of its own. :func:`write_audit` writes the files of ``memostudy audit``.
+of its own; it returns typed results (:class:`Assessment`, :class:`AssessmentSummary`), and
+:mod:`memostudy.report.audit` writes the files of ``memostudy audit``.
 
 Decisions (for each detector: contrastive, pixel, and with ``aligned`` the aligned pixel correlation of
 :mod:`memostudy.detect.alignment` and "combined", a copy for either the contrastive or the aligned detector):
@@ -26,25 +27,22 @@ columns again with the prefixes ``aligned_`` (best normalised cross-correlation 
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
-from memostudy.config import provenance, to_dict
-from memostudy.detect.alignment import AlignConfig, aligned_nearest, candidates
-from memostudy.detect.baseline import pixel_nearest
-from memostudy.detect.detector import Detector, embed
-from memostudy.detect.matching import base_vectors, query_vectors
-from memostudy.detect.metrics import calibrate_threshold, combine_nearest, copy_fraction, is_copy, memorized_fraction
-from memostudy.detect.similarity import METRICS, Nearest, set_nearest
-from memostudy.errors import ConfigError, DataError, RunExistsError
+from memostudy.config import to_dict
+from memostudy.detect.alignment import AlignConfig
+from memostudy.detect.detector import Detector, DetectorConfig
+from memostudy.detect.matching import CompareConfig
+from memostudy.detect.metrics import Fraction, calibrate_threshold, copy_fraction, is_copy, memorized_fraction
+from memostudy.detect.registry import Searches
+from memostudy.detect.similarity import METRICS, Nearest
+from memostudy.errors import ConfigError, DataError
 
-AUDIT_FILES = ("summary.json", "synthetic.csv", "train.csv", "reference.csv", "report.html")
 INTENSITY_RULES = ("auto", "as-stored", "joint")
 
 
@@ -65,6 +63,8 @@ class AssessConfig:
             detector (the best of the validated detectors; about 0.2 s per volume of 32^3 on 2 cores,
             for train, reference and synthetic volumes alike).
         align: settings of the aligned correlation.
+        compare: how the contrastive detector compares volumes (representation, shift search,
+            orientation pooling); applies to any detector, loaded or trained.
     """
 
     percentile: float = 95.0
@@ -76,6 +76,7 @@ class AssessConfig:
     batch_size: int = 64
     aligned: bool = False
     align: AlignConfig = field(default_factory=AlignConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
 
     def validate(self) -> AssessConfig:
         if not 0 <= self.percentile <= 100:
@@ -87,7 +88,91 @@ class AssessConfig:
         if self.n_boot < 1:
             raise ConfigError(f"n_boot must be >= 1, got {self.n_boot}")
         self.align.validate()
+        self.compare.validate()
         return self
+
+
+@dataclass(frozen=True)
+class DetectorFigures:
+    """One detector's result in an assessment (similarities are "higher = more similar").
+
+    Attributes:
+        threshold: similarity above which a volume is a copy (the ``percentile`` of the reference
+            volumes' nearest-training similarities).
+        memorized: fraction of training volumes whose nearest synthetic volume is above the threshold.
+        copies: fraction of synthetic volumes whose nearest training volume is above the threshold.
+        synthetic_similarity_median: median nearest-training similarity of the synthetic volumes.
+        reference_similarity_median: the same for the reference volumes.
+    """
+
+    threshold: float
+    memorized: Fraction
+    copies: Fraction
+    synthetic_similarity_median: float
+    reference_similarity_median: float
+
+    @property
+    def n_memorized(self) -> int:
+        """Number of memorized training volumes."""
+        return int(round(self.memorized.value * self.memorized.n))
+
+    @property
+    def n_copies(self) -> int:
+        """Number of synthetic volumes that are copies."""
+        return int(round(self.copies.value * self.copies.n))
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON layout of ``summary.json`` (fractions with ``_ci`` = [lo, hi])."""
+        return {"threshold": self.threshold, "memorized_fraction": self.memorized.value,
+                "memorized_fraction_ci": [self.memorized.lo, self.memorized.hi],
+                "copy_fraction": self.copies.value, "copy_fraction_ci": [self.copies.lo, self.copies.hi],
+                "n_memorized": self.n_memorized, "n_copies": self.n_copies,
+                "synthetic_similarity_median": self.synthetic_similarity_median,
+                "reference_similarity_median": self.reference_similarity_median}
+
+
+#: names of the optional detectors in ``summary.json`` (``pixel`` is written as ``pixel_baseline``)
+_SUMMARY_KEYS = {"pixel": "pixel_baseline", "aligned": "aligned", "combined": "combined"}
+
+
+@dataclass(frozen=True)
+class AssessmentSummary:
+    """The figures of an assessment (what ``summary.json`` holds, see :meth:`as_dict`).
+
+    Attributes:
+        n_train, n_reference, n_synthetic: numbers of volumes.
+        detectors: detector name ("contrastive", and "pixel", "aligned", "combined" when run) -> its figures.
+        detector_config: the contrastive detector's architecture and training config.
+        best_epoch: the detector's kept epoch (0 = untrained).
+        config: the :class:`AssessConfig` used (metric, percentile, confidence, comparison ...).
+    """
+
+    n_train: int
+    n_reference: int
+    n_synthetic: int
+    detectors: dict[str, DetectorFigures]
+    detector_config: DetectorConfig
+    best_epoch: int
+    config: AssessConfig
+
+    @property
+    def contrastive(self) -> DetectorFigures:
+        """The contrastive detector's figures (the headline)."""
+        return self.detectors["contrastive"]
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready, in the layout of the audit's ``summary.json``: n_train, n_reference, n_synthetic,
+        metric, percentile, confidence, the contrastive figures (:meth:`DetectorFigures.as_dict`) at the
+        top level, ``pixel_baseline`` / ``aligned`` / ``combined`` (the same figures, or None when not
+        run), ``detector`` (config and best epoch) and ``assess_config``."""
+        cfg = self.config
+        return {"n_train": self.n_train, "n_reference": self.n_reference, "n_synthetic": self.n_synthetic,
+                "metric": cfg.metric, "percentile": cfg.percentile, "confidence": cfg.confidence,
+                **self.contrastive.as_dict(),
+                **{key: (self.detectors[name].as_dict() if name in self.detectors else None)
+                   for name, key in _SUMMARY_KEYS.items()},
+                "detector": {"config": to_dict(self.detector_config), "best_epoch": self.best_epoch},
+                "assess_config": asdict(cfg)}
 
 
 @dataclass
@@ -95,35 +180,38 @@ class Assessment:
     """Result of :func:`assess`.
 
     Attributes:
-        summary: JSON-ready figures (see :func:`assess`).
+        summary: the figures (:class:`AssessmentSummary`).
         train_table: one row per training volume (columns in the module docstring).
         synthetic_table: one row per synthetic volume.
         reference_table: one row per reference volume.
-        distributions: detector ("contrastive", "pixel") -> {"candidates", "synthetic", "reference"}
+        distributions: detector ("contrastive", "pixel", ...) -> {"candidates", "synthetic", "reference"}
             -> (N,) float64 nearest similarities, for histograms.
-        thresholds: detector -> threshold value.
-        config: the :class:`AssessConfig` used.
     """
 
-    summary: dict[str, Any]
+    summary: AssessmentSummary
     train_table: pd.DataFrame
     synthetic_table: pd.DataFrame
     reference_table: pd.DataFrame
     distributions: dict[str, dict[str, np.ndarray]]
-    thresholds: dict[str, float]
-    config: AssessConfig = field(default_factory=AssessConfig)
+
+    @property
+    def config(self) -> AssessConfig:
+        """The :class:`AssessConfig` used."""
+        return self.summary.config
+
+    @property
+    def thresholds(self) -> dict[str, float]:
+        """Detector -> its threshold."""
+        return {name: f.threshold for name, f in self.summary.detectors.items()}
 
 
-def _figures(name: str, t2s: Nearest, s2t: Nearest, r2t: Nearest, cfg: AssessConfig) -> dict[str, Any]:
+def _figures(t2s: Nearest, s2t: Nearest, r2t: Nearest, cfg: AssessConfig) -> DetectorFigures:
     kw = {"percentile": cfg.percentile, "n_boot": cfg.n_boot, "confidence": cfg.confidence, "seed": cfg.seed}
-    thr = calibrate_threshold(r2t.values, cfg.percentile)
-    mem = memorized_fraction(t2s.values, r2t.values, **kw)
-    cop = copy_fraction(s2t.values, r2t.values, **kw)
-    return {"threshold": thr.value, "memorized_fraction": mem.value, "memorized_fraction_ci": [mem.lo, mem.hi],
-            "copy_fraction": cop.value, "copy_fraction_ci": [cop.lo, cop.hi],
-            "n_memorized": int(round(mem.value * mem.n)), "n_copies": int(round(cop.value * cop.n)),
-            "synthetic_similarity_median": float(s2t.values.median()),
-            "reference_similarity_median": float(r2t.values.median())}
+    return DetectorFigures(threshold=calibrate_threshold(r2t.values, cfg.percentile).value,
+                           memorized=memorized_fraction(t2s.values, r2t.values, **kw),
+                           copies=copy_fraction(s2t.values, r2t.values, **kw),
+                           synthetic_similarity_median=float(s2t.values.median()),
+                           reference_similarity_median=float(r2t.values.median()))
 
 
 def assess(train: torch.Tensor, reference: torch.Tensor, synthetic: torch.Tensor, detector: Detector,
@@ -137,19 +225,18 @@ def assess(train: torch.Tensor, reference: torch.Tensor, synthetic: torch.Tensor
             detector's range ([-1, 1]; see :func:`scale_intensities` for a user's folders).
         reference: (Nr, 1, D, H, W) real volumes never in train (calibrate the threshold).
         synthetic: (Ns, 1, D, H, W) generated volumes.
-        detector: trained contrastive detector.
+        detector: trained contrastive detector (compared as ``cfg.compare`` says).
         train_ids, reference_ids, synthetic_ids: names of the volumes (file names in the audit).
         percentile: threshold percentile (0-100) of the reference's nearest-training similarities.
         metric: embedding similarity, "pearson" (journal) or "msd" (conference, negated: higher = more similar).
         pixel_baseline: also run the pixel-correlation baseline.
-        cfg: all settings at once (bootstrap size, CI level, seed ...); when given, it replaces
+        cfg: all settings at once (bootstrap size, CI level, seed, comparison ...); when given, it replaces
             ``percentile``, ``metric`` and ``pixel_baseline``.
 
     Returns:
-        :class:`Assessment`. ``summary`` holds n_train, n_reference, n_synthetic, metric, percentile,
-        confidence, threshold, memorized_fraction (+ ``_ci`` [lo, hi]), copy_fraction (+ ``_ci``),
-        n_memorized, n_copies, medians of the similarity distributions, ``pixel_baseline`` (the same
-        figures for the pixel detector, or None), ``detector`` (config and best epoch).
+        :class:`Assessment` with an :class:`AssessmentSummary` per detector of
+        :mod:`memostudy.detect.registry` run: "contrastive", "pixel" (with ``pixel_baseline``), "aligned"
+        and "combined" (with ``aligned``).
     """
     cfg = (cfg or AssessConfig(percentile=percentile, metric=metric, pixel_baseline=pixel_baseline)).validate()
     for name, vols, ids in (("train", train, train_ids), ("reference", reference, reference_ids),
@@ -161,65 +248,28 @@ def assess(train: torch.Tensor, reference: torch.Tensor, synthetic: torch.Tensor
         if vols.shape[1:] != train.shape[1:]:
             raise DataError(f"{name} volumes have shape {tuple(vols.shape[2:])} but train volumes {tuple(train.shape[2:])}; "
                             "crop or resample every folder to one shape")
-    b_t = base_vectors(detector, train, cfg.batch_size)
-    s2t, t2s = set_nearest(query_vectors(detector, synthetic, cfg.batch_size), b_t, cfg.metric)
-    results = {"contrastive": (t2s, s2t, set_nearest(query_vectors(detector, reference, cfg.batch_size), b_t, cfg.metric)[0])}
-    if cfg.pixel_baseline:
-        results["pixel"] = (pixel_nearest(train, synthetic), pixel_nearest(synthetic, train), pixel_nearest(reference, train))
-    if cfg.aligned:
-        e_t, e_r, e_s = (embed(detector, v, cfg.batch_size) for v in (train, reference, synthetic))
-
-        def align(q: torch.Tensor, e_q: torch.Tensor, b: torch.Tensor, e_b: torch.Tensor) -> Nearest:
-            return aligned_nearest(q, b, candidates(q, b, cfg.align, e_q, e_b), cfg.align, progress=True)
-
-        results["aligned"] = al = (align(train, e_t, synthetic, e_s), align(synthetic, e_s, train, e_t),
-                                   align(reference, e_r, train, e_t))
-        co = results["contrastive"]
-        results["combined"] = tuple(combine_nearest((co[2], al[2]), pair) for pair in zip(co, al))  # type: ignore[assignment]
+    names = ["contrastive", *(["pixel"] if cfg.pixel_baseline else []), *(["aligned", "combined"] if cfg.aligned else [])]
+    search = Searches(detector, train, {"synthetic": synthetic, "reference": reference}, cfg.compare, cfg.metric,
+                      cfg.align, batch_size=cfg.batch_size, progress=True)
     tid, sid, rid = np.asarray(train_ids, dtype=object), np.asarray(synthetic_ids, dtype=object), np.asarray(reference_ids, dtype=object)
     tables: dict[str, dict[str, Any]] = {"train": {"train_id": tid}, "synthetic": {"synthetic_id": sid},
                                          "reference": {"reference_id": rid}}
-    figures, distributions, thresholds = {}, {}, {}
-    for det, (t2s, s2t, r2t) in results.items():
-        figures[det] = f = _figures(det, t2s, s2t, r2t, cfg)
-        thresholds[det] = f["threshold"]
+    figures, distributions = {}, {}
+    for det in names:
+        t2s, s2t, r2t = search.reverse(det, "synthetic"), search.nearest(det, "synthetic"), search.nearest(det, "reference")
+        figures[det] = f = _figures(t2s, s2t, r2t, cfg)
         p = "" if det == "contrastive" else f"{det}_"
         tables["train"].update({f"{p}nearest_synthetic_id": sid[t2s.indices.numpy()], f"{p}similarity": t2s.values.numpy(),
-                                f"{p}memorized": is_copy(t2s.values, f["threshold"]).astype(int)})
+                                f"{p}memorized": is_copy(t2s.values, f.threshold).astype(int)})
         tables["synthetic"].update({f"{p}nearest_train_id": tid[s2t.indices.numpy()], f"{p}similarity": s2t.values.numpy(),
-                                    f"{p}is_copy": is_copy(s2t.values, f["threshold"]).astype(int)})
+                                    f"{p}is_copy": is_copy(s2t.values, f.threshold).astype(int)})
         tables["reference"].update({f"{p}nearest_train_id": tid[r2t.indices.numpy()], f"{p}similarity": r2t.values.numpy()})
         distributions[det] = {"candidates": t2s.values.double().numpy(), "synthetic": s2t.values.double().numpy(),
                               "reference": r2t.values.double().numpy()}
-    summary: dict[str, Any] = {"n_train": len(train), "n_reference": len(reference), "n_synthetic": len(synthetic),
-                               "metric": cfg.metric, "percentile": cfg.percentile, "confidence": cfg.confidence,
-                               **figures["contrastive"], "pixel_baseline": figures.get("pixel"),
-                               "aligned": figures.get("aligned"), "combined": figures.get("combined"),
-                               "detector": {"config": to_dict(detector.config), "best_epoch": detector.best_epoch},
-                               "assess_config": asdict(cfg)}
+    summary = AssessmentSummary(len(train), len(reference), len(synthetic), figures, detector.config,
+                                detector.best_epoch, cfg)
     return Assessment(summary, pd.DataFrame(tables["train"]), pd.DataFrame(tables["synthetic"]),
-                      pd.DataFrame(tables["reference"]), distributions, thresholds, cfg)
-
-
-def check_out_dir(out_dir: str | Path, force: bool = False) -> Path:
-    """Refuse to overwrite a folder holding audit results unless ``force`` (then the old result files
-    go; a ``detector.pt`` stays, so ``--detector OUT/detector.pt --force`` can reuse it).
-
-    Raises:
-        RunExistsError: ``out_dir`` holds any of :data:`AUDIT_FILES` and ``force`` is False.
-    """
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise DataError(f"{out}: exists and is not a folder; pass a folder path to --out")
-    found = [f for f in AUDIT_FILES if (out / f).exists()]
-    if found and not force:
-        raise RunExistsError(f"{out}: already holds audit results ({', '.join(found)}); "
-                             "pass --force to replace them or choose another --out")
-    if found:
-        for f in AUDIT_FILES:
-            (out / f).unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+                      pd.DataFrame(tables["reference"]), distributions)
 
 
 def scale_intensities(train: torch.Tensor, reference: torch.Tensor, synthetic: torch.Tensor,
@@ -255,69 +305,3 @@ def scale_intensities(train: torch.Tensor, reference: torch.Tensor, synthetic: t
         return ((v - lo) / (hi - lo) * 2 - 1).clamp(-1, 1)
 
     return (f(train), f(reference), f(synthetic)), {"rule": "joint", "lo": lo, "hi": hi}
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
-
-
-def write_audit(assessment: Assessment, out_dir: str | Path, extra: dict[str, Any] | None = None,
-                force: bool = False) -> dict[str, Path]:
-    """Write summary.json, synthetic.csv, train.csv, reference.csv and report.html into ``out_dir``.
-
-    Args:
-        assessment: the result of :func:`assess`.
-        out_dir: output folder (created).
-        extra: more entries for summary.json (inputs, intensity rule, timings, provenance ...).
-        force: replace earlier results (else :class:`RunExistsError` when any are there).
-
-    Returns:
-        file name -> path of every file written.
-    """
-    from memostudy.report.figures import assessment_figures, html_page
-
-    out = check_out_dir(out_dir, force)
-    summary = {**assessment.summary, **(extra or {})}
-    summary.setdefault("provenance", provenance())
-    paths = {name: out / name for name in AUDIT_FILES}
-    paths["summary.json"].write_text(json.dumps(summary, indent=2, default=_json_default))
-    assessment.synthetic_table.to_csv(paths["synthetic.csv"], index=False)
-    assessment.train_table.to_csv(paths["train.csv"], index=False)
-    assessment.reference_table.to_csv(paths["reference.csv"], index=False)
-    s, px = assessment.summary, assessment.summary.get("pixel_baseline")
-    ci = f"{assessment.config.confidence:.0%} CI"
-    headline = {
-        "training volumes": s["n_train"], "reference volumes": s["n_reference"], "synthetic volumes": s["n_synthetic"],
-        f"threshold ({s['metric']}, {s['percentile']:g}th percentile of reference)": f"{s['threshold']:.6g}",
-        f"memorized fraction of training volumes ({ci})":
-            f"{s['memorized_fraction']:.1%} [{s['memorized_fraction_ci'][0]:.1%}, {s['memorized_fraction_ci'][1]:.1%}]",
-        f"copy fraction of synthetic volumes ({ci})":
-            f"{s['copy_fraction']:.1%} [{s['copy_fraction_ci'][0]:.1%}, {s['copy_fraction_ci'][1]:.1%}]",
-    }
-    for name in ("combined", "aligned"):
-        if s.get(name):
-            f = s[name]
-            headline[f"{name}: copy fraction"] = f"{f['copy_fraction']:.1%} [{f['copy_fraction_ci'][0]:.1%}, {f['copy_fraction_ci'][1]:.1%}]"
-            headline[f"{name}: memorized fraction"] = (f"{f['memorized_fraction']:.1%} [{f['memorized_fraction_ci'][0]:.1%}, "
-                                                       f"{f['memorized_fraction_ci'][1]:.1%}]")
-    if px:
-        headline["pixel baseline: threshold (max voxel correlation)"] = f"{px['threshold']:.6g}"
-        headline["pixel baseline: copy fraction"] = f"{px['copy_fraction']:.1%} [{px['copy_fraction_ci'][0]:.1%}, {px['copy_fraction_ci'][1]:.1%}]"
-        headline["pixel baseline: memorized fraction"] = f"{px['memorized_fraction']:.1%}"
-    figs = assessment_figures(assessment)
-    top = assessment.synthetic_table.sort_values("similarity", ascending=False).head(20)
-    sections: list[tuple[str, Any]] = [
-        ("Summary", headline),
-        ("How to read this", "Similarities are 'higher = more similar'. The threshold is the given percentile of the "
-                             "similarities of real reference volumes (never trained on) to their nearest training "
-                             "volume; a synthetic volume above it is called a copy of its nearest training volume. "
-                             "The pixel baseline (Akbar et al.) cannot see flipped or rotated copies."),
-        *[(f"Similarity distributions: {name}", fig) for name, fig in figs.items()],
-        ("Most similar synthetic volumes (contrastive)", top),
-    ]
-    paths["report.html"].write_text(html_page("memostudy audit", sections))
-    return paths

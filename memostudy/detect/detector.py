@@ -17,6 +17,11 @@ Losses (string choice ``DetectorConfig.loss``):
 Self-supervised on the training volumes only; the validation volumes give a validation loss after
 every epoch and the epoch with the lowest one is kept (the papers tune epochs and learning rate on
 held-out data).
+
+:class:`DetectorConfig` holds what decides the trained weights (architecture and training); how a
+trained detector compares two volumes is :class:`memostudy.detect.matching.CompareConfig`, chosen by
+the assessment or validation, so changing it never retrains. A checkpoint (``detector.pt``) holds the
+architecture and the weights.
 """
 
 from __future__ import annotations
@@ -41,16 +46,14 @@ from memostudy.errors import ConfigError, DataError
 from memostudy.seeds import Stream, initial_weights
 
 LOSSES = ("ntxent", "triplet")
-#: what the detector compares: see ``DetectorConfig.representation``
-REPRESENTATIONS = ("latent", "embedding")
-#: settings that change only how a trained detector compares volumes, not its training; they are left
-#: out of the detector's cache key (:func:`training_key`) and can be changed on a loaded detector
-MATCHING_FIELDS = ("representation", "search_shift")
+#: comparison settings that checkpoints and training folders written before
+#: :class:`~memostudy.detect.matching.CompareConfig` existed carry in their detector config; dropped on load
+_FORMER_COMPARISON_FIELDS = ("representation", "search_shift", "orientation_pooling")
 
 
 @dataclass
 class DetectorConfig:
-    """Configuration of the contrastive detector. Defaults: about 2.3 min of training on 2 CPU cores
+    """Architecture and training of the contrastive detector: everything that decides its weights. Defaults: about 2.3 min of training on 2 CPU cores
     for the 494 training patches of demo-ct at 32^3 (30 epochs of ~4.5 s), and ~45 ms per volume
     to embed with orientation pooling.
 
@@ -71,21 +74,6 @@ class DetectorConfig:
             with the latent search it lifted intensity-changed copies on demo-ct's validation from 0.88
             to 1.00 (README, "Detector validation").
         hidden: width of the first dense layer.
-        orientation_pooling: for ``representation="embedding"`` and in :func:`embed`: average the
-            normalised embeddings over every orientation that keeps the volume shape (48 for a cube),
-            so the embedding is exactly invariant to flips and 90-degree rotations; costs 48 forward
-            passes per volume.
-        representation: what copy detection compares (:mod:`memostudy.detect.matching`). ``"latent"``
-            (default): the encoder's latent map (``latent_channels x latent_size^3`` = 8 x 4 x 4 x 4,
-            the papers' "4 x 4 x 4 x 8"), with each query volume searched over its orientations and
-            each training volume over shifts of ``search_shift`` voxels; ``"embedding"``: the 32-d output
-            of the dense head, one vector per volume, as in the papers. The contrastive head is trained to
-            ignore the differences between views, and loses detail that tells a novel volume from a
-            copy: on demo-ct's validation the latent search reaches a higher sensitivity at specificity
-            0.95 (README, "Detector validation").
-        search_shift: with ``"latent"``, training (base) volumes are also encoded shifted by every
-            combination of {-s, 0, +s} voxels per axis (27 shifts), and the best match counts; 0 = no
-            shift search.
         num_res_blocks: residual blocks per level.
         norm_num_groups: GroupNorm groups; must divide every entry of ``channels``.
         view_strength: strength of the generator-like changes in the training views (0 = random
@@ -107,9 +95,6 @@ class DetectorConfig:
     input_pool: int = 2
     standardise: bool = True
     hidden: int = 256
-    orientation_pooling: bool = True
-    representation: str = "latent"
-    search_shift: float = 2.0
     view_strength: float = 1.0
     num_res_blocks: int = 1
     norm_num_groups: int = 8
@@ -131,11 +116,6 @@ class DetectorConfig:
                      "norm_num_groups"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"detector.{name} must be > 0, got {getattr(self, name)}")
-        if self.representation not in REPRESENTATIONS:
-            raise ConfigError(f"detector.representation must be one of {', '.join(REPRESENTATIONS)}, "
-                              f"got {self.representation!r}")
-        if self.search_shift < 0:
-            raise ConfigError(f"detector.search_shift must be >= 0 voxels, got {self.search_shift}")
         if self.view_strength < 0:
             raise ConfigError(f"detector.view_strength must be >= 0, got {self.view_strength}")
         if self.batch_size < 2:
@@ -144,23 +124,6 @@ class DetectorConfig:
             raise ConfigError(f"detector.channels {tuple(self.channels)} must be non-empty and divisible by "
                               f"detector.norm_num_groups={self.norm_num_groups}")
         return self
-
-
-def training_key(cfg: DetectorConfig) -> dict[str, Any]:
-    """The config as a dict without :data:`MATCHING_FIELDS`: what decides the trained weights, so a
-    detector is reused (not retrained) when only the way of comparing changes."""
-    return {k: v for k, v in to_dict(cfg).items() if k not in MATCHING_FIELDS}
-
-
-def with_matching(detector: Detector, cfg: DetectorConfig | dict[str, Any]) -> Detector:
-    """``detector`` with the :data:`MATCHING_FIELDS` of ``cfg`` (a config, or a dict holding some of
-    them): a loaded detector compared in the way a command or study asks for. Same weights."""
-    import dataclasses
-
-    src = to_dict(cfg) if isinstance(cfg, DetectorConfig) else cfg
-    change = {k: src[k] for k in MATCHING_FIELDS if k in src}
-    merged = from_dict(DetectorConfig, {**to_dict(detector.config), **change}).validate()
-    return dataclasses.replace(detector, config=merged)
 
 
 def standardise(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -307,10 +270,10 @@ def train_detector(train: torch.Tensor, val: torch.Tensor | None, cfg: DetectorC
     with contextlib.ExitStack() as stack:
         work = (Path(out_dir) / "detector_training" if out_dir is not None
                 else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="memostudy-detector-"))))
-        meta = {"detector": training_key(cfg), "n_train": len(train)}
+        meta = {"detector": to_dict(cfg), "n_train": len(train)}
         folder = RunFolder(work)
         if folder.is_done() and not force:  # finished earlier (e.g. a resumed study): reuse it
-            if load_checkpoint(folder.final)["config"]["meta"] != json.loads(json.dumps(meta)):
+            if _without_comparison(load_checkpoint(folder.final)["config"]["meta"]) != json.loads(json.dumps(meta)):
                 raise ConfigError(f"{work} holds a detector trained with another config; use --force to retrain")
             losses = pd.read_csv(folder.losses)
         else:
@@ -328,26 +291,36 @@ def train_detector(train: torch.Tensor, val: torch.Tensor | None, cfg: DetectorC
     return det
 
 
-def embed(detector: Detector | nn.Module, volumes: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+def _without_comparison(meta: dict[str, Any]) -> dict[str, Any]:
+    """A training folder's ``meta`` without the comparison settings older folders recorded with it."""
+    det = {k: v for k, v in meta.get("detector", {}).items() if k not in _FORMER_COMPARISON_FIELDS}
+    return {**meta, "detector": det}
+
+
+def embed(detector: Detector | nn.Module, volumes: torch.Tensor, batch_size: int = 64,
+          orientation_pooling: bool = True) -> torch.Tensor:
     """Embed volumes with a trained detector.
 
     Args:
         detector: a :class:`Detector` (or its net).
         volumes: (N, 1, D, H, W) float32.
         batch_size: volumes per forward pass.
+        orientation_pooling: average the normalised embeddings over every orientation that keeps the
+            volume shape (48 for a cube), so the embedding is exactly invariant to flips and 90-degree
+            rotations (costs 48 forward passes per volume); see
+            :attr:`memostudy.detect.matching.CompareConfig.orientation_pooling`.
 
     Returns:
         (N, embedding_dim) float32, rows L2-normalised (compare with :mod:`memostudy.detect.similarity`;
         higher similarity = more alike).
     """
     net = detector.net if isinstance(detector, Detector) else detector
-    pool = isinstance(detector, Detector) and detector.config.orientation_pooling
     net.eval()
     out = []
     with torch.no_grad():
         for i in range(0, len(volumes), batch_size):
             x = volumes[i:i + batch_size].float()
-            if pool:
+            if orientation_pooling:
                 table = orientations()
                 out.append(torch.stack([normalise(net(orient(x, table[k]))) for k in shape_preserving(x.shape)]).mean(0))
             else:
@@ -356,7 +329,8 @@ def embed(detector: Detector | nn.Module, volumes: torch.Tensor, batch_size: int
 
 
 def save_detector(detector: Detector, path: str | Path) -> Path:
-    """Save weights, config, history and provenance to ``path`` (a ``.pt`` file)."""
+    """Save the architecture and training config, weights, history and provenance to ``path`` (a ``.pt``
+    file); how the detector compares volumes is not part of it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"kind": "memostudy-detector", "config": to_dict(detector.config),
@@ -383,9 +357,31 @@ def load_detector(path: str | Path) -> Detector:
                         "pass a detector.pt written by memostudy") from None
     if not isinstance(ckpt, dict) or ckpt.get("kind") != "memostudy-detector":
         raise DataError(f"{path}: not a memostudy detector checkpoint; pass a detector.pt written by memostudy")
-    # checkpoints written before ``standardise`` existed were trained without it
-    cfg = from_dict(DetectorConfig, {"standardise": False, **ckpt["config"]}).validate()
+    # checkpoints written before ``standardise`` existed were trained without it; older ones also carry
+    # the comparison settings, which are the assessment's choice now
+    saved = {k: v for k, v in ckpt["config"].items() if k not in _FORMER_COMPARISON_FIELDS}
+    cfg = from_dict(DetectorConfig, {"standardise": False, **saved}).validate()
     net = DetectorNet(cfg)
     net.load_state_dict(ckpt["state_dict"])
     net.eval()
     return Detector(net, cfg, list(ckpt.get("history", [])), int(ckpt.get("best_epoch", 0)))
+
+
+def load_or_train_detector(train: torch.Tensor, val: torch.Tensor | None, cfg: DetectorConfig | None = None,
+                           checkpoint: str | Path | None = None, out_dir: str | Path | None = None,
+                           progress: bool = False) -> Detector:
+    """The detector a command or study works with: the ``checkpoint`` when one is given, else one
+    trained on ``train`` (:func:`train_detector`, which resumes or reuses a finished training of the
+    same config in ``out_dir``).
+
+    Args:
+        train: (N, 1, D, H, W) training volumes in [-1, 1] (used only when training).
+        val: (M, 1, D, H, W) validation volumes for the per-epoch validation loss, or None.
+        cfg: the detector config to train with; a checkpoint brings its own (``cfg`` is then unused).
+        checkpoint: a ``detector.pt`` written by :func:`save_detector`, or None.
+        out_dir: where training keeps its files and ``detector.pt``; None = a temporary folder.
+        progress: show a progress bar while training.
+    """
+    if checkpoint is not None:
+        return load_detector(checkpoint)
+    return train_detector(train, val, cfg, out_dir=out_dir, progress=progress)

@@ -78,6 +78,10 @@ class Fraction:
     def as_dict(self) -> dict:
         return asdict(self)
 
+    def text(self, digits: int = 1) -> str:
+        """The fraction and its interval as percentages, e.g. ``"12.5% [4.2%, 25.0%]"``."""
+        return f"{self.value:.{digits}%} [{self.lo:.{digits}%}, {self.hi:.{digits}%}]"
+
 
 def bootstrap_fraction(similarities, reference_nearest, percentile: float = 95.0, n_boot: int = 2000,
                        confidence: float = 0.95, seed: int = 0) -> Fraction:

@@ -8,14 +8,10 @@ Ground truth:
 - **novel**: the other half of the held-out volumes — real volumes from subjects or regions never in
   train or reference, so they are known non-copies.
 
-Each detector (the contrastive one, compared as its config says (:mod:`memostudy.detect.matching`); with
-the latent representation also the papers' 32-d embedding, "contrastive-32d"; the pixel-correlation
-baseline, "pixel"; unless
-``pixel_orientations`` is off, the same correlation searched over every flip and 90-degree rotation of
-the query, "pixel-oriented"; unless ``aligned`` is off, the aligned pixel correlation of
-:mod:`memostudy.detect.alignment` on a shortlist from the embedding and the oriented pixel correlation,
-"aligned", and "combined", a copy for either the contrastive or the aligned detector, scored by
-:func:`memostudy.detect.metrics.combine_nearest`) scores every copy and novel
+Each detector of :mod:`memostudy.detect.registry` (the contrastive one, compared as
+``ValidationConfig.compare`` says; with the latent representation also the papers' 32-d embedding,
+"contrastive-32d"; the pixel-correlation baseline, "pixel"; unless ``pixel_orientations`` is off,
+"pixel-oriented"; unless ``aligned`` is off, "aligned" and "combined") scores every copy and novel
 volume by its nearest-training similarity; the threshold is the ``percentile`` of the reference
 volumes' nearest-training similarities. Reported per detector, overall ("all") and per family:
 sensitivity, specificity, ROC AUC, ``sensitivity_at_spec`` (sensitivity where the ROC curve reaches
@@ -32,12 +28,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from memostudy.detect.alignment import AlignConfig, aligned_nearest, candidates
-from memostudy.detect.baseline import pixel_nearest
-from memostudy.detect.detector import Detector, DetectorConfig, embed
-from memostudy.detect.matching import base_vectors, query_vectors
-from memostudy.detect.metrics import calibrate_threshold, combine_nearest, detection
-from memostudy.detect.similarity import METRICS, Nearest, nearest, set_nearest
+from memostudy.detect.alignment import AlignConfig
+from memostudy.detect.detector import Detector, DetectorConfig
+from memostudy.detect.matching import CompareConfig
+from memostudy.detect.metrics import calibrate_threshold, detection
+from memostudy.detect.registry import Searches
+from memostudy.detect.similarity import METRICS, Nearest
 from memostudy.detect.views import COPY_FAMILIES, apply_family
 from memostudy.errors import ConfigError, DataError
 
@@ -58,6 +54,7 @@ class ValidationConfig:
         aligned: also validate the aligned pixel correlation ("aligned") and its combination with the
             contrastive detector ("combined"); about 0.2 s per volume on 2 CPU cores for 32^3.
         align: settings of the aligned correlation.
+        compare: how the contrastive detector compares volumes (applies to any detector, loaded or trained).
     """
 
     families: tuple[str, ...] = COPY_FAMILIES
@@ -69,6 +66,7 @@ class ValidationConfig:
     pixel_orientations: bool = True
     aligned: bool = True
     align: AlignConfig = field(default_factory=AlignConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
 
     def validate(self) -> ValidationConfig:
         bad = [f for f in self.families if f not in COPY_FAMILIES]
@@ -81,6 +79,7 @@ class ValidationConfig:
         if self.metric not in METRICS:
             raise ConfigError(f"validation.metric must be one of {', '.join(METRICS)}, got {self.metric!r}")
         self.align.validate()
+        self.compare.validate()
         return self
 
 
@@ -156,7 +155,9 @@ class DetectorValidation:
     summary: dict = field(default_factory=dict)
 
 
-def _rows(name: str, gt: GroundTruth, ref, cop, nov, percentile: float) -> tuple[list[dict], list[dict], float]:
+def _rows(name: str, gt: GroundTruth, ref: Nearest, cop: Nearest, nov: Nearest,
+          percentile: float) -> tuple[list[dict], list[dict], float]:
+    """One detector's table rows (overall and per family), score rows, and threshold."""
     thr = calibrate_threshold(ref.values, percentile)
     fam = np.array(gt.copy_family)
     match = cop.indices.numpy() == gt.copy_source
@@ -192,26 +193,19 @@ def validate_detector(detector: Detector, train: torch.Tensor, held_out: torch.T
     """
     cfg = (cfg or ValidationConfig()).validate()
     gt = build_ground_truth(train, held_out, cfg)
-    sets = (gt.reference, gt.copies, gt.novel)
-    b_train = base_vectors(detector, train)
-    contrastive = [set_nearest(query_vectors(detector, x), b_train, cfg.metric)[0] for x in sets]
-    table, scores, thr = _rows("contrastive", gt, *contrastive, cfg.percentile)
-    thresholds = {"contrastive": thr}
-    results: list[tuple[str, list[Nearest]]] = []
-    e_train = embed(detector, train)
-    emb = [embed(detector, x) for x in sets]
-    if detector.config.representation != "embedding":  # the papers' 32-d embedding beside it
-        results.append(("contrastive-32d", [nearest(e, e_train, cfg.metric) for e in emb]))
-    if pixel:
-        variants = [("pixel", False)] + ([("pixel-oriented", True)] if cfg.pixel_orientations else [])
-        results += [(name, [pixel_nearest(x, train, orientations=oriented) for x in sets]) for name, oriented in variants]
-    if cfg.aligned:
-        aligned = [aligned_nearest(x, train, candidates(x, train, cfg.align, e, e_train), cfg.align)
-                   for x, e in zip(sets, emb)]
-        combined = [combine_nearest((contrastive[0], aligned[0]), pair) for pair in zip(contrastive, aligned)]
-        results += [("aligned", aligned), ("combined", combined)]
-    for name, (ref, cop, nov) in results:
-        rows, rows_scores, thresholds[name] = _rows(name, gt, ref, cop, nov, cfg.percentile)
+    names = ["contrastive",
+             *(["contrastive-32d"] if cfg.compare.representation != "embedding" else []),  # the papers' 32-d beside it
+             *(["pixel"] if pixel else []), *(["pixel-oriented"] if pixel and cfg.pixel_orientations else []),
+             *(["aligned", "combined"] if cfg.aligned else [])]
+    search = Searches(detector, train, {"reference": gt.reference, "copies": gt.copies, "novel": gt.novel},
+                      cfg.compare, cfg.metric, cfg.align)
+    table: list[dict] = []
+    scores: list[dict] = []
+    thresholds: dict[str, float] = {}
+    for name in names:
+        rows, rows_scores, thresholds[name] = _rows(name, gt, search.nearest(name, "reference"),
+                                                    search.nearest(name, "copies"), search.nearest(name, "novel"),
+                                                    cfg.percentile)
         table += rows
         scores += rows_scores
     tab = pd.DataFrame(table)
@@ -232,9 +226,9 @@ def run_validation(data: str, det_cfg: DetectorConfig | None = None, cfg: Valida
 
     Args:
         data: prepared data set name or folder.
-        det_cfg: a :class:`~memostudy.detect.detector.DetectorConfig` (default settings when None); with
-            ``detector_path``, its comparison settings (:data:`~memostudy.detect.detector.MATCHING_FIELDS`) apply.
-        cfg: validation settings.
+        det_cfg: the :class:`~memostudy.detect.detector.DetectorConfig` to train with (default settings
+            when None); unused with ``detector_path``.
+        cfg: validation settings (with how the detector compares volumes, ``cfg.compare``).
         detector_path: a trained detector to validate instead of training one.
         out_dir: where the trained detector (and its resumable training folder) go; None = not kept.
         cache: data cache root.
@@ -248,20 +242,15 @@ def run_validation(data: str, det_cfg: DetectorConfig | None = None, cfg: Valida
     import time
 
     from memostudy.data.patches import load_patches
-    from memostudy.detect.detector import load_detector, train_detector, with_matching
+    from memostudy.detect.detector import load_or_train_detector
 
     cfg = (cfg or ValidationConfig()).validate()
     train = load_patches(data, "train", cache=cache, limit=limit)
     held = load_patches(data, "validation", cache=cache, limit=limit)
     t0 = time.perf_counter()
-    if detector_path:
-        detector = load_detector(detector_path)
-        if det_cfg is not None:  # compared as asked, whatever the checkpoint says
-            detector = with_matching(detector, det_cfg)
-    else:
-        ref_idx, _ = split_held_out(len(held), cfg.reference_fraction, cfg.seed)
-        detector = train_detector(train.volumes, held.volumes[torch.from_numpy(ref_idx)], det_cfg, out_dir=out_dir,
-                                  progress=progress)
+    ref_idx, _ = split_held_out(len(held), cfg.reference_fraction, cfg.seed)
+    detector = load_or_train_detector(train.volumes, held.subset(ref_idx).volumes, det_cfg, checkpoint=detector_path or None,
+                                      out_dir=out_dir, progress=progress)
     t_train = time.perf_counter() - t0
     res = validate_detector(detector, train.volumes, held.volumes, cfg)
     record = {"data": str(data), "n_train_patches": len(train), "n_held_out_patches": len(held),

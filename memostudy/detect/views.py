@@ -13,6 +13,11 @@ Everything works on batches ``(N, 1, D, H, W)`` float32 in [-1, 1] with an expli
 Python loop over the batch and cost more than the detector's own step on 2 CPU cores; the batched
 ``affine_grid``/``grid_sample`` does one call for the whole batch. Blur uses MONAI's
 ``GaussianFilter`` (separable, one call per distinct sigma).
+
+Two orientation augmentations live here: :func:`random_orientation` (uniform over the orientations,
+drawn from an explicit generator: the detector's views) and :class:`FlipRotate` (MONAI's per-axis
+random flips and 90-degree rotations, drawn from torch's global RNG so the training loop can replay
+them on resume: the LDM's augmentation, kept as it is because cached LDM runs depend on its draws).
 """
 
 from __future__ import annotations

@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from monai.networks.nets import AutoencoderKL, DiffusionModelUNet
-from monai.transforms import Compose, RandFlip, RandRotate90
 
 from memostudy import distributed
 from memostudy.config import load_yaml, provenance, save_yaml, to_dict
+from memostudy.data.augment import FlipRotate
 from memostudy.data.patches import PatchSet, load_patches
 from memostudy.errors import ConfigError, DataError, RunExistsError
 from memostudy.ldm.autoencoder import (
@@ -44,26 +44,6 @@ from memostudy.seeds import Stream, initial_weights
 from memostudy.training import RunFolder, config_differences, fit, load_checkpoint, select_device
 
 
-class FlipRotate:
-    """Random flips along each axis and random 90-degree rotations (MONAI transforms), per patch.
-
-    Rotations are drawn in every plane whose two axes have the same size (all three planes of a cube).
-    Randomness comes from the generator :func:`memostudy.training.fit` hands over, so it replays on resume.
-    """
-
-    def __init__(self, spatial_shape: tuple[int, int, int], prob: float = 0.5) -> None:
-        planes = [(a, b) for a, b in ((0, 1), (0, 2), (1, 2)) if spatial_shape[a] == spatial_shape[b]]
-        self.transform = Compose(
-            [RandFlip(prob=prob, spatial_axis=a) for a in range(3)]
-            + [RandRotate90(prob=prob, max_k=3, spatial_axes=p) for p in planes]
-        )
-
-    def __call__(self, batch: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """(B, C, D, H, W) -> (B, C, D, H, W) with each patch independently flipped / rotated."""
-        self.transform.set_random_state(seed=int(torch.randint(0, 2**31 - 1, (), generator=generator)))
-        return torch.stack([torch.as_tensor(self.transform(v)).as_subclass(torch.Tensor) for v in batch])
-
-
 def evenly_spaced(n: int, k: int | None) -> np.ndarray:
     """Indices of ``k`` items spread evenly over ``range(n)`` (all of them when k is None or >= n)."""
     if k is None or k >= n:
@@ -71,10 +51,8 @@ def evenly_spaced(n: int, k: int | None) -> np.ndarray:
     return np.unique(np.linspace(0, n - 1, k).round().astype(int))
 
 
-def _subset(ps: PatchSet, k: int | None) -> PatchSet:
-    idx = evenly_spaced(len(ps), k)
-    return PatchSet(volumes=ps.volumes[torch.as_tensor(idx)], ids=[ps.ids[i] for i in idx],
-                    table=ps.table.iloc[idx].reset_index(drop=True), info=ps.info)
+def _evenly(ps: PatchSet, k: int | None) -> PatchSet:
+    return ps.subset(evenly_spaced(len(ps), k))
 
 
 def training_data(cfg: LDMConfig) -> tuple[PatchSet, PatchSet | None]:
@@ -87,7 +65,7 @@ def training_data(cfg: LDMConfig) -> tuple[PatchSet, PatchSet | None]:
     Raises:
         DataError: data set missing, or its patch shape differs from ``cfg.patch_size``.
     """
-    train = _subset(load_patches(cfg.data, "train", cfg.cache), cfg.max_train_patches)
+    train = _evenly(load_patches(cfg.data, "train", cfg.cache), cfg.max_train_patches)
     shape = tuple(train.volumes.shape[2:])
     if shape != tuple(cfg.patch_size):
         raise DataError(
@@ -95,7 +73,7 @@ def training_data(cfg: LDMConfig) -> tuple[PatchSet, PatchSet | None]:
             f"{tuple(cfg.patch_size)}; prepare the data with that patch size or set patch_size={list(shape)}"
         )
     try:
-        val: PatchSet | None = _subset(load_patches(cfg.data, "validation", cfg.cache), cfg.max_val_patches)
+        val: PatchSet | None = _evenly(load_patches(cfg.data, "validation", cfg.cache), cfg.max_val_patches)
     except DataError:
         val = None
     return train, val

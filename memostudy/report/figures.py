@@ -5,9 +5,8 @@ Every similarity axis reads "higher = more similar" (see :mod:`memostudy.detect.
 
 from __future__ import annotations
 
-import html
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -95,40 +94,3 @@ def roc_figure(scores: pd.DataFrame, family: str | None = None) -> go.Figure:
                       xaxis_title="false-positive rate (1 - specificity)", yaxis_title="sensitivity",
                       template="plotly_white", height=420, xaxis_range=[0, 1], yaxis_range=[0, 1.02])
     return fig
-
-
-def html_page(title: str, sections: Sequence[tuple[str, Any]]) -> str:
-    """A self-contained HTML page (plotly.js inlined once, opens offline).
-
-    Args:
-        title: page title.
-        sections: (heading, content) pairs; content is a plotly figure, a DataFrame, a dict
-            (rendered as a two-column table) or a string (escaped, as a paragraph).
-    """
-    parts, first_fig = [], True
-    for heading, content in sections:
-        parts.append(f"<h2>{html.escape(heading)}</h2>")
-        if isinstance(content, go.Figure):
-            parts.append(content.to_html(full_html=False, include_plotlyjs=first_fig))
-            first_fig = False
-        elif isinstance(content, pd.DataFrame):
-            parts.append(content.to_html(index=False, float_format=lambda x: f"{x:.4g}", border=0, classes="tbl"))
-        elif isinstance(content, Mapping):
-            rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(_fmt(v))}</td></tr>"
-                           for k, v in content.items())
-            parts.append(f"<table class='tbl'>{rows}</table>")
-        else:
-            parts.append(f"<p>{html.escape(str(content))}</p>")
-    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
-             ".tbl{border-collapse:collapse;font-size:13px}.tbl td,.tbl th{padding:3px 10px;"
-             "border-bottom:1px solid #ddd;text-align:left}")
-    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1>{''.join(parts)}</body></html>")
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_fmt(x) for x in v) + "]"
-    return str(v)

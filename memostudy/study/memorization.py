@@ -34,8 +34,6 @@ from memostudy.detect.detector import (
     embed,
     load_detector,
     train_detector,
-    training_key,
-    with_matching,
 )
 from memostudy.errors import ConfigError, DataError
 from memostudy.ldm.config import LDMConfig, default_num_samples, preset
@@ -184,7 +182,8 @@ class MemorizationResult:
         the rows notebooks put in ``summary.json`` and sweeps aggregate."""
         out = []
         for ck, a in self.assessments.items():
-            s, px = a.summary, a.summary.get("pixel_baseline") or {}
+            s = a.summary.as_dict()
+            px = s["pixel_baseline"] or {}
             row = dict(labels) | {
                 "seed": self.config.seed, "checkpoint": str(ck), "epoch": self.samples[ck].epoch,
                 "n_train": s["n_train"], "n_reference": s["n_reference"], "n_synthetic": s["n_synthetic"],
@@ -231,16 +230,16 @@ def get_detector(cfg: MemorizationConfig, ldm_cfg: LDMConfig, ldm_train: PatchSe
     never sees synthetic volumes.
     """
     if cfg.detector_path:
-        return with_matching(load_detector(cfg.detector_path), cfg.detector), Path(cfg.detector_path)
+        return load_detector(cfg.detector_path), Path(cfg.detector_path)
     train = ldm_train if cfg.detector_train == "ldm" else load_patches(ldm_cfg.data, "train", ldm_cfg.cache)
     # the comparison settings are not part of the key: changing them reuses the trained weights
-    key = {"data": str(ldm_cfg.data), "train": cfg.detector_train, "detector": training_key(cfg.detector),
+    key = {"data": str(ldm_cfg.data), "train": cfg.detector_train, "detector": to_dict(cfg.detector),
            "train_ids": hashlib.sha256("\n".join(train.ids).encode()).hexdigest()}
     folder = cfg.work_root() / "detectors" / config_hash(key)
     path = folder / "detector.pt"
     if path.exists():
         _say(f"detector: reusing {path}")
-        return with_matching(load_detector(path), cfg.detector), path
+        return load_detector(path), path
     _say(f"detector: training on {len(train)} patches ({cfg.detector.epochs} epochs) into {folder}")
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "key.json").write_text(json.dumps(key, indent=1, default=str))

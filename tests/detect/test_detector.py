@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -14,6 +16,7 @@ from memostudy.detect.detector import (
     DetectorNet,
     embed,
     load_detector,
+    load_or_train_detector,
     save_detector,
     train_detector,
 )
@@ -69,31 +72,79 @@ def test_each_loss_decreases(loss):
 def trained():
     train = phantom_volumes(8, 16, seed=0)
     # orientations only: the tiny phantoms lose their identity under full-strength blur/shift/noise
-    cfg = DetectorConfig(epochs=150, orientation_pooling=False, view_strength=0.0, select_best=False, standardise=False, **TINY)
+    cfg = DetectorConfig(epochs=150, view_strength=0.0, select_best=False, standardise=False, **TINY)
     return train, train_detector(train, phantom_volumes(4, 16, seed=5), cfg)
 
 
 def test_flipped_and_rotated_copies_are_nearest(trained):
     # learned invariance only (no orientation pooling): the copies' nearest training volume is their source
     train, det = trained
-    e_train = embed(det, train)
+    e_train = embed(det, train, orientation_pooling=False)
     for fam in ("flip", "rot90"):
         copies = apply_family(train, fam, torch.Generator().manual_seed(1))
-        res = nearest(embed(det, copies), e_train)
+        res = nearest(embed(det, copies, orientation_pooling=False), e_train)
         assert (res.indices == torch.arange(len(train))).float().mean() >= 0.75, fam
     assert det.best_epoch == 150 and len(det.history) == 150 and "val_loss" in det.history[0]
 
 
 def test_orientation_pooling_is_exactly_invariant(trained):
     train, det = trained
-    det.config.orientation_pooling = True
-    try:
-        a = embed(det, train[:3])
-        b = embed(det, apply_family(train[:3], "rot90", torch.Generator().manual_seed(0)))
-    finally:
-        det.config.orientation_pooling = False
+    rotated = apply_family(train[:3], "rot90", torch.Generator().manual_seed(0))
+    a, b = embed(det, train[:3]), embed(det, rotated)
     assert torch.allclose(a, b, atol=1e-5)
+    # without pooling the same detector's embedding does move under rotation
+    assert not torch.allclose(embed(det, train[:3], orientation_pooling=False),
+                              embed(det, rotated, orientation_pooling=False), atol=1e-3)
     assert torch.allclose(a.norm(dim=1), torch.ones(3), atol=1e-5)
+
+
+def test_checkpoint_holds_architecture_and_weights_only(trained, tmp_path):
+    _, det = trained
+    ckpt = torch.load(save_detector(det, tmp_path / "detector.pt"), weights_only=True)
+    assert set(ckpt["config"]) == {f.name for f in dataclasses.fields(DetectorConfig)}
+    assert not set(ckpt["config"]) & {"representation", "search_shift", "orientation_pooling"}
+
+
+def test_checkpoint_with_comparison_fields_still_loads(trained, tmp_path):
+    # detector.pt files written before CompareConfig carried the comparison settings in their config
+    train, det = trained
+    path = save_detector(det, tmp_path / "old.pt")
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["config"].update(representation="embedding", search_shift=1.0, orientation_pooling=False)
+    torch.save(ckpt, path)
+    again = load_detector(path)
+    assert again.config == det.config
+    assert torch.equal(embed(again, train), embed(det, train))
+
+
+def test_load_or_train_loads_a_checkpoint_and_trains_otherwise(tmp_path):
+    train = phantom_volumes(4, 16, seed=0)
+    cfg = DetectorConfig(epochs=1, **TINY)
+    trained = load_or_train_detector(train, None, cfg, out_dir=tmp_path / "run")
+    assert (tmp_path / "run" / "detector.pt").exists() and trained.best_epoch == 1
+    # a checkpoint brings its own architecture: the (different) config passed is not used
+    loaded = load_or_train_detector(train, None, DetectorConfig(epochs=7), checkpoint=tmp_path / "run" / "detector.pt")
+    assert loaded.config == cfg
+    assert all(torch.equal(a, b) for a, b in zip(loaded.net.state_dict().values(), trained.net.state_dict().values()))
+
+
+def test_finished_training_is_reused_also_when_recorded_with_comparison_fields(tmp_path):
+    from memostudy.training import load_checkpoint
+
+    train = phantom_volumes(4, 16, seed=0)
+    cfg = DetectorConfig(epochs=1, **TINY)
+    first = train_detector(train, None, cfg, out_dir=tmp_path)
+    final = tmp_path / "detector_training" / "final.pt"
+    ckpt = load_checkpoint(final)
+    # a training folder written before CompareConfig recorded orientation_pooling in its meta
+    ckpt["config"]["meta"]["detector"]["orientation_pooling"] = True
+    torch.save(ckpt, final)
+    stamp = (tmp_path / "detector_training" / "losses.csv").stat().st_mtime_ns
+    again = train_detector(train, None, cfg, out_dir=tmp_path)
+    assert (tmp_path / "detector_training" / "losses.csv").stat().st_mtime_ns == stamp  # not retrained
+    assert all(torch.equal(a, b) for a, b in zip(again.net.state_dict().values(), first.net.state_dict().values()))
+    with pytest.raises(ConfigError, match="another config"):
+        train_detector(train, None, DetectorConfig(epochs=1, **{**TINY, "hidden": 16}), out_dir=tmp_path)
 
 
 def test_save_load_roundtrip(trained, tmp_path):

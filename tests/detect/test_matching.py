@@ -6,8 +6,15 @@ import pytest
 import torch
 
 from memostudy.data.phantom import phantom_volumes
-from memostudy.detect.detector import Detector, DetectorConfig, DetectorNet, embed, training_key, with_matching
-from memostudy.detect.matching import base_vectors, latent_vectors, query_vectors, shift_grid
+from memostudy.detect.detector import Detector, DetectorConfig, DetectorNet, embed
+from memostudy.detect.matching import (
+    CompareConfig,
+    base_vectors,
+    configs_from_overrides,
+    latent_vectors,
+    query_vectors,
+    shift_grid,
+)
 from memostudy.detect.similarity import set_nearest
 from memostudy.detect.views import apply_family, translate
 from memostudy.errors import ConfigError
@@ -15,9 +22,9 @@ from memostudy.errors import ConfigError
 TINY = dict(channels=(8, 16), input_pool=2, latent_size=4, hidden=32, batch_size=8)
 
 
-def _detector(**kw) -> Detector:
+def _detector() -> Detector:
     torch.manual_seed(0)
-    cfg = DetectorConfig(**{**TINY, **kw}).validate()
+    cfg = DetectorConfig(**TINY).validate()
     return Detector(DetectorNet(cfg).eval(), cfg)
 
 
@@ -29,7 +36,7 @@ def test_shift_grid():
 
 
 def test_vector_shapes_and_identity_slices():
-    det = _detector(search_shift=2.0)
+    det = _detector()
     x = phantom_volumes(3, 16, seed=0)
     lat = latent_vectors(det, x)
     assert lat.shape == (3, 8 * 4**3)
@@ -38,17 +45,19 @@ def test_vector_shapes_and_identity_slices():
     assert torch.allclose(q[0], lat) and torch.allclose(b[0], lat)  # identity orientation / no shift first
     flat = torch.zeros(2, 1, 16, 16, 4)  # non-cubic: only the 16 orientations that keep the shape
     assert query_vectors(det, flat).shape[0] == 16
-    paper = with_matching(det, {"representation": "embedding"})
-    assert paper.net is det.net
-    e = query_vectors(paper, x)
-    assert e.shape == (1, 3, 32) and torch.allclose(e[0], embed(paper, x))
-    assert base_vectors(paper, x).shape == (1, 3, 32)
+    paper = CompareConfig(representation="embedding")
+    e = query_vectors(det, x, paper)
+    assert e.shape == (1, 3, 32) and torch.equal(e[0], embed(det, x))
+    assert torch.equal(base_vectors(det, x, paper)[0], embed(det, x))
+    unpooled = CompareConfig(representation="embedding", orientation_pooling=False)
+    assert torch.equal(query_vectors(det, x, unpooled)[0], embed(det, x, orientation_pooling=False))
+    assert not torch.allclose(query_vectors(det, x, unpooled), e, atol=1e-4)
 
 
 def test_rotated_and_shifted_copies_meet_their_source_exactly():
     # the search itself, with random weights: the orientation that undoes a rotation and the shift that a
     # copy was moved by give the very vectors of the source, so the copy scores 1 against it
-    det = _detector(search_shift=2.0)
+    det = _detector()
     train = phantom_volumes(6, 16, seed=1)
     base = base_vectors(det, train)
     rotated = apply_family(train, "rot90", torch.Generator().manual_seed(0))
@@ -57,22 +66,33 @@ def test_rotated_and_shifted_copies_meet_their_source_exactly():
     assert torch.equal(back.indices, torch.arange(6))
     moved = translate(train, torch.tensor([[2.0, -2.0, 0.0]] * 6))
     assert (set_nearest(query_vectors(det, moved), base)[0].values > 0.9999).all()
-    no_shift = set_nearest(query_vectors(det, moved), base_vectors(with_matching(det, {"search_shift": 0}), train))[0]
+    no_shift = set_nearest(query_vectors(det, moved), base_vectors(det, train, CompareConfig(search_shift=0)))[0]
     assert (no_shift.values < 0.9999).all()
 
 
 def test_bad_settings():
     with pytest.raises(ConfigError, match="representation"):
-        DetectorConfig(representation="pixels").validate()
+        CompareConfig(representation="pixels").validate()
     with pytest.raises(ConfigError, match="search_shift"):
-        DetectorConfig(search_shift=-1).validate()
+        CompareConfig(search_shift=-1).validate()
     with pytest.raises(ConfigError, match="too large"):
-        base_vectors(_detector(search_shift=8.0), phantom_volumes(2, 16, seed=0))
+        base_vectors(_detector(), phantom_volumes(2, 16, seed=0), CompareConfig(search_shift=8.0))
+
+
+def test_overrides_go_to_the_config_they_belong_to():
+    det, cmp = configs_from_overrides({"epochs": "3", "representation": "embedding", "orientation_pooling": "false",
+                                       "search_shift": "1"})
+    assert det == DetectorConfig(epochs=3)
+    assert cmp == CompareConfig(representation="embedding", search_shift=1.0, orientation_pooling=False)
+    assert configs_from_overrides({}) == (DetectorConfig(), CompareConfig())
+    with pytest.raises(ConfigError, match="unknown config key 'bogus'"):
+        configs_from_overrides({"bogus": "1"})
     with pytest.raises(ConfigError, match="representation"):
-        with_matching(_detector(), {"representation": "pixels"})
+        configs_from_overrides({"representation": "pixels"})
 
 
-def test_comparison_settings_are_not_part_of_the_training_key():
-    a, b = DetectorConfig(), DetectorConfig(representation="embedding", search_shift=1.0)
-    assert training_key(a) == training_key(b) and "representation" not in training_key(a)
-    assert training_key(a) != training_key(DetectorConfig(epochs=3))
+def test_no_field_is_both_a_detector_and_a_comparison_setting():
+    import dataclasses
+
+    names = [{f.name for f in dataclasses.fields(c)} for c in (DetectorConfig, CompareConfig)]
+    assert not names[0] & names[1]

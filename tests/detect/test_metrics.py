@@ -80,3 +80,11 @@ def test_reference_rank_and_combined_score_by_hand():
     assert out.tolist() == [0.75, 1.0]
     with pytest.raises(ValueError):
         combined_score([ref], [[0.1], [0.2]])
+
+
+def test_fraction_text_is_the_percentages_with_their_interval():
+    from memostudy.detect.metrics import Fraction
+
+    f = Fraction(0.125, 0.04166, 0.25, 24, 0.95)
+    assert f.text() == "12.5% [4.2%, 25.0%]"
+    assert f.text(digits=0) == "12% [4%, 25%]"

@@ -9,7 +9,9 @@ import torch
 
 from memostudy.cli import main
 from memostudy.data.phantom import phantom_volumes, write_phantom_dataset
-from memostudy.detect.detector import DetectorConfig, train_detector, with_matching
+from memostudy.detect.detector import DetectorConfig, train_detector
+from memostudy.detect.matching import CompareConfig
+from memostudy.detect.registry import DETECTORS
 from memostudy.detect.validation import ValidationConfig, build_ground_truth, split_held_out, validate_detector
 from memostudy.detect.views import COPY_FAMILIES
 
@@ -36,10 +38,15 @@ def test_table_per_detector_and_family():
     train, held = phantom_volumes(8, 16, seed=0), phantom_volumes(8, 16, seed=1)
     det = train_detector(train, None, TINY)
     res = validate_detector(det, train, held, ValidationConfig(copies_per_family=4))
-    assert set(res.table["detector"]) == {"contrastive", "contrastive-32d", "pixel", "pixel-oriented", "aligned", "combined"}
+    assert tuple(res.table["detector"].unique()) == DETECTORS  # the registry's line-up, in its order
     assert len(res.table) == 6 * (1 + len(COPY_FAMILIES))
-    for col in ("sensitivity", "specificity", "auc", "sensitivity_at_spec", "source_match"):
-        assert res.table[col].between(0, 1).all()
+    # each "all" row is the decision "similarity > threshold" counted over that detector's scores
+    for name, row in res.table[res.table["family"] == "all"].set_index("detector").iterrows():
+        sc = res.scores[res.scores["detector"] == name]
+        thr = res.summary["thresholds"][name]
+        assert row["sensitivity"] == (sc[sc["kind"] == "copy"]["similarity"] > thr).mean(), name
+        assert row["specificity"] == (sc[sc["kind"] == "novel"]["similarity"] <= thr).mean(), name
+        assert row["threshold"] == thr
     px = res.table.set_index(["detector", "family"])
     # an intensity-scaled copy correlates ~1 with its source voxel by voxel: the pixel baseline finds its source
     assert px.loc[("pixel", "intensity"), "source_match"] == 1.0
@@ -59,9 +66,16 @@ def test_table_per_detector_and_family():
     without = validate_detector(det, train, held, ValidationConfig(copies_per_family=4, pixel_orientations=False,
                                                                    aligned=False))
     assert set(without.table["detector"]) == {"contrastive", "contrastive-32d", "pixel"}
-    paper = validate_detector(with_matching(det, {"representation": "embedding"}), train, held,
-                              ValidationConfig(copies_per_family=4), pixel=False)
+    paper = validate_detector(det, train, held, ValidationConfig(copies_per_family=4,
+                                                                 compare=CompareConfig(representation="embedding")),
+                              pixel=False)
     assert set(paper.table["detector"]) == {"contrastive", "aligned", "combined"}  # the 32-d embedding is the detector
+    # ... and it scores as the 32-d embedding did beside the latent search
+    as_32d = res.scores[res.scores["detector"] == "contrastive-32d"].drop(columns="detector").reset_index(drop=True)
+    as_main = paper.scores[paper.scores["detector"] == "contrastive"].drop(columns="detector").reset_index(drop=True)
+    assert (as_32d["nearest_train"] == as_main["nearest_train"]).mean() > 0.95
+    assert np.allclose(as_32d["similarity"], as_main["similarity"], atol=1e-5)
+    assert paper.summary["config"]["compare"]["representation"] == "embedding"
 
 
 def test_cli_writes_table_and_json(tmp_path, capsys):
@@ -76,6 +90,20 @@ def test_cli_writes_table_and_json(tmp_path, capsys):
     assert main(["validate-detector", str(data), "--out", str(out)]) == 2
     assert "--force" in capsys.readouterr().err
     assert torch.load(out / "detector.pt", weights_only=True)["kind"] == "memostudy-detector"
+    assert summary["config"]["compare"] == {"representation": "latent", "search_shift": 2.0, "orientation_pooling": True}
+
+
+def test_cli_comparison_settings_apply_to_a_loaded_detector(tmp_path):
+    data = write_phantom_dataset(tmp_path / "ph", n_train=8, n_validation=6, size=16)
+    fast = ["--copies-per-family", "2", "--set", "channels=8,16", "--set", "epochs=1", "--set", "batch_size=4"]
+    assert main(["validate-detector", str(data), "--out", str(tmp_path / "a"), *fast]) == 0
+    det = str(tmp_path / "a" / "detector.pt")
+    assert main(["validate-detector", str(data), "--out", str(tmp_path / "b"), "--detector", det, *fast,
+                 "--set", "representation=embedding", "--set", "orientation_pooling=false"]) == 0
+    a, b = (json.loads((tmp_path / d / "validation.json").read_text()) for d in "ab")
+    assert b["config"]["compare"] == {"representation": "embedding", "search_shift": 2.0, "orientation_pooling": False}
+    assert b["detector"]["checkpoint"] == det and "contrastive-32d" not in {r["detector"] for r in b["results"]}
+    assert a["thresholds"]["contrastive"] != b["thresholds"]["contrastive"]
 
 
 def test_roc_figure_one_curve_per_detector():

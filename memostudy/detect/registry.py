@@ -1,0 +1,142 @@
+"""The copy detectors by name: one line-up for the assessment and the validation alike.
+
+Every detector answers one question for a set of query volumes: which training volume is each one's
+nearest, and how similar is it (higher = more similar; each detector has its own scale, so each gets
+its own threshold, calibrated on real reference volumes scored the same way):
+
+- ``"contrastive"``: the trained detector, compared as a :class:`~memostudy.detect.matching.CompareConfig`
+  says (latent map searched over orientations and shifts, or the 32-d embedding);
+- ``"contrastive-32d"``: the papers' 32-d embedding of the same detector, one vector per volume;
+- ``"pixel"``: the maximum voxel Pearson correlation (Akbar et al., :mod:`memostudy.detect.baseline`);
+- ``"pixel-oriented"``: the same, searched over every flip and 90-degree rotation of the query;
+- ``"aligned"``: the aligned pixel correlation (:mod:`memostudy.detect.alignment`) on a shortlist from the
+  32-d embedding and the oriented pixel correlation;
+- ``"combined"``: a copy for either "contrastive" or "aligned": the higher of the two reference
+  percentile ranks (:func:`memostudy.detect.metrics.combine_nearest`), so it needs the reference set.
+
+:class:`Searches` runs them for named query sets against one training set, each search once, sharing
+the vectors and embeddings the detectors have in common.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from memostudy.detect.alignment import AlignConfig, aligned_nearest, candidates
+from memostudy.detect.baseline import pixel_nearest
+from memostudy.detect.detector import Detector, embed
+from memostudy.detect.matching import CompareConfig, base_vectors, query_vectors
+from memostudy.detect.metrics import combine_nearest
+from memostudy.detect.similarity import Nearest, nearest, set_nearest
+
+#: every detector, in the order results are reported
+DETECTORS = ("contrastive", "contrastive-32d", "pixel", "pixel-oriented", "aligned", "combined")
+#: the name of the training set among :class:`Searches`' volume sets
+TRAIN = "train"
+
+
+@dataclass
+class Searches:
+    """Nearest-neighbour searches of the :data:`DETECTORS` between named query sets and one training
+    set, computed on first use and kept.
+
+    Attributes:
+        detector: the trained contrastive detector.
+        train: (Nt, 1, D, H, W) training volumes (the searched set).
+        queries: name -> (N, 1, D, H, W) query volumes of the same shape (e.g. "synthetic", "reference").
+        compare: how the contrastive detector compares volumes.
+        metric: similarity of vectors, "pearson" or "msd" (the pixel detectors are always Pearson).
+        align: settings of the aligned correlation.
+        reference: the name of the query set of real reference volumes ("combined" ranks against it).
+        batch_size: volumes per detector forward pass.
+        progress: progress bars for the aligned correlation.
+    """
+
+    detector: Detector
+    train: torch.Tensor
+    queries: dict[str, torch.Tensor]
+    compare: CompareConfig = field(default_factory=CompareConfig)
+    metric: str = "pearson"
+    align: AlignConfig = field(default_factory=AlignConfig)
+    reference: str = "reference"
+    batch_size: int = 64
+    progress: bool = False
+    _cache: dict[Any, Any] = field(default_factory=dict, init=False, repr=False)
+
+    def nearest(self, name: str, query: str) -> Nearest:
+        """Detector ``name``: each volume of query set ``query`` -> its nearest training volume."""
+        return self._search(name, query, False)
+
+    def reverse(self, name: str, query: str) -> Nearest:
+        """Detector ``name``: each training volume -> its nearest volume of query set ``query`` (the
+        assessment's copy candidates); values and indices index the query set."""
+        return self._search(name, query, True)
+
+    def _search(self, name: str, query: str, reverse: bool) -> Nearest:
+        if name not in _SEARCH:
+            raise ValueError(f"unknown detector {name!r}; choose from {', '.join(DETECTORS)}")
+        if query not in self.queries:
+            raise ValueError(f"unknown query set {query!r}; have {', '.join(self.queries)}")
+        return self._once((name, query, reverse), lambda: _SEARCH[name](self, query, reverse))
+
+    def _once(self, key: Any, compute: Callable[[], Any]) -> Any:
+        if key not in self._cache:
+            self._cache[key] = compute()
+        return self._cache[key]
+
+    def volumes(self, name: str) -> torch.Tensor:
+        """The training set (:data:`TRAIN`) or a query set by name."""
+        return self.train if name == TRAIN else self.queries[name]
+
+    def embedding(self, name: str) -> torch.Tensor:
+        """(N, 32) normalised embeddings of the training set (:data:`TRAIN`) or a query set."""
+        return self._once(("embedding", name), lambda: embed(self.detector, self.volumes(name), self.batch_size,
+                                                             self.compare.orientation_pooling))
+
+
+def _pair(query: str, reverse: bool) -> tuple[str, str]:
+    """(searched from, searched in): query -> train, or train -> query."""
+    return (TRAIN, query) if reverse else (query, TRAIN)
+
+
+def _contrastive(s: Searches, query: str, reverse: bool) -> Nearest:
+    # one search gives both directions: the query's orientations against the training volumes' shifts
+    base = s._once("base_vectors", lambda: base_vectors(s.detector, s.train, s.compare, s.batch_size))
+    both = s._once(("contrastive", query), lambda: set_nearest(
+        query_vectors(s.detector, s.queries[query], s.compare, s.batch_size), base, s.metric))
+    return both[1] if reverse else both[0]
+
+
+def _embedding_32d(s: Searches, query: str, reverse: bool) -> Nearest:
+    a, b = _pair(query, reverse)
+    return nearest(s.embedding(a), s.embedding(b), s.metric)
+
+
+def _pixel(oriented: bool) -> Callable[[Searches, str, bool], Nearest]:
+    def search(s: Searches, query: str, reverse: bool) -> Nearest:
+        a, b = _pair(query, reverse)
+        return pixel_nearest(s.volumes(a), s.volumes(b), orientations=oriented)
+
+    return search
+
+
+def _aligned(s: Searches, query: str, reverse: bool) -> Nearest:
+    a, b = _pair(query, reverse)
+    q, base = s.volumes(a), s.volumes(b)
+    shortlist = candidates(q, base, s.align, s.embedding(a), s.embedding(b))
+    return aligned_nearest(q, base, shortlist, s.align, progress=s.progress)
+
+
+def _combined(s: Searches, query: str, reverse: bool) -> Nearest:
+    refs = (s.nearest("contrastive", s.reference), s.nearest("aligned", s.reference))
+    return combine_nearest(refs, (s._search("contrastive", query, reverse), s._search("aligned", query, reverse)))
+
+
+_SEARCH: dict[str, Callable[[Searches, str, bool], Nearest]] = {
+    "contrastive": _contrastive, "contrastive-32d": _embedding_32d, "pixel": _pixel(False),
+    "pixel-oriented": _pixel(True), "aligned": _aligned, "combined": _combined,
+}

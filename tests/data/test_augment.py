@@ -1,0 +1,20 @@
+"""The LDM's flip/rotate augmentation: each patch becomes one of its orientations, replayably."""
+
+from __future__ import annotations
+
+import torch
+
+from memostudy.data.augment import FlipRotate
+from memostudy.detect.views import orient, orientations
+
+
+def test_flip_rotate_turns_each_patch_to_one_orientation_replayably():
+    x = torch.randn(6, 1, 8, 8, 8)
+    out = FlipRotate((8, 8, 8))(x, torch.Generator().manual_seed(3))
+    assert torch.equal(FlipRotate((8, 8, 8))(x, torch.Generator().manual_seed(3)), out)  # replayable
+    table = orientations()
+    for a, b in zip(x, out):
+        assert any(torch.equal(orient(a, o), b) for o in table)
+    assert sum(not torch.equal(a, b) for a, b in zip(x, out)) >= 3
+    flat = torch.randn(4, 1, 8, 8, 4)  # rotations only in the one square plane: the shape stays
+    assert FlipRotate((8, 8, 4), prob=1.0)(flat).shape == flat.shape

@@ -1,0 +1,85 @@
+"""The detector registry: every detector by name, each search the same as calling its pieces directly."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from memostudy.data.phantom import phantom_volumes
+from memostudy.detect.alignment import AlignConfig, aligned_nearest, candidates
+from memostudy.detect.baseline import pixel_nearest
+from memostudy.detect.detector import Detector, DetectorConfig, DetectorNet, embed
+from memostudy.detect.matching import CompareConfig, base_vectors, query_vectors
+from memostudy.detect.metrics import combine_nearest
+from memostudy.detect.registry import DETECTORS, Searches
+from memostudy.detect.similarity import nearest, set_nearest
+
+ALIGN = AlignConfig(max_shift=2, shortlist=2, subvoxel=(0.0,), blurs=(0.0,))
+
+
+@pytest.fixture(scope="module")
+def setup():
+    torch.manual_seed(0)
+    cfg = DetectorConfig(channels=(8, 16), hidden=32).validate()
+    det = Detector(DetectorNet(cfg).eval(), cfg)
+    train = phantom_volumes(5, 16, seed=0)
+    query = torch.cat([train[:2].flip(3), phantom_volumes(2, 16, seed=4)])
+    reference = phantom_volumes(3, 16, seed=9)
+    return det, train, query, reference
+
+
+def _searches(setup, compare: CompareConfig | None = None) -> Searches:
+    det, train, query, reference = setup
+    return Searches(det, train, {"query": query, "reference": reference}, compare or CompareConfig(), "pearson", ALIGN)
+
+
+def _same(a, b) -> None:
+    assert torch.equal(a.values, b.values) and torch.equal(a.indices, b.indices)
+
+
+def test_each_detector_is_its_pieces(setup):
+    det, train, query, reference = setup
+    s = _searches(setup)
+    q2b, b2q = set_nearest(query_vectors(det, query), base_vectors(det, train))
+    _same(s.nearest("contrastive", "query"), q2b)
+    _same(s.reverse("contrastive", "query"), b2q)  # each training volume's nearest query volume
+    _same(s.nearest("contrastive-32d", "query"), nearest(embed(det, query), embed(det, train)))
+    _same(s.nearest("pixel", "query"), pixel_nearest(query, train))
+    _same(s.reverse("pixel", "query"), pixel_nearest(train, query))
+    _same(s.nearest("pixel-oriented", "query"), pixel_nearest(query, train, orientations=True))
+    shortlist = candidates(query, train, ALIGN, embed(det, query), embed(det, train))
+    aligned = aligned_nearest(query, train, shortlist, ALIGN)
+    _same(s.nearest("aligned", "query"), aligned)
+    refs = (s.nearest("contrastive", "reference"), s.nearest("aligned", "reference"))
+    _same(s.nearest("combined", "query"), combine_nearest(refs, (q2b, aligned)))
+    assert len(s.reverse("combined", "query").values) == len(train)
+
+
+def test_flipped_copies_meet_their_source_under_the_orientation_searches(setup):
+    s = _searches(setup)
+    for name in ("contrastive", "pixel-oriented", "aligned"):
+        res = s.nearest(name, "query")
+        assert res.indices[:2].tolist() == [0, 1], name
+    # the plain pixel correlation is blind to the flip: a flipped copy scores below its own source
+    assert (s.nearest("pixel", "query").values[:2] < s.nearest("pixel-oriented", "query").values[:2]).all()
+
+
+def test_comparison_settings_change_the_contrastive_search(setup):
+    det, train, query, _ = setup
+    s = _searches(setup, CompareConfig(representation="embedding"))
+    res = s.nearest("contrastive", "query")
+    assert torch.allclose(res.values, nearest(embed(det, query), embed(det, train)).values, atol=1e-6)
+    unpooled = _searches(setup, CompareConfig(orientation_pooling=False))
+    assert not torch.equal(unpooled.embedding("query"), s.embedding("query"))
+    _same(unpooled.nearest("contrastive", "query"), _searches(setup).nearest("contrastive", "query"))  # latent: no pooling
+
+
+def test_each_search_runs_once_and_names_are_checked(setup):
+    s = _searches(setup)
+    assert s.nearest("pixel", "query") is s.nearest("pixel", "query")
+    assert s.embedding("train") is s.embedding("train")
+    with pytest.raises(ValueError, match="unknown detector"):
+        s.nearest("ssim", "query")
+    with pytest.raises(ValueError, match="unknown query set"):
+        s.nearest("pixel", "synthetic")
+    assert DETECTORS == ("contrastive", "contrastive-32d", "pixel", "pixel-oriented", "aligned", "combined")

@@ -1,0 +1,205 @@
+"""The audit's files (report/audit.py), and `memostudy audit` end to end on folders of NIfTI files made
+by hand, with its errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from memostudy.cli import main
+from memostudy.data.phantom import phantom_volumes
+from memostudy.data.volume_io import write_nifti
+from memostudy.detect.assessment import AssessConfig, Assessment, AssessmentSummary, DetectorFigures
+from memostudy.detect.detector import DetectorConfig
+from memostudy.detect.metrics import Fraction
+from memostudy.errors import RunExistsError
+from memostudy.report.audit import AUDIT_FILES, check_out_dir, headline, write_audit
+
+FAST = ["--set", "channels=8,16", "--set", "input_pool=2", "--set", "epochs=2", "--set", "batch_size=4"]
+
+
+def _folder(path: Path, vols: torch.Tensor, prefix: str) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    for i, v in enumerate(vols):
+        write_nifti(path / f"{prefix}{i:02d}.nii.gz", v[0])
+    return path
+
+
+@pytest.fixture()
+def folders(tmp_path: Path) -> dict[str, Path]:
+    train = phantom_volumes(8, 16, seed=0)
+    synthetic = torch.cat([train[:3].flip(2), train[3:4] * 0.9, phantom_volumes(3, 16, seed=7)])
+    return {"train": _folder(tmp_path / "train", train, "t"),
+            "reference": _folder(tmp_path / "ref", phantom_volumes(6, 16, seed=3), "r"),
+            "synthetic": _folder(tmp_path / "syn", synthetic, "s")}
+
+
+def _audit(folders: dict[str, Path], out: Path, *extra: str) -> int:
+    return main(["audit", "--train", str(folders["train"]), "--reference", str(folders["reference"]),
+                 "--synthetic", str(folders["synthetic"]), "--out", str(out), *FAST, *extra])
+
+
+def test_audit_outputs_follow_contract(folders, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert _audit(folders, out) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    for key in ("n_train", "n_reference", "n_synthetic", "threshold", "memorized_fraction", "copy_fraction",
+                "memorized_fraction_ci", "copy_fraction_ci", "pixel_baseline"):
+        assert key in summary, key
+    assert (summary["n_train"], summary["n_reference"], summary["n_synthetic"]) == (8, 6, 7)
+    lo, hi = summary["copy_fraction_ci"]
+    assert lo <= summary["copy_fraction"] <= hi
+    syn = pd.read_csv(out / "synthetic.csv")
+    assert list(syn.columns[:4]) == ["synthetic_id", "nearest_train_id", "similarity", "is_copy"]
+    assert sorted(syn["synthetic_id"]) == sorted(p.name for p in folders["synthetic"].iterdir())
+    assert set(syn["is_copy"]) <= {0, 1} and set(syn["nearest_train_id"]) <= {f"t{i:02d}.nii.gz" for i in range(8)}
+    assert syn["is_copy"].mean() == pytest.approx(summary["copy_fraction"])
+    tr = pd.read_csv(out / "train.csv")
+    assert list(tr.columns[:4]) == ["train_id", "nearest_synthetic_id", "similarity", "memorized"]
+    assert len(tr) == 8 and set(tr["memorized"]) <= {0, 1}
+    # the intensity-scaled copy s03 is found by the pixel baseline
+    row = syn.set_index("synthetic_id").loc["s03.nii.gz"]
+    assert row["pixel_nearest_train_id"] == "t03.nii.gz" and row["pixel_similarity"] > 0.99
+    # the aligned correlation finds the flipped copies s00-s02 and the scaled copy s03, all near 1
+    for i in range(4):
+        r = syn.set_index("synthetic_id").loc[f"s{i:02d}.nii.gz"]
+        assert r["aligned_nearest_train_id"] == f"t{i:02d}.nii.gz" and r["aligned_similarity"] > 0.99
+    # the combined score is a reference rank: k / n_reference for some k
+    ranks = syn["combined_similarity"].to_numpy() * summary["n_reference"]
+    assert np.allclose(ranks, ranks.round(), atol=1e-4) and set(syn["combined_is_copy"]) <= {0, 1}
+    for name in ("aligned", "combined"):
+        assert syn[f"{name}_is_copy"].mean() == pytest.approx(summary[name]["copy_fraction"])
+    assert "combined (contrastive or aligned)" in capsys.readouterr().out
+    html = (out / "report.html").read_text()
+    co = summary["combined"]
+    assert (f"<th>combined: copy fraction</th><td>{co['copy_fraction']:.1%} [{co['copy_fraction_ci'][0]:.1%}, "
+            f"{co['copy_fraction_ci'][1]:.1%}]</td>") in html
+    assert f"<td>{summary['threshold']:.6g}</td>" in html  # not rounded to 1
+    assert "Plotly.newPlot" in html and 'src="https://cdn' not in html  # plotly.js inlined: opens offline
+    assert (out / "detector.pt").exists()
+    # the saved detector can be reused; an existing --out is refused without --force
+    assert _audit(folders, out, "--detector", str(out / "detector.pt")) == 2
+    assert "--force" in capsys.readouterr().err
+    assert _audit(folders, out, "--detector", str(out / "detector.pt"), "--force", "--no-pixel", "--no-aligned") == 0
+    again = json.loads((out / "summary.json").read_text())
+    assert again["pixel_baseline"] is None and again["aligned"] is None and again["combined"] is None
+    assert not any(c.startswith(("aligned_", "combined_", "pixel_")) for c in pd.read_csv(out / "synthetic.csv").columns)
+    # the same detector and comparison give the same contrastive figures as the first run
+    assert again["threshold"] == summary["threshold"] and again["copy_fraction"] == summary["copy_fraction"]
+
+
+def test_comparison_settings_apply_to_a_loaded_detector(folders, tmp_path):
+    out = tmp_path / "out"
+    assert _audit(folders, out, "--no-aligned", "--no-pixel") == 0
+    det = out / "detector.pt"
+    base = json.loads((out / "summary.json").read_text())
+    for setting, key, value in (("representation=embedding", "representation", "embedding"),
+                                ("orientation_pooling=false", "orientation_pooling", False),
+                                ("search_shift=0", "search_shift", 0.0)):
+        other = tmp_path / key
+        assert _audit(folders, other, "--no-aligned", "--no-pixel", "--detector", str(det), "--set", setting) == 0
+        s = json.loads((other / "summary.json").read_text())
+        assert s["assess_config"]["compare"][key] == value and s["detector"] == base["detector"]
+        assert "representation" not in s["detector"]["config"]
+    sims = {k: pd.read_csv(tmp_path / k / "synthetic.csv")["similarity"] for k in ("representation", "search_shift")}
+    base_sims = pd.read_csv(out / "synthetic.csv")["similarity"]
+    assert not np.allclose(sims["representation"], base_sims) and not np.allclose(sims["search_shift"], base_sims)
+    # the 32-d embedding with and without orientation pooling: a changed embedding, so changed similarities
+    assert _audit(folders, tmp_path / "emb_nopool", "--no-aligned", "--no-pixel", "--detector", str(det),
+                  "--set", "representation=embedding", "--set", "orientation_pooling=false") == 0
+    assert not np.allclose(pd.read_csv(tmp_path / "emb_nopool" / "synthetic.csv")["similarity"], sims["representation"])
+
+
+def _fraction(value: float, lo: float, hi: float, n: int = 8) -> Fraction:
+    return Fraction(value, lo, hi, n, 0.95)
+
+
+def _assessment(pixel: bool = True) -> Assessment:
+    figs = {"contrastive": DetectorFigures(0.75, _fraction(0.25, 0.125, 0.5), _fraction(0.5, 0.25, 0.75, 4), 0.6, 0.4)}
+    if pixel:
+        figs["pixel"] = DetectorFigures(0.9, _fraction(0.125, 0.0, 0.25), _fraction(0.25, 0.0, 0.5, 4), 0.8, 0.7)
+    summary = AssessmentSummary(8, 5, 4, figs, DetectorConfig(), 3, AssessConfig())
+    syn = pd.DataFrame({"synthetic_id": ["a", "b", "c", "d"], "nearest_train_id": ["t0"] * 4,
+                        "similarity": [0.1, 0.9, 0.5, 0.8], "is_copy": [0, 1, 0, 1]})
+    tables = (pd.DataFrame({"train_id": ["t0"]}), syn, pd.DataFrame({"reference_id": ["r0"]}))
+    dist = {name: {"candidates": np.array([0.1, 0.2]), "synthetic": np.array([0.3]), "reference": np.array([0.4])}
+            for name in figs}
+    return Assessment(summary, tables[0], tables[1], tables[2], dist)
+
+
+def test_write_audit_writes_every_file_from_the_typed_result(tmp_path):
+    paths = write_audit(_assessment(), tmp_path / "out", extra={"inputs": {"train": Path("x")}, "value": np.float32(0.5)})
+    assert sorted(paths) == sorted(AUDIT_FILES) and all(p.exists() for p in paths.values())
+    s = json.loads(paths["summary.json"].read_text())
+    assert (s["n_train"], s["threshold"], s["memorized_fraction_ci"], s["n_memorized"], s["n_copies"]) == (8, 0.75, [0.125, 0.5], 2, 2)
+    assert s["pixel_baseline"]["threshold"] == 0.9 and s["aligned"] is None and s["combined"] is None
+    assert s["detector"] == {"config": json.loads(json.dumps(s["detector"]["config"])), "best_epoch": 3}
+    assert s["inputs"] == {"train": "x"} and s["value"] == 0.5 and "git_commit" in s["provenance"]
+    assert pd.read_csv(paths["synthetic.csv"])["similarity"].tolist() == [0.1, 0.9, 0.5, 0.8]
+    html = paths["report.html"].read_text()
+    # most similar first in the report's table
+    assert html.index("<td>b</td>") < html.index("<td>d</td>") < html.index("<td>c</td>") < html.index("<td>a</td>")
+    assert "Similarity distributions: pixel" in html
+
+
+def test_headline_formats_each_fraction_once():
+    rows = headline(_assessment())
+    assert rows["memorized fraction of training volumes (95% CI)"] == "25.0% [12.5%, 50.0%]"
+    assert rows["copy fraction of synthetic volumes (95% CI)"] == "50.0% [25.0%, 75.0%]"
+    assert rows["threshold (pearson, 95th percentile of reference)"] == "0.75"
+    assert rows["pixel baseline: copy fraction"] == "25.0% [0.0%, 50.0%]"
+    assert rows["pixel baseline: memorized fraction"] == "12.5%"
+    assert not any(k.startswith("pixel") for k in headline(_assessment(pixel=False)))
+
+
+def test_check_out_dir_refuses_results_unless_forced(tmp_path):
+    out = check_out_dir(tmp_path / "new")
+    assert out.is_dir()
+    (out / "summary.json").write_text("{}")
+    (out / "detector.pt").write_text("kept")
+    with pytest.raises(RunExistsError, match="summary.json"):
+        check_out_dir(out)
+    check_out_dir(out, force=True)
+    assert not (out / "summary.json").exists() and (out / "detector.pt").read_text() == "kept"
+
+
+def _error(folders, tmp_path, capsys) -> str:
+    assert _audit(folders, tmp_path / "out") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    return err
+
+
+def test_shape_mismatch(folders, tmp_path, capsys):
+    for p in folders["synthetic"].iterdir():
+        p.unlink()
+    _folder(folders["synthetic"], phantom_volumes(2, 12), "s")
+    assert "crop or resample" in _error(folders, tmp_path, capsys)
+
+
+def test_shape_mismatch_within_folder(folders, tmp_path, capsys):
+    write_nifti(folders["reference"] / "odd.nii.gz", np.zeros((16, 16, 12), np.float32))
+    assert "odd.nii.gz" in _error(folders, tmp_path, capsys)
+
+
+def test_empty_folder(folders, tmp_path, capsys):
+    folders["reference"] = tmp_path / "empty"
+    folders["reference"].mkdir()
+    assert "no volumes found" in _error(folders, tmp_path, capsys)
+
+
+def test_nan_volume(folders, tmp_path, capsys):
+    v = np.zeros((16, 16, 16), np.float32)
+    v[3, 3, 3] = np.nan
+    write_nifti(folders["synthetic"] / "nan.nii.gz", v)
+    assert "NaN" in _error(folders, tmp_path, capsys)
+
+
+def test_unreadable_file(folders, tmp_path, capsys):
+    (folders["train"] / "broken.nii.gz").write_bytes(b"\x1f\x8b garbage")
+    assert "broken.nii.gz" in _error(folders, tmp_path, capsys)
