@@ -86,6 +86,7 @@ def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
     assert (res.run_dir / "screenshot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(find_chromium() is None, reason="Debian's chromium is not installed (apt-get install chromium)")
 def test_browser_check_sees_errors_and_network_use(tmp_path: Path) -> None:
     page = tmp_path / "bad.html"
