@@ -17,9 +17,7 @@ from memostudy.data.patches import load_patches
 from memostudy.data.phantom import write_phantom_dataset
 from memostudy.study.records import SCHEMA_VERSION, read_record
 from memostudy.study.runner import NOTEBOOKS, run_notebook, share_safe_check
-
-TINY_DETECTOR = {"channels": [8, 16], "input_pool": 2, "latent_size": 4, "hidden": 32, "batch_size": 8, "lr": 0.01,
-                 "epochs": 2}
+from tests.study.conftest import TINY_DETECTOR
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +117,9 @@ def test_setting_notebooks_write_one_row_per_setting(env, notebook, params, colu
     res, summary = _run(env, notebook, notebook, share_safe=True, **params)
     rows = pd.DataFrame(summary["rows"])
     assert list(rows[column]) == expected
-    assert rows["memorized_fraction"].between(0, 1).all() and rows["copy_fraction"].between(0, 1).all()
+    assert ((rows["memorized_lo"] <= rows["memorized_fraction"]) & (rows["memorized_fraction"] <= rows["memorized_hi"])).all()
+    assert ((rows["copy_lo"] <= rows["copy_fraction"]) & (rows["copy_fraction"] <= rows["copy_hi"])).all()
+    assert list(rows["n_synthetic"]) == [-(-n // 2) for n in rows["n_train"]]  # test-16: 0.5 samples per patch
     if column == "train_patches":
         assert list(rows["n_train"]) == expected
     if column == "augment":
@@ -131,7 +131,8 @@ def test_setting_notebooks_write_one_row_per_setting(env, notebook, params, colu
     assert len(ids) == len(set(ids)) >= rows["n_train"].max()
     check = json.loads((res.run_dir / "run.json").read_text())["share_safe_check"]
     assert check["checked"] and check["n_train_volumes"] == len(ids) and check["leaks"] == 0
-    assert "memorized %" in res.report.read_text()
+    run = json.loads((res.run_dir / "run.json").read_text())
+    assert run["key_figures"] == summary["key_figures"] and len(run["key_figures"]) == len(expected)
 
 
 @pytest.mark.slow
