@@ -41,9 +41,12 @@ def test_a_finished_ldm_is_reused_and_an_unfinished_one_resumed(tiny_result, tmp
     monkeypatch.setattr(cache, "train_ldm", lambda cfg, run_dir, progress: calls.append(run_dir))
     other = train_or_resume(tiny_result.ldm_config, tmp_path, progress=False)
     assert calls == [other] and other.name == tiny_result.run_dir.name and other.parent == tmp_path / "ldm"
+    # interrupted there (the folder exists, no DONE marker): resumed in the same folder
+    (other / "diffusion").mkdir(parents=True)
+    assert train_or_resume(tiny_result.ldm_config, tmp_path, progress=False) == other and calls == [other, other]
     # another config: another folder
     changed = preset("test-16", {"data": str(tiny_result.ldm_config.data), "diffusion.loop.epochs": 4})
-    assert train_or_resume(changed, tmp_path, progress=False) != other and len(calls) == 2
+    assert train_or_resume(changed, tmp_path, progress=False) != other and len(calls) == 3
 
 
 def test_ldm_training_patches_are_those_data_json_names(tiny_result, tmp_path: Path) -> None:
