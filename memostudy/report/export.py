@@ -111,7 +111,7 @@ def write_index(reports_dir: str | Path) -> Path:
     """Write ``reports/index.html``: one row per run folder holding a ``run.json``, newest first.
 
     ``run.json`` is written by :func:`memostudy.study.runner.run_notebook`: notebook, status, parameters and
-    the key figures the notebook saved in ``summary.json``.
+    the key figures of the notebook's record (``summary.json``, read by :func:`memostudy.study.records.read_record`).
     """
     reports_dir = Path(reports_dir)
     runs = []

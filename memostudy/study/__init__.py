@@ -1,7 +1,11 @@
 """The study: trains LDMs, samples them, measures memorization, and runs the notebooks and sweeps.
 
-:mod:`.memorization` holds the study config, the cache of trained models and the orchestration of one
-study run; :mod:`.experiments` runs one setting per LDM variant; :mod:`.quality` measures sample quality
-(MS-SSIM diversity, Fréchet distance); :mod:`.runner` executes a notebook with papermill and exports its
-report; :mod:`.sweep` runs a grid of notebook runs and :mod:`.aggregate` summarises it over seeds.
+:mod:`.config` is the study config (one :class:`~.config.MemorizationConfig` per assessment);
+:mod:`.cache` keeps trained LDMs, detectors and samples, content-addressed by config;
+:mod:`.memorization` orders the steps of one study run; :mod:`.experiments` runs one setting per LDM
+variant; :mod:`.quality` measures sample quality (MS-SSIM diversity, Fréchet distance);
+:mod:`.candidates` and :mod:`.tables` hold what the notebooks show (copy candidates, label agreement,
+result tables); :mod:`.records` is the run record (``summary.json``) every notebook writes;
+:mod:`.runner` executes a notebook with papermill and exports its report; :mod:`.sweep` runs a grid of
+notebook runs and :mod:`.aggregate` summarises it over seeds.
 """

@@ -16,7 +16,9 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from memostudy.study.memorization import MemorizationConfig, MemorizationResult, quality, run_memorization
+from memostudy.study.config import MemorizationConfig
+from memostudy.study.memorization import MemorizationResult, run_memorization
+from memostudy.study.quality import sample_quality
 
 
 def run_settings(base: MemorizationConfig, settings: dict[str, dict[str, Any]]) -> dict[str, MemorizationResult]:
@@ -63,7 +65,7 @@ def overtraining_rows(result: MemorizationResult, n_pairs: int = 64) -> list[dic
         ck = row["checkpoint"]
         epoch = int(row["epoch"])
         rows.append(row | {"train_loss": _loss_at(losses, epoch, "train_loss"),
-                           "val_loss": _loss_at(losses, epoch, "val_loss")} | quality(result, ck, n_pairs=n_pairs))
+                           "val_loss": _loss_at(losses, epoch, "val_loss")} | sample_quality(result, ck, n_pairs=n_pairs))
     return sorted(rows, key=lambda r: r["epoch"])
 
 

@@ -1,4 +1,5 @@
-"""Sample quality for the over-training experiment: diversity (MS-SSIM) and a Fréchet distance.
+"""Sample quality for the over-training experiment: diversity (MS-SSIM) and a Fréchet distance;
+:func:`sample_quality` gives both for one checkpoint of a study run.
 
 Pretrained FID networks cannot be downloaded here, so the Fréchet distance is computed on the
 copy detector's embeddings (MONAI's ``FIDMetric`` takes feature vectors); it is comparable
@@ -7,7 +8,12 @@ between settings that use the same detector, not with published FID values.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
+
+if TYPE_CHECKING:
+    from memostudy.study.memorization import MemorizationResult
 
 _MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)  # the standard 5-scale weights
 
@@ -55,3 +61,22 @@ def frechet_distance(features_a: torch.Tensor, features_b: torch.Tensor) -> floa
     from monai.metrics import FIDMetric
 
     return float(FIDMetric()(features_a.double(), features_b.double()))
+
+
+def sample_quality(result: MemorizationResult, checkpoint: str | int, n_pairs: int = 64) -> dict[str, float]:
+    """Sample quality of one checkpoint of a study run: MS-SSIM diversity of the samples (lower = more
+    diverse; the real reference's value beside it) and the Fréchet distance between detector embeddings
+    of samples and reference volumes (an FID stand-in: pretrained FID networks cannot be downloaded).
+
+    Returns:
+        ``{"ms_ssim", "ms_ssim_reference"}`` in [0, 1] and ``"frechet_embedding"`` >= 0.
+    """
+    from memostudy.detect.detector import embed
+
+    s = result.samples[str(checkpoint)]
+    pool = result.config.assessment.compare.orientation_pooling
+    e_s = embed(result.detector, s.volumes, orientation_pooling=pool)
+    e_r = embed(result.detector, result.reference.volumes, orientation_pooling=pool)
+    return {"ms_ssim": ms_ssim_diversity(s.volumes, n_pairs=n_pairs, seed=result.config.seed),
+            "ms_ssim_reference": ms_ssim_diversity(result.reference.volumes, n_pairs=n_pairs, seed=0),
+            "frechet_embedding": frechet_distance(e_s, e_r)}

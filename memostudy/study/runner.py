@@ -2,9 +2,12 @@
 
 A run folder ``reports/<run-id>/`` holds everything of one run: ``parameters.yaml``, the executed
 ``notebook.ipynb``, every artefact the notebook writes (it receives ``run_dir``), ``report.html``,
-``screenshot.png`` (when a browser is present), and ``run.json`` (status, timing, key figures).
+``screenshot.png`` (when a browser is present), ``summary.json`` (the notebook's
+:class:`~memostudy.study.records.StudyRecord`) and ``run.json`` (status, timing, key figures).
 A notebook that raises still leaves its partial executed notebook and an HTML showing where it
-stopped; the caller gets a non-zero exit.
+stopped; the caller gets a non-zero exit. A notebook that ends without a readable record is marked
+failed too: the record names the training volumes a ``share_safe`` report is scanned against, and a run
+that cannot be scanned must not report ok.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from typing import Any
 
 import yaml
 
-from memostudy.errors import MemostudyError, RunExistsError
+from memostudy.errors import DataError, MemostudyError, RunExistsError
+from memostudy.study.records import StudyRecord, read_record
 
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 
@@ -76,8 +80,11 @@ def run_notebook(
 ) -> RunResult:
     """Execute ``notebook`` with papermill into ``reports_dir/run_id`` and export its HTML report.
 
-    The notebook receives ``run_dir`` (absolute) among its parameters and may write a
-    ``summary.json`` whose ``key_figures`` mapping is copied into ``run.json`` and the index.
+    The notebook receives ``run_dir`` (absolute) among its parameters and must write its record
+    (:func:`~memostudy.study.records.write_record`), whose ``key_figures`` are copied into ``run.json`` and
+    the index. A notebook that ends without a readable record is marked failed (``error`` says why), and
+    so is a ``share_safe`` run whose report shows voxels of the record's training volumes or whose record
+    names none.
 
     Raises:
         RunExistsError: the run folder exists and ``force`` is false.
@@ -123,33 +130,49 @@ def run_notebook(
     report = None
     if executed.exists():
         report = export_html(executed, run_dir / "report.html", title=f"{nb.stem} — {run_dir.name}")
-    summary = run_dir / "summary.json"
-    key = json.loads(summary.read_text()).get("key_figures") if summary.exists() else None
+    record: StudyRecord | None = None
+    try:
+        record = read_record(run_dir)
+    except DataError as e:
+        if status == "ok":  # a notebook that failed has already said why
+            status, error = "failed", str(e)
+    key = record.key_figures if record is not None else None
     meta |= {"status": status, "seconds": round(seconds, 1), "error": error, "key_figures": key}
     if report is not None and check_browser:
         meta["browser"] = _browser_check(report, run_dir / "screenshot.png")
-    if report is not None and params.get("share_safe") and summary.exists():
-        meta["share_safe_check"] = check = share_safe_check(report, json.loads(summary.read_text()))
-        if check.get("leaks"):
-            status = meta["status"] = "failed"
-            error = meta["error"] = f"share-safe report shows training voxels: {check['detail']}"
+    if status == "ok" and params.get("share_safe") and report is not None and record is not None:
+        meta["share_safe_check"] = check = share_safe_check(report, record)
+        if not check["checked"]:
+            status, error = "failed", f"share-safe report not scanned: {check['reason']}"
+        elif check["leaks"]:
+            status, error = "failed", f"share-safe report shows training voxels: {check['detail']}"
+        meta |= {"status": status, "error": error}
     (run_dir / "run.json").write_text(json.dumps(meta, indent=2, default=str))
     write_index(reports_dir)
     return RunResult(run_dir=run_dir, status=status, seconds=seconds, report=report, error=error, key_figures=key)
 
 
-def share_safe_check(report: Path, summary: dict[str, Any]) -> dict[str, Any]:
-    """Scan a share-safe report for voxels of the training volumes named in ``summary["train_data"]``
-    (``data`` and ``ids``); see :mod:`memostudy.report.leaks`."""
+def share_safe_check(report: Path, record: StudyRecord) -> dict[str, Any]:
+    """Scan a share-safe report for voxels of the training volumes named in ``record.train_data``;
+    see :mod:`memostudy.report.leaks`.
+
+    Returns:
+        ``{"checked": False, "reason"}`` when the record names no training volume, else ``{"checked": True,
+        "n_train_volumes", "leaks" (count), "detail" (one line)}``.
+    """
     from memostudy.data.patches import load_patches
     from memostudy.report.leaks import describe, find_volume_leaks
 
-    train = summary.get("train_data")
-    if not train:
-        return {"checked": False, "reason": "the notebook names no training data (summary.json train_data)"}
-    split = load_patches(train["data"], "train")
+    train = record.train_data
+    if train is None or not train.ids:
+        return {"checked": False, "reason": "the notebook's record names no training data (summary.json train_data)"}
+    split = load_patches(train.data, "train")
     pos = {pid: i for i, pid in enumerate(split.ids)}
-    vols = split.volumes[[pos[i] for i in train["ids"] if i in pos]]
+    unknown = [i for i in train.ids if i not in pos]
+    if unknown:
+        return {"checked": False, "reason": f"{len(unknown)} training id(s) of the record are not in data set "
+                                            f"{train.data!r} (e.g. {unknown[0]})"}
+    vols = split.volumes[[pos[i] for i in train.ids]]
     leaks = find_volume_leaks(report.read_text(encoding="utf-8"), vols)
     return {"checked": True, "n_train_volumes": len(vols), "leaks": len(leaks), "detail": describe(leaks)}
 

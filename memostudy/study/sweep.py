@@ -96,7 +96,7 @@ def defaults_fingerprint(params: dict[str, Any]) -> str:
     from memostudy.detect.assessment import AssessConfig
     from memostudy.detect.detector import DetectorConfig
     from memostudy.ldm.config import preset
-    from memostudy.study.memorization import config_hash
+    from memostudy.study.cache import config_hash
 
     name = str(params.get("preset", "cpu-tiny"))
     try:
@@ -174,13 +174,20 @@ def _status(run_dir: Path) -> str | None:
 
 
 def collect_rows(spec: SweepSpec, root: Path) -> pd.DataFrame:
-    """Concatenate the result rows of every finished cell, with the cell's varied parameters and seed."""
+    """Concatenate the result rows of every finished cell, with the cell's varied parameters and seed.
+
+    Raises:
+        DataError: a finished cell's record (``summary.json``) is missing or malformed (e.g. written by an
+            older memostudy); the message names it (delete that cell's folder to run it again).
+    """
+    from memostudy.study.records import read_record
+
     frames = []
     for params in spec.cells():
         d = root / cell_id(params)
-        if _status(d) != "ok" or not (d / "summary.json").exists():
+        if _status(d) != "ok":
             continue
-        rows = json.loads((d / "summary.json").read_text()).get("rows") or []
+        rows = read_record(d).rows
         if not rows:
             continue
         df = pd.DataFrame(rows)

@@ -15,12 +15,12 @@ from memostudy.report.export import export_html, write_index
 from memostudy.study.runner import run_notebook
 
 PLOT_CELL = """
-import json, pathlib
 import plotly.graph_objects as go
 from memostudy.report.export import show
+from memostudy.study.records import StudyRecord, write_record
 show(go.Figure(go.Bar(y=[1, 2, height]), layout={"title": "first"}))
 show(go.Figure(go.Scatter(y=[3, 1, height]), layout={"title": "second"}))
-pathlib.Path(run_dir, "summary.json").write_text(json.dumps({"key_figures": {"height": height}}))
+write_record(run_dir, StudyRecord(rows=[], key_figures={"height": height}, train_data=None, provenance={"test": 1}))
 if fail:
     raise RuntimeError("stopped on purpose")
 """
@@ -38,6 +38,7 @@ def _notebook(path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_run_exports_html_without_network_references(tmp_path: Path) -> None:
     res = run_notebook(_notebook(tmp_path / "t.ipynb"), {"height": 7}, reports_dir=tmp_path / "reports",
                        run_id="r1", check_browser=False, progress=False)
@@ -56,6 +57,7 @@ def test_run_exports_html_without_network_references(tmp_path: Path) -> None:
     assert run["parameters"]["height"] == 7 and run["status"] == "ok"
 
 
+@pytest.mark.slow
 def test_failed_notebook_keeps_partial_outputs_and_report(tmp_path: Path) -> None:
     res = run_notebook(_notebook(tmp_path / "t.ipynb"), {"fail": True}, reports_dir=tmp_path / "reports",
                        run_id="bad", check_browser=False, progress=False)
@@ -66,6 +68,7 @@ def test_failed_notebook_keeps_partial_outputs_and_report(tmp_path: Path) -> Non
     assert "failed" in (tmp_path / "reports" / "index.html").read_text()
 
 
+@pytest.mark.slow
 def test_existing_run_is_not_overwritten(tmp_path: Path) -> None:
     from memostudy.errors import RunExistsError
 
@@ -75,6 +78,7 @@ def test_existing_run_is_not_overwritten(tmp_path: Path) -> None:
         run_notebook(nb, {}, reports_dir=tmp_path / "r", run_id="x", check_browser=False, progress=False)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(find_chromium() is None, reason="Debian's chromium is not installed (apt-get install chromium)")
 def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
     res = run_notebook(_notebook(tmp_path / "t.ipynb"), {"height": 3}, reports_dir=tmp_path / "reports",
@@ -85,6 +89,7 @@ def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
     assert (res.run_dir / "screenshot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(find_chromium() is None, reason="Debian's chromium is not installed (apt-get install chromium)")
 def test_browser_check_sees_errors_and_network_use(tmp_path: Path) -> None:
     page = tmp_path / "bad.html"

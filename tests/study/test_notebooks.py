@@ -15,10 +15,9 @@ import pytest
 from memostudy.cli import main
 from memostudy.data.patches import load_patches
 from memostudy.data.phantom import write_phantom_dataset
+from memostudy.study.records import SCHEMA_VERSION, read_record
 from memostudy.study.runner import NOTEBOOKS, run_notebook, share_safe_check
-
-TINY_DETECTOR = {"channels": [8, 16], "input_pool": 2, "latent_size": 4, "hidden": 32, "batch_size": 8, "lr": 0.01,
-                 "epochs": 2}
+from tests.study.conftest import TINY_DETECTOR
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +34,9 @@ def _run(env: dict, notebook: str, run_id: str, browser: bool = False, **params)
     res = run_notebook(notebook, env["base"] | params, reports_dir=env["reports"], run_id=run_id,
                        check_browser=browser, progress=False)
     assert res.status == "ok", f"{notebook} failed: {res.error}"
-    return res, json.loads((res.run_dir / "summary.json").read_text())
+    summary = json.loads((res.run_dir / "summary.json").read_text())
+    assert summary["schema_version"] == SCHEMA_VERSION and read_record(res.run_dir).rows == summary["rows"]
+    return res, summary
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +58,7 @@ def test_notebooks_are_committed_clean_and_use_the_project_kernel():
     assert "memostudy" in find_kernel_specs()  # registered by `make setup` into the venv (make lab uses it)
 
 
+@pytest.mark.slow
 def test_memorization_notebook_writes_consistent_results(env, main_run):
     res, summary = main_run
     row = summary["rows"][0]
@@ -85,6 +87,7 @@ def test_memorization_notebook_writes_consistent_results(env, main_run):
         assert (res.run_dir / "screenshot.png").stat().st_size > 10_000
 
 
+@pytest.mark.slow
 def test_share_safe_report_holds_no_training_voxel(env, main_run):
     from memostudy.report.leaks import find_volume_leaks
 
@@ -94,7 +97,7 @@ def test_share_safe_report_holds_no_training_voxel(env, main_run):
     volumes = train.volumes[idx]
     # the check can fail: the ordinary report shows training volumes next to their candidates
     assert find_volume_leaks(res.report.read_text(), volumes)
-    assert share_safe_check(res.report, summary)["leaks"] > 0  # what marks a share-safe run failed
+    assert share_safe_check(res.report, read_record(res.run_dir))["leaks"] > 0  # what marks a share-safe run failed
     safe, safe_summary = _run(env, "01_memorization", "safe", share_safe=True)
     assert safe_summary["share_safe"] is True
     check = json.loads((safe.run_dir / "run.json").read_text())["share_safe_check"]
@@ -104,25 +107,35 @@ def test_share_safe_report_holds_no_training_voxel(env, main_run):
     assert "Top copy candidates" in safe.report.read_text()  # synthetic volumes are still shown
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("notebook, params, column, expected", [
     ("02_augmentation", {}, "augment", [False, True]),
     ("03_training_size", {"train_sizes": [4, 8]}, "train_patches", [4, 8]),
     ("06_model_size", {"model_sizes": {"narrow": [8, 16], "wide": [16, 32]}}, "model", ["narrow", "wide"]),
 ])
 def test_setting_notebooks_write_one_row_per_setting(env, notebook, params, column, expected):
-    res, summary = _run(env, notebook, notebook, **params)
+    res, summary = _run(env, notebook, notebook, share_safe=True, **params)
     rows = pd.DataFrame(summary["rows"])
     assert list(rows[column]) == expected
-    assert rows["memorized_fraction"].between(0, 1).all() and rows["copy_fraction"].between(0, 1).all()
+    assert ((rows["memorized_lo"] <= rows["memorized_fraction"]) & (rows["memorized_fraction"] <= rows["memorized_hi"])).all()
+    assert ((rows["copy_lo"] <= rows["copy_fraction"]) & (rows["copy_fraction"] <= rows["copy_hi"])).all()
+    assert list(rows["n_synthetic"]) == [-(-n // 2) for n in rows["n_train"]]  # test-16: 0.5 samples per patch
     if column == "train_patches":
         assert list(rows["n_train"]) == expected
     if column == "augment":
         assert list(rows["augment"]) == expected
     # one detector for every setting
-    assert len({r["detector"]["path"] for r in summary["records"].values()}) == 1
-    assert "memorized %" in res.report.read_text()
+    assert len({r["detector"]["path"] for r in summary["runs"].values()}) == 1
+    # the record names every setting's training patches, and the share-safe report was scanned against them
+    ids = summary["train_data"]["ids"]
+    assert len(ids) == len(set(ids)) >= rows["n_train"].max()
+    check = json.loads((res.run_dir / "run.json").read_text())["share_safe_check"]
+    assert check["checked"] and check["n_train_volumes"] == len(ids) and check["leaks"] == 0
+    run = json.loads((res.run_dir / "run.json").read_text())
+    assert run["key_figures"] == summary["key_figures"] and len(run["key_figures"]) == len(expected)
 
 
+@pytest.mark.slow
 def test_overtraining_notebook_tracks_quality_per_snapshot(env):
     res, summary = _run(env, "04_overtraining", "overtraining", epochs=[2, "final"])
     rows = pd.DataFrame(summary["rows"])
@@ -132,6 +145,7 @@ def test_overtraining_notebook_tracks_quality_per_snapshot(env):
     assert list(summary["key_figures"]) == ["memorized % (epoch 2)", "memorized % (epoch 3)"]
 
 
+@pytest.mark.slow
 def test_detector_validation_notebook_reports_each_family(env):
     res, summary = _run(env, "05_detector_validation", "validation",
                         data=str(env["data"]), copies_per_family=4, detector=TINY_DETECTOR)
@@ -143,6 +157,7 @@ def test_detector_validation_notebook_reports_each_family(env):
     assert np.isfinite(summary["key_figures"]["contrastive auc"]) and np.isfinite(summary["key_figures"]["combined auc"])
 
 
+@pytest.mark.slow
 def test_a_failing_notebook_leaves_a_partial_report_and_exits_non_zero(env, capsys):
     code = main(["study", "01_memorization", "--reports", str(env["reports"]), "--run-id", "broken",
                  "--preset", "no-such-preset", "-p", "data", str(env["data"])])
@@ -154,6 +169,7 @@ def test_a_failing_notebook_leaves_a_partial_report_and_exits_non_zero(env, caps
     assert (run_dir / "notebook.ipynb").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sweep, tiny, n_settings", [
     ("augmentation", {"augment_settings": [False, True]}, 2),
     ("training_size", {"train_sizes": [4, 8]}, 2),

@@ -18,10 +18,10 @@ from memostudy.study.executors import ExecutorConfig
 from memostudy.study.sweep import cell_id, defaults_fingerprint, load_sweep, run_sweep
 
 BODY = """
-import json, pathlib
+from memostudy.study.records import StudyRecord, write_record
 rows = [{"augment": augment, "memorized_fraction": (0.6 if not augment else 0.3) + 0.01 * seed,
          "copy_fraction": 0.1, "detector": "fixed-detector"}]
-pathlib.Path(run_dir, "summary.json").write_text(json.dumps({"rows": rows, "key_figures": rows[0]}))
+write_record(run_dir, StudyRecord(rows=rows, key_figures=rows[0], train_data=None, provenance={"test": 1}))
 """
 
 
@@ -37,6 +37,7 @@ def _sweep(tmp_path: Path, **extra) -> Path:
     return tmp_path / "s.yaml"
 
 
+@pytest.mark.slow
 def test_sweep_runs_grid_and_aggregates(tmp_path: Path) -> None:
     spec = load_sweep(_sweep(tmp_path))
     out = run_sweep(spec, reports_dir=tmp_path / "reports", progress=False)
@@ -49,6 +50,7 @@ def test_sweep_runs_grid_and_aggregates(tmp_path: Path) -> None:
     assert "fixed-detector" in html and html.count("plotly-graph-div") == 2 and "falls" in html
 
 
+@pytest.mark.slow
 def test_interrupted_sweep_resumes_skipping_done_cells(tmp_path: Path, capsys) -> None:
     spec = load_sweep(_sweep(tmp_path))
     root = tmp_path / "reports"
@@ -77,6 +79,7 @@ def test_cell_ids_are_stable_and_distinct() -> None:
     assert json.dumps(a)  # plain parameters only
 
 
+@pytest.mark.slow
 def test_a_cell_done_with_other_defaults_is_moved_aside_and_run_again(tmp_path: Path, capsys, monkeypatch) -> None:
     spec = load_sweep(_sweep(tmp_path), {"seeds": [0], "grid": {"augment": [False]}})
     root = tmp_path / "reports"

@@ -1,0 +1,139 @@
+"""The cache of trained models and drawn samples, content-addressed by config.
+
+Trained models are kept in a work folder (``runs_dir``, default ``<cache>/runs``): the LDM of a config
+lives in ``ldm/<data>-<hash>/`` and the detector of a data set and detector config in
+``detectors/<hash>/``; the samples of a checkpoint in the LDM's ``samples/<tag>/``. Running a study again
+with the same settings therefore reuses finished models and samples and resumes interrupted training (a
+killed ``make study`` picks up where it stopped), and every setting of a sweep is assessed with one and
+the same detector.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from memostudy.config import to_dict
+from memostudy.data.patches import PatchSet, load_patches
+from memostudy.data.volume_io import read_volume_folder
+from memostudy.detect.detector import Detector, load_detector, train_detector
+from memostudy.errors import DataError
+from memostudy.ldm.config import LDMConfig
+from memostudy.ldm.run import load_run, train_ldm
+from memostudy.ldm.sampling import default_tag, sample_from, write_samples
+from memostudy.study.config import MemorizationConfig
+from memostudy.study.log import say
+from memostudy.training import RunFolder
+
+#: bump when a code change makes earlier cached models invalid
+CACHE_VERSION = 1
+
+
+def config_hash(obj: Any) -> str:
+    """A short stable hash (10 hex digits) of a (nested) config or dict, naming cached models."""
+    text = json.dumps({"v": CACHE_VERSION, "cfg": to_dict(obj) if not isinstance(obj, dict) else obj},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+@dataclass
+class SampleSet:
+    """Synthetic volumes drawn from one checkpoint of a run.
+
+    Attributes:
+        checkpoint: "final" or a snapshot epoch.
+        volumes: (N, 1, D, H, W) float32 in [-1, 1].
+        ids: file names (``sample_XXXX.nii.gz``).
+        folder: where they were written as NIfTI.
+        epoch: training epoch of the checkpoint.
+    """
+
+    checkpoint: str | int
+    volumes: torch.Tensor
+    ids: list[str]
+    folder: Path
+    epoch: int
+
+
+def train_or_resume(ldm_cfg: LDMConfig, root: Path, progress: bool = True) -> Path:
+    """Train the LDM of ``ldm_cfg`` in ``root/ldm/<data>-<hash>``, resume it, or reuse it if finished."""
+    name = f"{Path(str(ldm_cfg.data)).name}-{config_hash(ldm_cfg)}"
+    run_dir = root / "ldm" / name
+    if RunFolder(run_dir / "diffusion").is_done():
+        say(f"LDM: reusing the finished run {run_dir}")
+    else:
+        say(f"LDM: {'resuming' if run_dir.exists() else 'training'} {run_dir} (autoencoder "
+            f"{ldm_cfg.autoencoder.loop.epochs} epochs, diffusion {ldm_cfg.diffusion.loop.epochs} epochs)")
+        train_ldm(ldm_cfg, run_dir, progress=progress)
+    return run_dir
+
+
+def ldm_training_patches(run_dir: str | Path, ldm_cfg: LDMConfig) -> PatchSet:
+    """The patches the LDM in ``run_dir`` was trained on (its ``data.json`` lists their ids)."""
+    ids = json.loads((Path(run_dir) / "data.json").read_text())["train_ids"]
+    split = load_patches(ldm_cfg.data, "train", ldm_cfg.cache)
+    pos = {pid: i for i, pid in enumerate(split.ids)}
+    missing = [i for i in ids if i not in pos]
+    if missing:
+        raise DataError(f"{run_dir}/data.json names patches not in data set {ldm_cfg.data!r} (e.g. {missing[0]}); "
+                        "was the data set rebuilt? retrain with --force")
+    idx = np.array([pos[i] for i in ids])
+    return PatchSet(split.volumes[torch.as_tensor(idx)], list(ids), split.table.iloc[idx].reset_index(drop=True),
+                    split.info)
+
+
+def get_detector(cfg: MemorizationConfig, ldm_cfg: LDMConfig, ldm_train: PatchSet,
+                 reference: PatchSet) -> tuple[Detector, Path]:
+    """The detector of the study: ``detector_path`` if given, else trained (once per data set and
+    detector config, then reused from ``runs_dir/detectors/<hash>/``).
+
+    The reference volumes give the detector's validation loss (choice of epoch) only; the detector
+    never sees synthetic volumes.
+    """
+    if cfg.detector_path:
+        return load_detector(cfg.detector_path), Path(cfg.detector_path)
+    train = ldm_train if cfg.detector_train == "ldm" else load_patches(ldm_cfg.data, "train", ldm_cfg.cache)
+    # the detector config holds architecture and training only: comparison settings (cfg.assessment.compare)
+    # never retrain
+    key = {"data": str(ldm_cfg.data), "train": cfg.detector_train, "detector": to_dict(cfg.detector),
+           "train_ids": hashlib.sha256("\n".join(train.ids).encode()).hexdigest()}
+    folder = cfg.work_root() / "detectors" / config_hash(key)
+    path = folder / "detector.pt"
+    if path.exists():
+        say(f"detector: reusing {path}")
+        return load_detector(path), path
+    say(f"detector: training on {len(train)} patches ({cfg.detector.epochs} epochs) into {folder}")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "key.json").write_text(json.dumps(key, indent=1, default=str))
+    det = train_detector(train.volumes, reference.volumes, cfg.detector, out_dir=folder, progress=cfg.progress)
+    return det, path
+
+
+def synthesize(run_dir: Path, ldm_cfg: LDMConfig, checkpoint: str | int, n: int, sampler: str, steps: int,
+               seed: int, progress: bool = True, eta: float | None = None) -> SampleSet:
+    """Samples of one checkpoint: read back if this exact set was drawn before, else drawn and written
+    as NIfTI under ``run_dir/samples/<tag>/`` (see :mod:`memostudy.ldm.sampling`). ``eta``: DDIM noise level,
+    None = the LDM config's ``sampling.eta``."""
+    ck = None if str(checkpoint) == "final" else checkpoint
+    eta = ldm_cfg.sampling.eta if eta is None else float(eta)
+    tag = f"{default_tag(ck, sampler, steps, seed, eta)}-n{n}"
+    folder = run_dir / "samples" / tag
+    run = load_run(run_dir, ck)
+    if (folder / "samples.csv").exists():
+        say(f"samples: reading {folder}")
+        vols, ids, _ = read_volume_folder(folder)
+    else:
+        how = f"{sampler}-{steps}" + (f" (eta {eta:g})" if sampler == "ddim" else "")
+        say(f"samples: drawing {n} with {how} from checkpoint {checkpoint} (epoch {run.epoch})")
+        vols = sample_from(run, n, sampler=sampler, steps=steps, seed=seed, batch_size=ldm_cfg.sampling.batch_size,
+                           progress=progress, eta=eta)
+        folder = write_samples(run_dir, vols, tag, ck, sampler=sampler, steps=steps, seed=seed,
+                               batch_size=ldm_cfg.sampling.batch_size, eta=eta)
+        ids = [f"sample_{i:04d}.nii.gz" for i in range(n)]
+    return SampleSet(checkpoint=checkpoint, volumes=vols, ids=ids, folder=folder, epoch=run.epoch)

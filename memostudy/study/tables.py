@@ -1,0 +1,21 @@
+"""Result tables the study notebooks show (fractions with their intervals written by
+:meth:`memostudy.detect.metrics.Fraction.text`, the one place that formats them)."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from memostudy.detect.assessment import Assessment
+
+
+def detector_table(assessment: Assessment) -> pd.DataFrame:
+    """The headline of one assessment: threshold, memorized % and copy % (95% bootstrap CIs) of the
+    contrastive detector and of the pixel-correlation baseline, one row per detector."""
+    rows = []
+    for name, key in (("contrastive (this study)", "contrastive"), ("pixel correlation (Akbar et al.)", "pixel")):
+        f = assessment.summary.detectors.get(key)
+        if f is None:
+            continue
+        rows.append({"detector": name, "threshold": f.threshold, "training volumes memorized": f.memorized.text(),
+                     "synthetic volumes that are copies": f.copies.text()})
+    return pd.DataFrame(rows).set_index("detector")

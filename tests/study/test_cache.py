@@ -1,0 +1,84 @@
+"""The cache of trained models: config hashes name the folders, finished models and samples are reused,
+unfinished ones resumed, and a changed setting gets its own folder."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+import memostudy.study.cache as cache
+from memostudy.errors import DataError
+from memostudy.ldm.config import preset
+from memostudy.study.cache import config_hash, get_detector, ldm_training_patches, synthesize, train_or_resume
+
+
+def _refuse(*args, **kwargs):
+    raise AssertionError("the cache should have been used")
+
+
+def test_config_hash_is_stable_and_follows_every_field(monkeypatch) -> None:
+    a, b = preset("test-16"), preset("test-16")
+    assert config_hash(a) == config_hash(b) and len(config_hash(a)) == 10
+    assert config_hash(a) != config_hash(preset("test-16", {"diffusion.loop.epochs": 4}))
+    assert config_hash(a) != config_hash(preset("test-16", {"seed": 1}))
+    assert config_hash({"x": 1, "y": [1, 2]}) == config_hash({"y": [1, 2], "x": 1})  # key order does not matter
+    before = config_hash(a)
+    monkeypatch.setattr(cache, "CACHE_VERSION", cache.CACHE_VERSION + 1)  # a code change that invalidates models
+    assert config_hash(a) != before
+
+
+def test_a_finished_ldm_is_reused_and_an_unfinished_one_resumed(tiny_result, tmp_path: Path, monkeypatch) -> None:
+    root = tiny_result.run_dir.parent.parent
+    monkeypatch.setattr(cache, "train_ldm", _refuse)
+    assert train_or_resume(tiny_result.ldm_config, root, progress=False) == tiny_result.run_dir
+    # the same config in another work folder: trained there (the call is recorded, not run)
+    calls = []
+    monkeypatch.setattr(cache, "train_ldm", lambda cfg, run_dir, progress: calls.append(run_dir))
+    other = train_or_resume(tiny_result.ldm_config, tmp_path, progress=False)
+    assert calls == [other] and other.name == tiny_result.run_dir.name and other.parent == tmp_path / "ldm"
+    # interrupted there (the folder exists, no DONE marker): resumed in the same folder
+    (other / "diffusion").mkdir(parents=True)
+    assert train_or_resume(tiny_result.ldm_config, tmp_path, progress=False) == other and calls == [other, other]
+    # another config: another folder
+    changed = preset("test-16", {"data": str(tiny_result.ldm_config.data), "diffusion.loop.epochs": 4})
+    assert train_or_resume(changed, tmp_path, progress=False) != other and len(calls) == 3
+
+
+def test_ldm_training_patches_are_those_data_json_names(tiny_result, tmp_path: Path) -> None:
+    ids = json.loads((tiny_result.run_dir / "data.json").read_text())["train_ids"]
+    got = ldm_training_patches(tiny_result.run_dir, tiny_result.ldm_config)
+    assert got.ids == ids and got.volumes.shape == (len(ids), 1, 16, 16, 16)
+    bad = tmp_path / "run"
+    bad.mkdir()
+    (bad / "data.json").write_text(json.dumps({"train_ids": ids[:1] + ["no_such_patch.nii.gz"]}))
+    with pytest.raises(DataError, match="no_such_patch.nii.gz.*retrain"):
+        ldm_training_patches(bad, tiny_result.ldm_config)
+
+
+def test_the_detector_is_trained_once_per_data_set_and_training_config(tiny_result, tiny_config, monkeypatch) -> None:
+    monkeypatch.setattr(cache, "train_detector", _refuse)
+    det, path = get_detector(tiny_config, tiny_result.ldm_config, tiny_result.train, tiny_result.reference)
+    assert path == tiny_result.detector_path and det.best_epoch == tiny_result.detector.best_epoch
+    trained = []
+    monkeypatch.setattr(cache, "train_detector", lambda *a, out_dir, **k: trained.append(out_dir) or "new")
+    longer = replace(tiny_config, detector=replace(tiny_config.detector, epochs=3))
+    det, path = get_detector(longer, tiny_result.ldm_config, tiny_result.train, tiny_result.reference)
+    assert det == "new" and path.parent == trained[0] and path != tiny_result.detector_path
+    assert (trained[0] / "key.json").exists()  # what the folder's hash was made of
+    shutil.rmtree(trained[0])
+
+
+def test_samples_are_read_back_as_drawn(tiny_result, monkeypatch) -> None:
+    s = tiny_result.samples["final"]
+    assert (s.folder / "samples.csv").exists() and len(s.ids) == s.volumes.shape[0]
+    monkeypatch.setattr(cache, "sample_from", _refuse)
+    cfg = tiny_result.ldm_config
+    again = synthesize(tiny_result.run_dir, cfg, "final", len(s.ids), cfg.sampling.sampler, cfg.sampling.steps,
+                       tiny_result.config.seed, progress=False)
+    assert again.folder == s.folder and again.ids == s.ids and again.epoch == s.epoch
+    assert torch.allclose(again.volumes, s.volumes, atol=1e-6)
