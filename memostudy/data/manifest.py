@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from memostudy.data.manifest_schema import NAME_HINT, SPLITS, is_safe_name, manifest_problems
+from memostudy.data.manifest_schema import NAME_HINT, SPLITS, check_patch_size, is_safe_name, manifest_problems
 from memostudy.data.volume_io import VOLUME_SUFFIXES, is_volume_path, volume_stem
 from memostudy.errors import DataError
 
@@ -224,6 +224,9 @@ def manifest_from_folder(
     folder, out = Path(folder).resolve(), Path(out)
     if name is not None and not is_safe_name(name):
         raise DataError(f"--name {name!r}: not a valid data set name; {NAME_HINT}")
+    check_patch_size(patch_size)
+    if spacing is not None and not spacing > 0:
+        raise DataError(f"--spacing {spacing}: must be a positive spacing in mm, or 0 to keep the native spacing")
     if not folder.is_dir():
         raise DataError(f"{folder}: folder not found")
     if out.exists():
@@ -265,8 +268,7 @@ def manifest_from_folder(
     }
     problems = manifest_problems(manifest)
     if problems:
-        flag = {"preprocessing.patch_size": "--patch-size", "preprocessing.spacing": "--spacing"}
-        raise DataError("\n".join(_as_option(p, flag) for p in problems))
+        raise DataError("\n".join(f"{out}: {p}" for p in problems))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
@@ -275,11 +277,3 @@ def manifest_from_folder(
     finally:
         tmp.unlink(missing_ok=True)
     return out
-
-
-def _as_option(problem: str, flag: dict[str, str]) -> str:
-    """Name the command-line option behind a manifest field the command filled in."""
-    for field_name, option in flag.items():
-        if problem.startswith(field_name):
-            return f"{option}: {problem.split(': ', 1)[-1]}"
-    return problem

@@ -15,7 +15,10 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import numpy as np
 from jsonschema import Draft202012Validator
+
+from memostudy.errors import DataError
 
 SPLITS = ("train", "validation", "test")
 FORMAT_HINT = "see data_manifests/demo-ct.yaml for the format"
@@ -193,6 +196,17 @@ def manifest_problems(raw: Any) -> list[str]:
     if problems:
         return problems
     return _relation_problems(raw)
+
+
+def check_patch_size(patch_size: Any, option: str = "--patch-size") -> int:
+    """A cubic patch size given on the command line, as a positive int (refusing 0, negatives, fractions).
+
+    Raises:
+        DataError: naming ``option`` and what to give instead.
+    """
+    if isinstance(patch_size, bool) or not isinstance(patch_size, int | np.integer) or int(patch_size) <= 0:
+        raise DataError(f"{option} {patch_size}: must be a positive whole number of voxels, e.g. 32")
+    return int(patch_size)
 
 
 def is_safe_name(name: str) -> bool:

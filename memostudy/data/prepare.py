@@ -43,7 +43,7 @@ from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
 from memostudy.data.manifest import SPLITS, Manifest, load_manifest, sha256_of
-from memostudy.data.manifest_schema import NAME_HINT, is_safe_name
+from memostudy.data.manifest_schema import NAME_HINT, check_patch_size, is_safe_name
 from memostudy.data.patches import COMPLETE_MARKER, default_cache
 from memostudy.data.sources import obtain
 from memostudy.data.volume_io import load_image
@@ -270,13 +270,6 @@ def _pause_point(point: str) -> None:
         time.sleep(0.05)
 
 
-def _check_patch_size(patch_size: Any) -> int:
-    """A ``--patch-size`` override as a positive int (refusing 0, negatives, fractions)."""
-    if isinstance(patch_size, bool) or not isinstance(patch_size, (int, np.integer)) or int(patch_size) <= 0:
-        raise DataError(f"--patch-size {patch_size}: must be a positive whole number of voxels, e.g. 32")
-    return int(patch_size)
-
-
 def prepare(name_or_path: str | Path, cache: str | Path | None = None, force: bool = False,
             progress: bool = True, patch_size: int | None = None) -> PrepareSummary:
     """Build (or reuse) the patch data set of a manifest in ``cache``.
@@ -298,7 +291,7 @@ def prepare(name_or_path: str | Path, cache: str | Path | None = None, force: bo
     """
     m = load_manifest(name_or_path)
     if patch_size is not None:
-        size = _check_patch_size(patch_size)
+        size = check_patch_size(patch_size)
         m.preprocessing["patch_size"] = [size] * 3
         m.name = f"{m.name}-p{size}"
         m.raw = {**m.raw, "name": m.name, "preprocessing": m.preprocessing}
