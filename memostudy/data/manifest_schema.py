@@ -46,7 +46,7 @@ def _kinds(kinds: dict[str, list[str]], hint: str) -> dict[str, Any]:
 
 MANIFEST_SCHEMA: dict[str, Any] = {
     "type": "object",
-    "hint": "a manifest is a YAML mapping with name, source, volumes, preprocessing and split",
+    "hint": "write the manifest as a YAML mapping with name, source, volumes, preprocessing and split",
     "required": ["name", "source", "volumes", "preprocessing", "split"],
     "properties": {
         "name": {"type": "string", "pattern": SAFE_NAME, "hint": NAME_HINT},
@@ -60,12 +60,12 @@ MANIFEST_SCHEMA: dict[str, Any] = {
                 "kind": {"enum": ["folder", "pypi-sdist"]},
                 "root": {"type": "string", "minLength": 1},
                 "package": {"type": "string", "pattern": r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$",
-                            "hint": "a PyPI package name"},
-                "version": {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9.+!_-]*$", "hint": "a version like 3.0.1"},
-                "archive": {"type": "string", "pattern": SAFE_NAME, "hint": "the archive's file name, no folder"},
-                "sha256": {"type": "string", "pattern": r"^[0-9a-fA-F]{64}$", "hint": "64 hex digits"},
+                            "hint": "use a PyPI package name"},
+                "version": {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9.+!_-]*$", "hint": "use a version like 3.0.1"},
+                "archive": {"type": "string", "pattern": SAFE_NAME, "hint": "use the archive's file name, without a folder"},
+                "sha256": {"type": "string", "pattern": r"^[0-9a-fA-F]{64}$", "hint": "use 64 hex digits"},
                 "members_root": {"type": "string", "pattern": r"^(?!.*(^|/)\.\.(/|$))[^/\\][^\\]*$",
-                                 "hint": "a relative folder inside the archive, without '..'"},
+                                 "hint": "use a relative folder inside the archive, without '..'"},
             },
         },
         "volumes": {
@@ -73,18 +73,18 @@ MANIFEST_SCHEMA: dict[str, Any] = {
             "hint": "list the volumes, each as {subject, path, sha256} (`memostudy data manifest` writes them)",
             "items": {
                 "type": "object", "required": ["subject", "path", "sha256"],
-                "hint": "each volume needs subject, path and sha256",
+                "hint": "give each volume a subject, path and sha256",
                 "properties": {
                     "subject": {"type": ["string", "integer"], "pattern": SAFE_SUBJECT,
-                                "hint": "a subject id without '/', '\\' or control characters, not '.' or '..'"},
+                                "hint": "use a subject id without '/', '\\' or control characters, not '.' or '..'"},
                     "path": {"type": "string", "minLength": 1},
                     "sha256": {"type": "string", "pattern": r"^[0-9a-fA-F]{64}$",
-                               "hint": "64 hex digits; regenerate the manifest with `memostudy data manifest`"},
+                               "hint": "use 64 hex digits; regenerate the manifest with `memostudy data manifest`"},
                 },
             },
         },
         "preprocessing": {
-            "type": "object", "hint": "a mapping with spacing, intensity, foreground, min_foreground and patch_size",
+            "type": "object", "hint": "use a mapping of spacing, intensity, foreground, min_foreground and patch_size",
             "properties": {
                 "spacing": {"anyOf": [{"type": "null"},
                                       {"type": "array", "items": {"type": "number", "exclusiveMinimum": 0},
@@ -102,7 +102,7 @@ MANIFEST_SCHEMA: dict[str, Any] = {
                     "properties": {"kind": {"enum": ["threshold", "fraction_of_percentile"]}, "value": {"type": "number"},
                                    "percentile": _PERCENT, "fraction": {"type": "number", "minimum": 0}},
                 },
-                "min_foreground": {**_FRACTION, "hint": "a fraction of the patch between 0 and 1, e.g. 0.5"},
+                "min_foreground": {**_FRACTION, "hint": "use a fraction of the patch between 0 and 1, e.g. 0.5"},
                 "patch_size": {"anyOf": [_POS_INT, {"type": "array", "items": _POS_INT, "minItems": 3, "maxItems": 3}],
                                "hint": "use a positive whole number of voxels, e.g. 32, or three of them"},
             },
@@ -118,7 +118,7 @@ MANIFEST_SCHEMA: dict[str, Any] = {
                 "fractions": {"type": "object", "additionalProperties": False,
                               "properties": {s: _FRACTION for s in SPLITS},
                               "hint": "use {train: 0.7, validation: 0.15, test: 0.15} (numbers between 0 and 1)"},
-                "seed": {"type": "integer", "hint": "a whole number"},
+                "seed": {"type": "integer", "hint": "use a whole number"},
             },
         },
     },

@@ -90,7 +90,7 @@ CASES: dict[str, tuple[Case, list[str]]] = {
     "manifest --name ../../etc": (_manifest_cmd("--name", "../../etc"), ["--name '../../etc'", "use 1-100 letters"]),
     "volumes: 5": (lambda t: _prepare(t, edit=_set("volumes", 5)), ["m.yaml", "volumes: got 5", "list the volumes"]),
     "preprocessing: null": (lambda t: _prepare(t, edit=_set("preprocessing", None)),
-                            ["m.yaml", "preprocessing: got None", "a mapping with"]),
+                            ["m.yaml", "preprocessing: got None", "use a mapping of"]),
     "split: null": (lambda t: _prepare(t, edit=_set("split", None)), ["m.yaml", "split: got None", "use {kind:"]),
     "no name": (lambda t: _prepare(t, edit=lambda raw: raw.pop("name")), ["m.yaml", "name: missing"]),
     "patch_size: abc": (lambda t: _prepare(t, edit=_set("preprocessing.patch_size", "abc")),
@@ -115,7 +115,7 @@ CASES: dict[str, tuple[Case, list[str]]] = {
                         ["source.kind: got 'ftp'", "folder, pypi-sdist"]),
     "sdist archive ../x": (lambda t: _prepare(t, edit=_set("source", {
         "kind": "pypi-sdist", "package": "pyradiomics", "version": "3.0.1", "archive": "../x.tar.gz",
-        "sha256": "0" * 64, "members_root": "data"})), ["source.archive: got '../x.tar.gz'", "no folder"]),
+        "sha256": "0" * 64, "members_root": "data"})), ["source.archive: got '../x.tar.gz'", "without a folder"]),
     "subject ../../../escaped": (_subject_escaping, ["volumes[0].subject: got '../../../escaped'"]),
     "sha256 not hex": (lambda t: _prepare(t, edit=lambda raw: raw["volumes"][2].update(sha256="abc")),
                        ["volumes[2].sha256: got 'abc'", "64 hex digits"]),
