@@ -301,7 +301,10 @@ def prepare(name_or_path: str | Path, cache: str | Path | None = None, force: bo
     key = inputs_sha256(manifest_text)
     if not force and (target / COMPLETE_MARKER).exists() and _stored_inputs(target) == key:
         return _summary_from_disk(target, reused=True)  # a complete set only ever appears by a rename
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"{root}: cannot use as the cache folder ({e.strerror}); pass another --cache") from None
     with _locked(root, m.name):
         _tidy_leftovers(root, target)
         complete = (target / COMPLETE_MARKER).exists()

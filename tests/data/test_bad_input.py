@@ -77,6 +77,11 @@ def _text_named_nii(tmp: Path) -> list[str]:
     return ["data", "prepare", str(m), "--cache", str(tmp / "cache")]
 
 
+def _file(path: Path) -> Path:
+    path.write_text("not a folder\n")
+    return path
+
+
 def _manifest_cmd(*extra: str) -> Case:
     def case(tmp: Path) -> list[str]:
         return ["data", "manifest", str(write_cohort(tmp / "vols")), "--out", str(tmp / "out.yaml"), *extra]
@@ -123,6 +128,8 @@ CASES: dict[str, tuple[Case, list[str]]] = {
     "prepare --patch-size 0": (lambda t: _prepare(t, "--patch-size", "0"), ["--patch-size 0", "positive whole"]),
     "manifest --patch-size 0": (_manifest_cmd("--patch-size", "0"), ["--patch-size 0", "positive whole"]),
     "manifest --spacing -1": (_manifest_cmd("--spacing", "-1"), ["--spacing -1.0", "positive spacing in mm"]),
+    "--cache is a file": (lambda t: [*_prepare(t)[:-1], str(_file(t / "cache-file"))],
+                          ["cache-file: cannot use as the cache folder", "pass another --cache"]),
     "all-zero volume": (_all_zero_volume, ["subj1.nii.gz", "every voxel is 0", "remove it from the manifest"]),
     "text file named .nii": (_text_named_nii, ["subj1.nii", "not a NIfTI file", "look like text"]),
 }
