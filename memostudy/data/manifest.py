@@ -58,7 +58,7 @@ class Manifest:
     def patch_size(self) -> tuple[int, int, int]:
         """Patch edge lengths in voxels (D, H, W)."""
         ps = self.preprocessing.get("patch_size", 32)
-        ps = [ps] * 3 if isinstance(ps, int) else list(ps)
+        ps = [ps] * 3 if isinstance(ps, int | float) else list(ps)
         return int(ps[0]), int(ps[1]), int(ps[2])
 
     def split_of(self) -> dict[str, str]:
