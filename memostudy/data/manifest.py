@@ -23,9 +23,6 @@ from memostudy.data.manifest_schema import NAME_HINT, SPLITS, check_patch_size, 
 from memostudy.data.volume_io import VOLUME_SUFFIXES, is_volume_path, volume_stem
 from memostudy.errors import DataError
 
-__all__ = ["SPLITS", "Manifest", "VolumeEntry", "load_manifest", "manifest_from_folder", "sha256_of",
-           "source_root", "verify_checksums"]
-
 REPO_MANIFESTS = Path(__file__).resolve().parents[2] / "data_manifests"
 
 
