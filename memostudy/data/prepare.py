@@ -245,14 +245,16 @@ def _locked(root: Path, name: str):
         lock.release()
 
 
+def _leftovers(root: Path, name: str) -> list[Path]:
+    """Build folders and replaced data sets of ``name`` in ``root`` (a killed run's, or a live one's)."""
+    return sorted([*root.glob(f"{BUILDING_PREFIX}{name}{SEP}*"), *root.glob(f"{REPLACED_PREFIX}{name}{SEP}*")])
+
+
 def _tidy_leftovers(root: Path, target: Path) -> None:
     """Remove what a killed run of this data set left (call with the lock held): its build folders;
     a replaced data set goes back into place if the replacement never arrived, else away."""
-    name = target.name
-    for d in root.glob(f"{BUILDING_PREFIX}{name}{SEP}*"):
-        _remove_own(d, root)
-    for d in sorted(root.glob(f"{REPLACED_PREFIX}{name}{SEP}*")):
-        if not target.exists() and (d / COMPLETE_MARKER).exists():
+    for d in _leftovers(root, target.name):
+        if d.name.startswith(REPLACED_PREFIX) and not target.exists() and (d / COMPLETE_MARKER).exists():
             d.rename(target)
         else:
             _remove_own(d, root)
@@ -299,8 +301,10 @@ def prepare(name_or_path: str | Path, cache: str | Path | None = None, force: bo
     target = dataset_folder(root, m.name)
     manifest_text = yaml.safe_dump(m.raw, sort_keys=True)
     key = inputs_sha256(manifest_text)
-    if not force and (target / COMPLETE_MARKER).exists() and _stored_inputs(target) == key:
-        return _summary_from_disk(target, reused=True)  # a complete set only ever appears by a rename
+    # a complete set only ever appears by a rename, so reuse needs no lock (unless a killed run left things)
+    if (not force and (target / COMPLETE_MARKER).exists() and _stored_inputs(target) == key
+            and not _leftovers(root, m.name)):
+        return _summary_from_disk(target, reused=True)
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as e:
