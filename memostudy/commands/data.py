@@ -13,12 +13,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     prep.add_argument("manifest", help="manifest name (demo-ct, demo-mr) or path to a manifest YAML")
     prep.add_argument("--cache", default=None, help="cache root (default $MEMOSTUDY_CACHE or ~/.cache/memostudy)")
     prep.add_argument("--patch-size", type=int, default=None, help="override the cubic patch size (e.g. 64)")
-    prep.add_argument("--force", action="store_true", help="rebuild even if a different build is there")
+    prep.add_argument("--force", action="store_true",
+                      help="rebuild and replace the cached data set (the old one stays until the new one is complete)")
     prep.set_defaults(func=run_prepare)
     man = dsub.add_parser("manifest", help="write a manifest (with checksums) for a folder of volumes")
     man.add_argument("folder", help="folder of NIfTI/NRRD volumes, DICOM series folders, or the MRNet .npy layout")
     man.add_argument("--out", required=True, help="manifest YAML to write (must not exist)")
-    man.add_argument("--name", default=None, help="data set name (default: the folder's name)")
+    man.add_argument("--name", default=None,
+                     help="data set name: letters, digits, '.', '_', '-' (default: the folder's name)")
     man.add_argument("--modality", default="MR", choices=["CT", "MR"], help="sets the intensity and foreground rules")
     man.add_argument("--patch-size", type=int, default=32)
     man.add_argument("--spacing", type=float, default=1.0, help="isotropic target spacing in mm (0: keep native)")

@@ -1,7 +1,8 @@
 """Data manifests: which volumes make up a data set, their checksums, preprocessing and split rule.
 
 A manifest is a small YAML file (``data_manifests/<name>.yaml``); it is the only place a data
-location is written down. :func:`load_manifest` validates it, :func:`verify_checksums` refuses any
+location is written down. :func:`load_manifest` checks it against the schema of
+:mod:`.manifest_schema` before anything runs, :func:`verify_checksums` refuses any
 file whose sha256 differs from the manifest, and :func:`manifest_from_folder` writes one for a
 user's own folder of volumes (bring-your-own data).
 """
@@ -11,16 +12,17 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from memostudy.data.volume_io import VOLUME_SUFFIXES, is_volume_path
+from memostudy.data.manifest_schema import NAME_HINT, SPLITS, check_patch_size, is_safe_name, manifest_problems
+from memostudy.data.volume_io import VOLUME_SUFFIXES, is_volume_path, volume_stem
 from memostudy.errors import DataError
 
-SPLITS = ("train", "validation", "test")
 REPO_MANIFESTS = Path(__file__).resolve().parents[2] / "data_manifests"
 
 
@@ -53,7 +55,7 @@ class Manifest:
     def patch_size(self) -> tuple[int, int, int]:
         """Patch edge lengths in voxels (D, H, W)."""
         ps = self.preprocessing.get("patch_size", 32)
-        ps = [ps] * 3 if isinstance(ps, int) else list(ps)
+        ps = [ps] * 3 if isinstance(ps, int | float) else list(ps)
         return int(ps[0]), int(ps[1]), int(ps[2])
 
     def split_of(self) -> dict[str, str]:
@@ -119,45 +121,27 @@ def find_manifest(name_or_path: str | Path) -> Path:
 
 
 def load_manifest(name_or_path: str | Path) -> Manifest:
-    """Load and validate a manifest.
+    """Load a manifest and check it against :data:`~memostudy.data.manifest_schema.MANIFEST_SCHEMA`.
 
     Raises:
-        DataError: unreadable YAML, missing keys, a subject assigned to two splits, bad values.
+        DataError: unreadable YAML, or one line per problem (``<file>: <field>: got ...; what to do``).
     """
     path = find_manifest(name_or_path)
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise DataError(f"{path}: not valid YAML ({str(e).splitlines()[0]}); fix the manifest") from None
-    if not isinstance(raw, dict):
-        raise DataError(f"{path}: a manifest must be a YAML mapping")
-    for key in ("name", "source", "volumes", "preprocessing", "split"):
-        if key not in raw:
-            raise DataError(f"{path}: manifest lacks the `{key}` entry; see data_manifests/demo-ct.yaml for the format")
-    vols = []
-    for i, v in enumerate(raw["volumes"] or []):
-        if not isinstance(v, dict) or not {"subject", "path", "sha256"} <= set(v):
-            raise DataError(f"{path}: volumes[{i}] needs subject, path and sha256")
-        vols.append(VolumeEntry(str(v["subject"]), str(v["path"]), str(v["sha256"]).lower()))
-    if not vols:
-        raise DataError(f"{path}: the manifest lists no volumes")
-    m = Manifest(
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot read the manifest ({e}); pass a YAML manifest file") from None
+    problems = manifest_problems(raw)
+    if problems:
+        raise DataError("\n".join(f"{path}: {p}" for p in problems))
+    vols = [VolumeEntry(str(v["subject"]), str(v["path"]), str(v["sha256"]).lower()) for v in raw["volumes"]]
+    return Manifest(
         name=str(raw["name"]), modality=str(raw.get("modality", "unknown")), source=dict(raw["source"]),
         volumes=vols, preprocessing=dict(raw["preprocessing"]), split=dict(raw["split"]),
         description=str(raw.get("description", "")), licence=str(raw.get("licence", "")), path=path, raw=raw,
     )
-    if any(s <= 0 for s in m.patch_size):
-        raise DataError(f"{path}: preprocessing.patch_size must be positive, got {m.patch_size}")
-    bad = {s: sp for s, sp in m.split_of().items() if sp not in SPLITS}
-    if bad:
-        raise DataError(f"{path}: unknown split(s) {bad}; use {', '.join(SPLITS)}")
-    if m.split.get("kind", "by_subject") == "by_subject":
-        seen: dict[str, str] = {}
-        for k, v in (m.split.get("assign") or {}).items():
-            if str(k) in seen and seen[str(k)] != v:
-                raise DataError(f"{path}: subject {k} is assigned to two splits; a subject may be in one split only")
-            seen[str(k)] = v
-    return m
 
 
 def source_root(m: Manifest) -> Path | None:
@@ -210,21 +194,36 @@ def _volume_items(folder: Path) -> list[Path]:
 MRNET_SPLIT_DIRS = {"train": "train", "valid": "validation", "validation": "validation", "test": "test"}
 
 
+def default_name(folder: Path) -> str:
+    """A data set name from a folder's name: characters outside ``[A-Za-z0-9._-]`` become ``-``."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", folder.name).strip(".-_")[:100]
+    return name or "dataset"
+
+
 def manifest_from_folder(
     folder: str | Path, out: str | Path, name: str | None = None, modality: str = "MR",
     patch_size: int = 32, spacing: float | None = 1.0, seed: int = 0,
 ) -> Path:
     """Write a manifest for a user's folder of volumes, with a sha256 per file and a subject column.
 
-    Subjects: a volume directly in ``folder`` is its own subject (file name without suffix); a
-    volume inside a sub-folder belongs to the subject named by that sub-folder. The MRNet layout
+    Subjects: a volume directly in ``folder`` is its own subject (its file name without the volume
+    suffix, so ``patient.001.nii.gz`` and ``patient.002.nii.gz`` are two subjects); a volume inside a
+    sub-folder belongs to the subject named by that sub-folder. The MRNet layout
     (``train|valid/<plane>/<case>.npy``) is recognised: the case number is the subject and the
     top folder its split. Otherwise subjects are split 70/15/15 by a seeded shuffle.
 
+    The manifest is checked against the schema before it is written, and written atomically.
+
     Raises:
-        DataError: missing or empty folder, or an existing ``out`` file.
+        DataError: missing or empty folder, an existing ``out`` file, an unsafe ``name``, or a bad
+            ``patch_size`` / ``spacing``.
     """
     folder, out = Path(folder).resolve(), Path(out)
+    if name is not None and not is_safe_name(name):
+        raise DataError(f"--name {name!r}: not a valid data set name; {NAME_HINT}")
+    check_patch_size(patch_size)
+    if spacing is not None and not spacing > 0:
+        raise DataError(f"--spacing {spacing}: must be a positive spacing in mm, or 0 to keep the native spacing")
     if not folder.is_dir():
         raise DataError(f"{folder}: folder not found")
     if out.exists():
@@ -237,7 +236,7 @@ def manifest_from_folder(
                 and p.suffix == ".npy" for p in items)
     for p in items:
         rel = p.relative_to(folder)
-        stem = rel.name.split(".")[0]
+        stem = volume_stem(rel.name)
         if mrnet:
             subject = f"case{stem}"
             assign[subject] = MRNET_SPLIT_DIRS[rel.parts[0]]
@@ -246,7 +245,7 @@ def manifest_from_folder(
         entries.append({"subject": subject, "path": rel.as_posix(), "sha256": sha256_of(p)})
     is_ct = modality.upper() == "CT"
     manifest = {
-        "name": name or folder.name,
+        "name": name or default_name(folder),
         "description": f"volumes under {folder.name} (manifest written by `memostudy data manifest`)",
         "modality": modality,
         "licence": "as the data owner states",
@@ -264,6 +263,14 @@ def manifest_from_folder(
         "split": {"kind": "by_subject", "assign": assign} if mrnet
         else {"kind": "by_subject_fraction", "fractions": {"train": 0.7, "validation": 0.15, "test": 0.15}, "seed": seed},
     }
+    problems = manifest_problems(manifest)
+    if problems:
+        raise DataError("\n".join(f"{out}: {p}" for p in problems))
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(yaml.safe_dump(manifest, sort_keys=False))
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(yaml.safe_dump(manifest, sort_keys=False))
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
     return out

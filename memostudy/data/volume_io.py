@@ -24,6 +24,16 @@ logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".npy", ".mha", ".mhd")
 
 
+def volume_stem(file_name: str) -> str:
+    """A file name without its volume suffix: ``1.2.826.0.1.nii.gz`` -> ``1.2.826.0.1``,
+    ``patient.001.nrrd`` -> ``patient.001`` (only the suffixes of :data:`VOLUME_SUFFIXES` and ``.dcm``)."""
+    lower = file_name.lower()
+    for suffix in sorted((*VOLUME_SUFFIXES, ".dcm"), key=len, reverse=True):
+        if lower.endswith(suffix) and len(file_name) > len(suffix):
+            return file_name[: -len(suffix)]
+    return file_name
+
+
 def is_volume_path(path: Path) -> bool:
     """True for a file with a volume suffix, or a folder holding a DICOM series (``*.dcm``)."""
     name = path.name.lower()
@@ -59,6 +69,33 @@ def _check_gzip(path: Path) -> None:
         raise DataError(f"{path}: cannot read as a volume (corrupt gzip: {e}); re-export or re-download it") from None
 
 
+def _check_format(path: Path) -> None:
+    """Check the first bytes of a NIfTI, NRRD or NumPy file match its suffix, so that a file of
+    another kind (e.g. text named ``.nii``) is named as such instead of failing in a fallback reader."""
+    import gzip
+
+    name = path.name.lower()
+    if name.endswith(".nii.gz"):
+        with gzip.open(path, "rb") as fh:
+            head, kind = fh.read(4), "NIfTI"
+    else:
+        with open(path, "rb") as fh:
+            head = fh.read(6)
+        kind = "NIfTI" if name.endswith(".nii") else "NRRD" if name.endswith((".nrrd", ".nhdr")) else "NumPy"
+        if not name.endswith((".nii", ".nrrd", ".nhdr", ".npy")):
+            return
+    if kind == "NIfTI":  # sizeof_hdr: 348 (NIfTI-1) or 540 (NIfTI-2), either byte order
+        ok = len(head) >= 4 and {int.from_bytes(head[:4], "little"), int.from_bytes(head[:4], "big")} & {348, 540}
+    elif kind == "NRRD":
+        ok = head.startswith(b"NRRD")
+    else:
+        ok = head.startswith(b"\x93NUMPY")
+    if not ok:
+        looks = "text" if head and all(32 <= b < 127 or b in (9, 10, 13) for b in head) else "another format"
+        raise DataError(f"{path}: not a {kind} file (its first bytes look like {looks}); "
+                        f"check the file or give it the suffix of its real format")
+
+
 def check_volume(path: Path, arr: np.ndarray) -> np.ndarray:
     """Squeeze a trailing singleton axis and check a loaded array is a finite 3D volume.
 
@@ -90,6 +127,8 @@ def load_image(path: str | Path):  # -> monai.data.MetaTensor
         raise DataError(f"{path}: file is empty; re-export or re-download it")
     if path.is_file() and path.name.lower().endswith(".gz"):
         _check_gzip(path)
+    if path.is_file():
+        _check_format(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

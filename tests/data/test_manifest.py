@@ -87,11 +87,44 @@ def test_empty_folder_and_existing_out_are_errors(tmp_path: Path, cohort: Path) 
 def test_subject_assigned_twice_is_refused(tmp_path: Path) -> None:
     p = tmp_path / "m.yaml"
     p.write_text(yaml.safe_dump({"name": "x", "source": {"kind": "folder", "root": "."},
-                                 "volumes": [{"subject": "a", "path": "a.nii", "sha256": "0"}],
+                                 "volumes": [{"subject": "a", "path": "a.nii", "sha256": "0" * 64}],
                                  "preprocessing": {"patch_size": 8},
                                  "split": {"kind": "by_subject", "assign": {"a": "nowhere"}}}))
-    with pytest.raises(DataError, match="unknown split"):
+    with pytest.raises(DataError, match=r"m\.yaml: split\.assign\.a: got 'nowhere'; use one of train, validation, test"):
         load_manifest(p)
+
+
+def test_every_problem_gets_its_own_line(tmp_path: Path) -> None:
+    p = tmp_path / "m.yaml"
+    p.write_text(yaml.safe_dump({"name": "../x", "source": {"kind": "folder"}, "volumes": 5,
+                                 "preprocessing": {"patch_size": "abc"}, "split": {"kind": "by_subject_fraction",
+                                                                                   "fractions": "seventy"}}))
+    with pytest.raises(DataError) as e:
+        load_manifest(p)
+    lines = str(e.value).splitlines()
+    assert [ln.split(": ")[1] for ln in lines] == ["name", "preprocessing.patch_size", "split.fractions", "volumes"]
+    assert all(ln.startswith(f"{p}: ") for ln in lines)
+
+
+def test_each_file_is_its_own_subject_whatever_its_dots(tmp_path: Path) -> None:
+    from tests.conftest import write_cohort
+
+    folder = write_cohort(tmp_path / "c", n_subjects=5)
+    names = ["1.2.826.0.1.3680043.2.1125.1.nii.gz", "1.2.826.0.1.3680043.2.1125.2.nii.gz",
+             "patient.001.nii.gz", "patient.002.nii.gz", "patient.003.NII.GZ"]
+    for old, new in zip(sorted(folder.iterdir()), names):
+        old.rename(folder / new)
+    m = load_manifest(manifest_from_folder(folder, tmp_path / "m.yaml", seed=1))
+    assert sorted(v.subject for v in m.volumes) == sorted(["1.2.826.0.1.3680043.2.1125.1", "1.2.826.0.1.3680043.2.1125.2",
+                                                           "patient.001", "patient.002", "patient.003"])
+    assert sorted(m.split_of().values()) == ["test", "train", "train", "train", "validation"]
+
+
+def test_default_name_is_made_safe(tmp_path: Path) -> None:
+    from tests.conftest import write_cohort
+
+    folder = write_cohort(tmp_path / "My scans (2024)", n_subjects=1)
+    assert load_manifest(manifest_from_folder(folder, tmp_path / "m.yaml")).name == "My-scans-2024"
 
 
 def test_demo_manifests_parse() -> None:

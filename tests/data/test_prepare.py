@@ -15,7 +15,6 @@ from memostudy.data.manifest import manifest_from_folder
 from memostudy.data.patches import load_patches
 from memostudy.data.prepare import prepare
 from memostudy.data.volume_io import write_nifti
-from memostudy.errors import DataError
 
 
 def _manifest(cohort: Path, tmp_path: Path, patch: int = 8) -> Path:
@@ -68,7 +67,7 @@ def _cli_error(args: list[str], capsys: pytest.CaptureFixture[str]) -> str:
 
 
 def _assert_nothing_half_written(cache: Path) -> None:
-    assert not cache.exists() or not [p for p in cache.iterdir() if p.name != "sources"]
+    assert not cache.exists() or not [p for p in cache.iterdir() if p.name not in ("sources", ".locks")]
 
 
 @pytest.mark.parametrize("damage", ["corrupt_gzip", "truncated_nifti", "nan", "four_d"])
@@ -144,14 +143,56 @@ def test_interrupted_build_leaves_nothing(cohort: Path, tmp_path: Path, monkeypa
     _assert_nothing_half_written(tmp_path / "cache")
 
 
-def test_different_manifest_needs_force(cohort: Path, tmp_path: Path) -> None:
+def test_changed_manifest_sets_old_aside_and_rebuilds(cohort: Path, tmp_path: Path) -> None:
     m = _manifest(cohort, tmp_path)
-    prepare(m, cache=tmp_path / "c", progress=False)
-    text = m.read_text().replace("min_foreground: 0.5", "min_foreground: 0.25")
-    m.write_text(text)
-    with pytest.raises(DataError, match="--force"):
-        prepare(m, cache=tmp_path / "c", progress=False)
-    assert prepare(m, cache=tmp_path / "c", progress=False, force=True).patches["train"] > 0
+    first = prepare(m, cache=tmp_path / "c", progress=False)
+    old_table = (first.path / "patches.csv").read_text()
+    assert "hi: 1000" in m.read_text()
+    m.write_text(m.read_text().replace("hi: 1000", "hi: 800"))
+    second = prepare(m, cache=tmp_path / "c", progress=False)
+    assert not second.reused and second.set_aside is not None
+    assert second.set_aside.name.startswith("toy.stale-") and "set aside" in "\n".join(second.lines())
+    assert (second.set_aside / "patches.csv").read_text() == old_table  # moved, not deleted
+    assert (second.path / "patches.csv").read_text() != old_table
+    assert prepare(m, cache=tmp_path / "c", progress=False).reused
+
+
+def test_force_replaces_with_the_same_result(cohort: Path, tmp_path: Path) -> None:
+    m = _manifest(cohort, tmp_path)
+    first = prepare(m, cache=tmp_path / "c", progress=False)
+    table = (first.path / "patches.csv").read_text()
+    again = prepare(m, cache=tmp_path / "c", progress=False, force=True)
+    assert not again.reused and again.set_aside is None
+    assert (again.path / "patches.csv").read_text() == table
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == [".locks", "toy"]
+
+
+def test_patch_size_override_is_its_own_data_set(cohort: Path, tmp_path: Path) -> None:
+    s = prepare(_manifest(cohort, tmp_path), cache=tmp_path / "c", progress=False, patch_size=16)
+    assert s.name == "toy-p16" and s.patch_size == (16, 16, 16)
+    assert load_patches(s.path, split=None).volumes.shape[2:] == (16, 16, 16)
+
+
+def test_volume_without_foreground_is_named_as_skipped(cohort: Path, tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    write_nifti(cohort / "subj3.nii.gz", (-1000 + rng.normal(0, 5, (16, 16, 8))).astype(np.float32), (2, 2, 4))
+    s = prepare(_manifest(cohort, tmp_path), cache=tmp_path / "c", progress=False)
+    assert s.skipped == ["subj3.nii.gz: no patch passed the foreground rule (min_foreground 0.5); "
+                         "subject subj3 has no patches from it"]
+    assert "skipped    subj3.nii.gz: no patch passed" in "\n".join(s.lines())
+    assert prepare(_manifest(cohort, tmp_path / "again"), cache=tmp_path / "c", progress=False).skipped == s.skipped
+
+
+def test_nothing_is_deleted_outside_the_cache(cohort: Path, tmp_path: Path) -> None:
+    from memostudy.data.prepare import _remove_own
+
+    (tmp_path / "c").mkdir()
+    (tmp_path / "victim").mkdir()
+    with pytest.raises(RuntimeError, match="refusing to delete"):
+        _remove_own(tmp_path / "c" / ".." / "victim", tmp_path / "c")
+    with pytest.raises(RuntimeError, match="refusing to delete"):
+        _remove_own(tmp_path / "c" / "toy", tmp_path / "c")  # a data set is only ever renamed
+    assert (tmp_path / "victim").is_dir()
 
 
 def test_demo_ct_is_real_chest_ct_split_by_patient(demo_ct: Path) -> None:
