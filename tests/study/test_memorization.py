@@ -54,9 +54,12 @@ def test_reference_patches_are_capped_evenly(tiny_config) -> None:
 def test_sampling_settings_come_from_the_preset_unless_given(tiny_config) -> None:
     ldm_cfg = tiny_config.ldm_config()
     plan = tiny_config.sampling_plan(ldm_cfg, n_train=8)
-    assert plan == SamplingPlan(n=4, sampler=ldm_cfg.sampling.sampler, steps=ldm_cfg.sampling.steps, eta=None)
-    given = replace(tiny_config, num_samples=7, sampler="ddpm", steps=5, eta=0.5).sampling_plan(ldm_cfg, 8)
-    assert given == SamplingPlan(n=7, sampler="ddpm", steps=5, eta=0.5)
+    assert plan == SamplingPlan(n=4, sampler=ldm_cfg.sampling.sampler, steps=ldm_cfg.sampling.steps,
+                                eta=ldm_cfg.sampling.eta)
+    given = replace(tiny_config, num_samples=7, sampler="ddim", steps=5, eta=0.5).sampling_plan(ldm_cfg, 8)
+    assert given == SamplingPlan(n=7, sampler="ddim", steps=5, eta=0.5)
+    ddpm = replace(tiny_config, sampler="ddpm", steps=5).sampling_plan(ldm_cfg, 8)
+    assert ddpm.steps == ldm_cfg.diffusion.num_train_timesteps  # DDPM always runs every step
 
 
 @pytest.mark.parametrize("params, message", [
