@@ -10,18 +10,21 @@ draws every figure. The template has every CDN reference removed, so a report op
 
 from __future__ import annotations
 
-import base64
-import gzip
 import html
 import json
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import plotly.graph_objects as go
 
+from memostudy.report.format import fmt
+from memostudy.report.page import RawHtml, figure_html, html_page, plotlyjs_loader
+
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 PLOTLY_MIME = "application/vnd.plotly.v1+json"
+INDEX_STYLE = ("body{font-family:sans-serif;margin:2em}.tbl{border-collapse:collapse}"
+               ".tbl td,.tbl th{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}"
+               "tr.failed{background:#fee}")
 
 
 def show(fig: go.Figure) -> None:
@@ -34,40 +37,6 @@ def show(fig: go.Figure) -> None:
         "text/plain": f"<plotly figure: {fig.layout.title.text or 'untitled'}>",
     }
     display(bundle, raw=True)
-
-
-def figure_html(figure: dict[str, Any], div_id: str) -> str:
-    """A figure of the report: an empty ``<div>`` and the figure's JSON, drawn by :func:`plotlyjs_loader`."""
-    text = json.dumps(figure, separators=(",", ":")).replace("</", "<\\/")  # cannot close the <script>
-    return (f'<div id="{div_id}" class="plotly-graph-div"></div>'
-            f'<script type="application/json" class="memostudy-figure" data-div="{div_id}">{text}</script>')
-
-
-@lru_cache(maxsize=1)
-def plotlyjs_loader() -> str:
-    """plotly.js gzip-compressed and base64-encoded, plus the script that inflates it and draws every figure
-    of :func:`figure_html` on the page (once the page is parsed, whatever the order of the two)."""
-    from plotly.offline import get_plotlyjs
-
-    packed = base64.b64encode(gzip.compress(get_plotlyjs().encode("utf-8"), 9, mtime=0)).decode("ascii")
-    return f"""<script type="application/octet-stream" id="memostudy-plotlyjs">{packed}</script>
-<script>(function () {{
-  var parsed = new Promise(function (r) {{
-    if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", r); else r(); }});
-  var packed = document.getElementById("memostudy-plotlyjs").textContent;
-  var bytes = Uint8Array.from(atob(packed), function (c) {{ return c.charCodeAt(0); }});
-  var inflated = new Response(new Blob([bytes]).stream().pipeThrough(new DecompressionStream("gzip"))).text();
-  Promise.all([inflated, parsed]).then(function (r) {{
-    window.PlotlyConfig = {{MathJaxConfig: "local"}};
-    var s = document.createElement("script");
-    s.textContent = r[0];
-    document.head.appendChild(s);
-    document.querySelectorAll("script.memostudy-figure").forEach(function (el) {{
-      var f = JSON.parse(el.textContent);
-      Plotly.newPlot(el.dataset.div, f.data, f.layout || {{}}, f.config || {{responsive: true}});
-    }});
-  }});
-}})();</script>"""
 
 
 def _render_figures(nb: Any) -> None:
@@ -124,33 +93,18 @@ def write_index(reports_dir: str | Path) -> Path:
     rows = []
     for r in runs:
         figs = r.get("key_figures") or {}
-        figs_txt = "; ".join(f"{html.escape(str(k))}: {html.escape(_fmt(v))}" for k, v in figs.items())
+        figs_txt = "; ".join(f"{html.escape(str(k))}: {html.escape(fmt(v, 3))}" for k, v in figs.items())
         link = f'<a href="{html.escape(r["_dir"])}/report.html">{html.escape(r["_dir"])}</a>'
         status = html.escape(r.get("status", "?"))
         rows.append(f"<tr class='{status}'><td>{link}</td><td>{html.escape(r.get('notebook', ''))}</td>"
                     f"<td>{status}</td><td>{html.escape(r.get('started', ''))}</td>"
-                    f"<td>{html.escape(_fmt(r.get('seconds')))}</td><td>{figs_txt}</td></tr>")
-    page = f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>memostudy reports</title>
-<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}}tr.failed{{background:#fee}}</style>
-</head><body><h1>memostudy reports</h1>
-<p>{len(runs)} run(s). Each link opens a self-contained report (works offline).</p>
-<table><tr><th>run</th><th>notebook</th><th>status</th><th>started (UTC)</th><th>seconds</th><th>key figures</th></tr>
-{chr(10).join(rows)}
-</table></body></html>
-"""
+                    f"<td>{html.escape(fmt(r.get('seconds'), 3))}</td><td>{figs_txt}</td></tr>")
+    table = ("<table class='tbl'><tr><th>run</th><th>notebook</th><th>status</th><th>started (UTC)</th>"
+             f"<th>seconds</th><th>key figures</th></tr>{chr(10).join(rows)}</table>")
+    page = html_page("memostudy reports", [
+        (None, f"{len(runs)} run(s). Each link opens a self-contained report (works offline)."),
+        (None, RawHtml(table))], style=INDEX_STYLE)
     out = reports_dir / "index.html"
     reports_dir.mkdir(parents=True, exist_ok=True)
     out.write_text(page, encoding="utf-8")
     return out
-
-
-def _fmt(v: Any) -> str:
-    if v is None:
-        return ""
-    if isinstance(v, float):
-        return f"{v:.3g}"
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_fmt(x) for x in v) + "]"
-    return str(v)

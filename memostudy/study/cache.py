@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from memostudy.config import to_dict
@@ -83,9 +82,7 @@ def ldm_training_patches(run_dir: str | Path, ldm_cfg: LDMConfig) -> PatchSet:
     if missing:
         raise DataError(f"{run_dir}/data.json names patches not in data set {ldm_cfg.data!r} (e.g. {missing[0]}); "
                         "was the data set rebuilt? retrain with --force")
-    idx = np.array([pos[i] for i in ids])
-    return PatchSet(split.volumes[torch.as_tensor(idx)], list(ids), split.table.iloc[idx].reset_index(drop=True),
-                    split.info)
+    return split.subset([pos[i] for i in ids])
 
 
 def get_detector(cfg: MemorizationConfig, ldm_cfg: LDMConfig, ldm_train: PatchSet,

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import torch
 
 from memostudy.data.patches import PatchSet, load_patches
 from memostudy.detect.assessment import Assessment, assess
@@ -87,9 +86,7 @@ def reference_patches(cfg: MemorizationConfig, ldm_cfg: LDMConfig) -> PatchSet:
     (evenly spaced)."""
     ref = load_patches(ldm_cfg.data, "validation", ldm_cfg.cache)
     if cfg.max_reference is not None and cfg.max_reference < len(ref):
-        idx = evenly_spaced(len(ref), cfg.max_reference)
-        ref = PatchSet(ref.volumes[torch.as_tensor(idx)], [ref.ids[i] for i in idx],
-                       ref.table.iloc[idx].reset_index(drop=True), ref.info)
+        ref = ref.subset(evenly_spaced(len(ref), cfg.max_reference))
     return ref
 
 

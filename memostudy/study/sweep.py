@@ -28,6 +28,7 @@ since) is not reused: its folder is moved aside to ``<cell-id>.stale-<time>`` an
 from __future__ import annotations
 
 import hashlib
+import html
 import itertools
 import json
 import time
@@ -40,6 +41,7 @@ import plotly.graph_objects as go
 import yaml
 
 from memostudy.errors import ConfigError
+from memostudy.report.page import RawHtml, html_page
 from memostudy.study.aggregate import aggregate, trend
 from memostudy.study.executors import Cell, ExecutorConfig, run_cells
 
@@ -235,24 +237,19 @@ def trend_figure(agg: pd.DataFrame, by: list[str], metric: str, title: str) -> g
 def summary_html(spec: SweepSpec, table: pd.DataFrame, agg: pd.DataFrame) -> str:
     """A self-contained page: the sweep, the detector rule, trend plots with CIs, and the tables."""
     by = spec.by or list(spec.grid)
-    parts = [f"<h1>Sweep {spec.name}</h1><p>{spec.description}</p>",
-             f"<p>Notebook <code>{spec.notebook}</code>; seeds {spec.seeds}; fixed {json.dumps(spec.fixed)}; "
-             f"grid {json.dumps(spec.grid)}.</p>"]
+    sections: list[tuple[str | None, object]] = [
+        (None, spec.description),
+        (None, RawHtml(f"<p>Notebook <code>{html.escape(spec.notebook)}</code>; seeds {spec.seeds}; "
+                       f"fixed {html.escape(json.dumps(spec.fixed))}; grid {html.escape(json.dumps(spec.grid))}.</p>"))]
     if not table.empty and "detector" in table.columns:
-        parts.append(f"<p>Memorization measured with: {', '.join(sorted(set(map(str, table['detector']))))}.</p>")
+        sections.append((None, f"Memorization measured with: {', '.join(sorted(set(map(str, table['detector']))))}."))
     if not table.empty and "percentile" in table.columns:
         rules = ", ".join(f"{p:g}th percentile" for p in sorted(set(table["percentile"])))
-        parts.append(f"<p>Threshold rule: a copy when its similarity exceeds the {rules} of the real reference "
-                     "volumes' similarity to their nearest training volume.</p>")
-    include = True
+        sections.append((None, f"Threshold rule: a copy when its similarity exceeds the {rules} of the real "
+                               "reference volumes' similarity to their nearest training volume."))
     if not agg.empty:
         for m in spec.metrics:
-            fig = trend_figure(agg, by, m, f"{m}: mean and 95% CI over seeds ({trend(agg, m)})")
-            parts.append(fig.to_html(full_html=False, include_plotlyjs=include, include_mathjax=False))
-            include = False
-        parts.append("<h2>Per setting (mean, 95% CI over seeds)</h2>" + agg.to_html(index=False, float_format="%.3f"))
-    parts.append("<h2>Every run</h2>" + (table.to_html(index=False, float_format="%.3f") if not table.empty
-                                          else "<p>no finished cell yet</p>"))
-    return ("<!doctype html><html><head><meta charset='utf-8'><title>sweep " + spec.name + "</title>"
-            "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
-            "td,th{border:1px solid #ccc;padding:3px 6px}</style></head><body>" + "".join(parts) + "</body></html>")
+            sections.append((None, trend_figure(agg, by, m, f"{m}: mean and 95% CI over seeds ({trend(agg, m)})")))
+        sections.append(("Per setting (mean, 95% CI over seeds)", agg))
+    sections.append(("Every run", table if not table.empty else "no finished cell yet"))
+    return html_page(f"Sweep {spec.name}", sections)

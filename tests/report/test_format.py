@@ -30,6 +30,7 @@ def test_html_page_renders_each_kind_of_section():
                                ("F1", fig), ("F2", fig), (None, RawHtml("<p class='raw'>r</p>")), ("Text", "a < b")])
     assert page.startswith("<!DOCTYPE html>") and "<title>T &lt;1&gt;</title>" in page
     assert "<td>0.1235</td>" in page and "<tr><th>k</th><td>0.5</td></tr><tr><th>l</th><td>[1, 2]</td></tr>" in page
-    assert page.count("plotly.js v") == 1  # plotly.js inlined with the first figure only
+    assert page.count('id="memostudy-plotlyjs"') == 1  # plotly.js inlined (compressed) with the first figure only
+    assert page.count('class="memostudy-figure"') == 2
     assert "<p class='raw'>r</p>" in page and "<p>a &lt; b</p>" in page
     assert page.index("<h2>F1</h2>") < page.index("<h2>F2</h2>") < page.index("<h2>Text</h2>")
