@@ -1,0 +1,221 @@
+"""Calibrated copy decisions: conformal p-values, Benjamini-Hochberg false-discovery control, and a
+reference degraded to the synthetic set's smoothness.
+
+Scores here are *nearest-training scores*: for a volume, its similarity to the most similar training
+volume, higher = more similar (as every score of :mod:`memostudy.detect.similarity`). The *reference*
+volumes are real volumes never in training, so their nearest-training scores show what a novel volume
+scores; a synthetic volume is a copy candidate when it scores higher than novel volumes do.
+
+- **Conformal p-value** (Vovk et al., *Algorithmic Learning in a Random World*, 2005; Bates et al.,
+  "Testing for outliers with conformal p-values", Ann. Statist. 2023): for a synthetic volume with score
+  ``s`` and reference scores ``r_1..r_n``, ``p = (1 + #{i: r_i >= s}) / (1 + n)``. Under the null "this
+  synthetic volume is novel, exchangeable with the reference", ``P(p <= a) <= a`` for every ``a``: p is
+  (super-)uniform. The 95th-percentile rule flags about the volumes with ``p <= 0.05``, one volume at a time.
+- **Benjamini-Hochberg** (Benjamini & Hochberg, JRSS-B 1995): over m p-values, flag the k smallest where
+  k is the largest index with ``p_(k) <= k q / m``; the expected share of novel volumes among the flagged
+  ones is at most q. Conformal p-values sharing one reference are positively dependent (PRDS), for which
+  BH keeps its guarantee (Bates et al. 2023).
+- **Matched smoothness**: generated volumes are smoother than real ones, and a smoother volume scores
+  differently against sharp training volumes, so a threshold calibrated on sharp reference volumes is not
+  calibrated for generated ones. :func:`matched_smoothness` blurs the reference until its smoothness is
+  that of the synthetic set, so the reference's scores are again those of novel volumes *as generated*.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+def _scores(x, name: str) -> np.ndarray:
+    a = np.asarray(x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else x, dtype=np.float64).ravel()
+    if not np.all(np.isfinite(a)):
+        raise ValueError(f"{name} must be finite")
+    return a
+
+
+def conformal_p_values(synthetic_scores, reference_scores) -> np.ndarray:
+    """Conformal p-value of each synthetic volume: ``(1 + #{reference >= its score}) / (1 + n_ref)``.
+
+    Args:
+        synthetic_scores: (M,) nearest-training score of each synthetic volume (higher = more similar).
+        reference_scores: (n_ref,) nearest-training score of each reference volume (n_ref >= 1).
+
+    Returns:
+        (M,) float64 in [1 / (1 + n_ref), 1]; small = scores higher than the novel reference volumes do.
+        On exchangeable (novel) volumes it is uniform on {1, ..., n_ref + 1} / (n_ref + 1) (ties count
+        against a copy, so with ties it is only more conservative).
+    """
+    s = _scores(synthetic_scores, "synthetic_scores")
+    r = np.sort(_scores(reference_scores, "reference_scores"))
+    if len(r) == 0:
+        raise ValueError("need at least one reference score")
+    at_least = len(r) - np.searchsorted(r, s, side="left")  # #{r_i >= s}
+    return (1.0 + at_least) / (1.0 + len(r))
+
+
+def bh_decisions(p_values, q: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
+    """Benjamini-Hochberg decisions at false-discovery rate ``q``.
+
+    Args:
+        p_values: (M,) p-values in [0, 1].
+        q: target false-discovery rate, in (0, 1).
+
+    Returns:
+        ``(flagged, adjusted)``: (M,) bool, True for the volumes BH flags (step-up: the k smallest
+        p-values, k the largest index with ``p_(k) <= k q / M``); (M,) the BH-adjusted p-values (q-values,
+        ``scipy.stats.false_discovery_control``), so ``flagged == adjusted <= q``.
+    """
+    from scipy.stats import false_discovery_control
+
+    if not 0 < q < 1:
+        raise ValueError(f"q must be in (0, 1), got {q}")
+    p = _scores(p_values, "p_values")
+    if np.any((p < 0) | (p > 1)):
+        raise ValueError("p_values must lie in [0, 1]")
+    if len(p) == 0:
+        return np.zeros(0, bool), np.zeros(0)
+    adjusted = np.asarray(false_discovery_control(p, method="bh"), dtype=np.float64)
+    return adjusted <= q, adjusted
+
+
+@dataclass(frozen=True)
+class CopyDecisions:
+    """Per synthetic volume: conformal p-value and BH decision.
+
+    Attributes:
+        p_values: (M,) conformal p-values (small = more copy-like than the reference).
+        q_values: (M,) BH-adjusted p-values.
+        flagged: (M,) bool, flagged as copies at false-discovery rate ``q``.
+        q: the false-discovery rate.
+        n_reference: reference volumes the p-values rest on (the smallest possible p is 1 / (1 + n_reference)).
+    """
+
+    p_values: np.ndarray
+    q_values: np.ndarray
+    flagged: np.ndarray
+    q: float
+    n_reference: int
+
+    @property
+    def n_flagged(self) -> int:
+        return int(self.flagged.sum())
+
+
+def copy_decisions(synthetic_scores, reference_scores, q: float = 0.05) -> CopyDecisions:
+    """Conformal p-values of the synthetic volumes against the reference, and BH decisions at ``q``.
+
+    Args:
+        synthetic_scores: (M,) nearest-training scores of the synthetic volumes (higher = more similar).
+        reference_scores: (n_ref,) nearest-training scores of the reference volumes.
+        q: false-discovery rate, in (0, 1).
+
+    The smallest p-value is ``1 / (1 + n_ref)``, so flagging k of M volumes needs
+    ``1 / (1 + n_ref) <= k q / M``: with n_ref = 250 and M = 4,000 at q = 0.05 at least 64 volumes must
+    stand out together before any is flagged. A small reference limits what a large synthetic set can show.
+    """
+    p = conformal_p_values(synthetic_scores, reference_scores)
+    flagged, adjusted = bh_decisions(p, q)
+    return CopyDecisions(p, adjusted, flagged, float(q), int(np.size(reference_scores)))
+
+
+def roughness(volumes: torch.Tensor) -> torch.Tensor:
+    """Per volume, mean squared finite difference over the spatial axes divided by the voxel variance.
+
+    For a stationary field this is the mean squared spatial frequency of its power spectrum (Parseval:
+    ``E|grad x|^2 / Var x = sum_k |k|^2 P(k) / sum_k P(k)`` up to the finite-difference response): the
+    smoother the volume, the lower. It ignores intensity scale and offset, so a contrast change does not
+    read as blur.
+
+    Args:
+        volumes: (N, 1, D, H, W) or (N, 1, H, W).
+
+    Returns:
+        (N,) float32 >= 0 (0 for a constant volume).
+    """
+    x = volumes.float()
+    nd = x.dim() - 2
+    grad = sum(torch.diff(x, dim=2 + a).pow(2).flatten(1).mean(1) for a in range(nd))
+    var = x.flatten(1).var(1, unbiased=False)
+    return torch.where(var > 0, grad / var.clamp_min(1e-12), torch.zeros_like(var))
+
+
+def blur(volumes: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Gaussian blur of ``sigma`` voxels on every spatial axis (MONAI ``GaussianFilter``); sigma 0 = a copy."""
+    from monai.networks.layers import GaussianFilter
+
+    if sigma <= 0:
+        return volumes.float().clone()
+    with torch.no_grad():
+        return GaussianFilter(volumes.dim() - 2, float(sigma))(volumes.float())
+
+
+@dataclass(frozen=True)
+class MatchedReference:
+    """Result of :func:`matched_smoothness`.
+
+    Attributes:
+        reference: (N, 1, ...) the reference blurred by ``sigma``.
+        sigma: Gaussian sigma in voxels (0 when the synthetic set is no smoother than the reference).
+        reference_roughness: median :func:`roughness` of the reference as given.
+        synthetic_roughness: median roughness of the synthetic set (the target).
+        matched_roughness: median roughness of the returned reference.
+    """
+
+    reference: torch.Tensor
+    sigma: float
+    reference_roughness: float
+    synthetic_roughness: float
+    matched_roughness: float
+
+
+def matched_smoothness(reference: torch.Tensor, synthetic: torch.Tensor, max_sigma: float = 4.0,
+                       steps: int = 16) -> MatchedReference:
+    """The reference blurred so that its smoothness matches the synthetic set's.
+
+    Estimator: the median over each set of :func:`roughness` (gradient energy over variance, the mean
+    squared spatial frequency). A Gaussian blur of sigma multiplies the power spectrum by
+    ``exp(-sigma^2 |k|^2)``, which lowers this statistic monotonically in sigma, so the sigma whose
+    blurred reference has the synthetic set's median roughness is found by bisection; the median makes it
+    robust to a few odd volumes. Matching the spectrum's mean squared frequency is what matters for the
+    nearest-training score: a correlation or an encoder response to a smoother volume loses the
+    high-frequency part it shares with a sharp training volume, so novel smooth volumes score differently
+    from novel sharp ones. Why not a noise match as well: blur is what makes the study's samples
+    differ from its training patches (issue 17); when the synthetic set is rougher (noisier) than the
+    reference, sigma is 0 and the reference is returned unchanged.
+
+    Args:
+        reference: (N, 1, D, H, W) or (N, 1, H, W) real novel volumes (the calibration set).
+        synthetic: (M, 1, ...) the volumes to be assessed (any M, same spatial rank).
+        max_sigma: largest blur searched, in voxels.
+        steps: bisection steps (16 resolve sigma to max_sigma / 2^16).
+
+    Returns:
+        :class:`MatchedReference`.
+    """
+    if reference.dim() != synthetic.dim() or reference.dim() not in (4, 5):
+        raise ValueError(f"reference and synthetic must both be (N, 1, D, H, W) or (N, 1, H, W), "
+                         f"got {tuple(reference.shape)} and {tuple(synthetic.shape)}")
+    target = float(roughness(synthetic).median())
+    start = float(roughness(reference).median())
+    if target >= start:
+        return MatchedReference(reference.float().clone(), 0.0, start, target, start)
+
+    def rough(sigma: float) -> float:
+        return float(roughness(blur(reference, sigma)).median())
+
+    lo, hi = 0.0, float(max_sigma)
+    if rough(hi) > target:  # smoother than the largest blur searched: take the largest
+        lo = hi
+    else:
+        for _ in range(steps):
+            mid = (lo + hi) / 2
+            if rough(mid) > target:
+                lo = mid
+            else:
+                hi = mid
+    sigma = (lo + hi) / 2
+    out = blur(reference, sigma)
+    return MatchedReference(out, sigma, start, target, float(roughness(out).median()))
