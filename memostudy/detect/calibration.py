@@ -17,8 +17,9 @@ scores; a synthetic volume is a copy candidate when it scores higher than novel 
   BH keeps its guarantee (Bates et al. 2023).
 - **Matched smoothness**: generated volumes are smoother than real ones, and a smoother volume scores
   differently against sharp training volumes, so a threshold calibrated on sharp reference volumes is not
-  calibrated for generated ones. :func:`matched_smoothness` blurs the reference until its smoothness is
-  that of the synthetic set, so the reference's scores are again those of novel volumes *as generated*.
+  calibrated for generated ones. :func:`matched_smoothness` blurs the reference until its noise-corrected
+  roughness is that of the synthetic set and adds noise to its noise level, so the reference's scores are
+  again those of novel volumes *as generated*.
 """
 
 from __future__ import annotations
