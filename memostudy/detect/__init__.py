@@ -7,5 +7,9 @@ shifts, or the 32-d embedding); :mod:`.similarity` is the nearest-neighbour sear
 pixel correlation of Akbar et al.; :mod:`.alignment` the aligned pixel correlation; :mod:`.metrics` the
 thresholds, fractions and intervals; :mod:`.registry` names every detector once; :mod:`.assessment` puts
 them together for one train / reference / synthetic triple and returns typed results (the audit's files
-are :mod:`memostudy.report.audit`); :mod:`.validation` measures the detectors on known copies.
+are :mod:`memostudy.report.audit`); :mod:`.validation` measures the detectors on known copies. Toward copies the detector was never
+trained on: :mod:`.families` makes copies under the broad definition (rigid motion at any angle, elastic
+deformation, resampling, contrast, bias, blur, noise, partial overlap) and generator-like novel volumes with
+MONAI's random transforms; :mod:`.calibration` gives conformal p-values, Benjamini-Hochberg decisions and a
+reference degraded to the synthetic set's smoothness (both built and tested, not yet used by the assessment).
 """

@@ -6,6 +6,8 @@
 variant; :mod:`.quality` measures sample quality (MS-SSIM diversity, Fréchet distance);
 :mod:`.candidates` and :mod:`.tables` hold what the notebooks show (copy candidates, label agreement,
 result tables); :mod:`.records` is the run record (``summary.json``) every notebook writes;
-:mod:`.runner` executes a notebook with papermill and exports its report; :mod:`.sweep` runs a grid of
-notebook runs and :mod:`.aggregate` summarises it over seeds.
+:mod:`.runner` executes a notebook with papermill and exports its report, with :mod:`.progress` showing
+the package's progress lines in the terminal; :mod:`.sweep` runs a grid of notebook runs (in-process, or as
+jobs through :mod:`.executors`: submitit's local or Slurm executor) and :mod:`.aggregate` summarises it
+over seeds; :mod:`.log` prints the study's one-line status messages.
 """
