@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from memostudy.detect.detector import load_detector, load_or_train_detector
     from memostudy.detect.matching import configs_from_overrides
     from memostudy.errors import DataError, RunExistsError
-    from memostudy.report.audit import check_out_dir, locked, new_build, write_audit
+    from memostudy.report.audit import COMPLETE_MARKER, check_out_dir, locked, new_build, write_audit
 
     det_cfg, compare = configs_from_overrides(parse_set_options(args.set))
     cfg = AssessConfig(percentile=args.percentile, metric=args.metric, pixel_baseline=not args.no_pixel,
@@ -76,23 +76,28 @@ def run(args: argparse.Namespace) -> int:
     with locked(out):
         check_out_dir(out, args.force)  # again: another audit may have finished while this one read its inputs
         build = new_build(out)
-        torch.manual_seed(det_cfg.seed)
-        if loaded is not None:
-            print(f"detector: loading {args.detector}")
-            detector = loaded
-        else:
-            print(f"detector: training on {len(train)} volume(s), {det_cfg.epochs} epoch(s) (reference = validation)")
-            detector = load_or_train_detector(train, reference, det_cfg, out_dir=out, progress=True,
-                                              save_to=build / "detector.pt")
-        t_train = time.perf_counter() - t0 - t_read
-        a = assess(train, reference, synthetic, detector, sets["train"][1], sets["reference"][1], sets["synthetic"][1],
-                   cfg=cfg)
-        t_assess = time.perf_counter() - t0 - t_read - t_train
-        extra = {"inputs": {"train": str(args.train), "reference": str(args.reference), "synthetic": str(args.synthetic),
-                            "detector": args.detector or str(out / "detector.pt"), "shape": list(shape)},
-                 "intensity": intensity,
-                 "seconds": {"read": round(t_read, 2), "detector": round(t_train, 2), "assess": round(t_assess, 2)}}
-        write_audit(a, out, extra=extra, force=args.force, build=build)
+        try:
+            torch.manual_seed(det_cfg.seed)
+            if loaded is not None:
+                print(f"detector: loading {args.detector}")
+                detector = loaded
+            else:
+                print(f"detector: training on {len(train)} volume(s), {det_cfg.epochs} epoch(s) (reference = validation)")
+                detector = load_or_train_detector(train, reference, det_cfg, out_dir=out, progress=True,
+                                                  save_to=build / "detector.pt")
+            t_train = time.perf_counter() - t0 - t_read
+            a = assess(train, reference, synthetic, detector, sets["train"][1], sets["reference"][1], sets["synthetic"][1],
+                       cfg=cfg)
+            t_assess = time.perf_counter() - t0 - t_read - t_train
+            extra = {"inputs": {"train": str(args.train), "reference": str(args.reference), "synthetic": str(args.synthetic),
+                                "detector": args.detector or str(out / "detector.pt"), "shape": list(shape)},
+                     "intensity": intensity,
+                     "seconds": {"read": round(t_read, 2), "detector": round(t_train, 2), "assess": round(t_assess, 2)}}
+            write_audit(a, out, extra=extra, force=args.force, build=build)
+        except BaseException:
+            if not (build / COMPLETE_MARKER).exists():  # unfinished results go; complete ones are moved in next run
+                shutil.rmtree(build, ignore_errors=True)
+            raise
         for old in out.glob("detector_training.aside-*"):  # training folders of the results just replaced
             shutil.rmtree(old, ignore_errors=True)
     c, found = a.summary.contrastive, a.summary.detectors
