@@ -625,20 +625,42 @@ def figure_texts(text: str) -> list[str]:
     return [text[a:b] for a, b in zip([0, *starts], [*starts, len(text)])]
 
 
-def find_similar_slices(html: str, volumes: np.ndarray | torch.Tensor, min_frames: int,
+def find_similar_slices(html: str | list[str], volumes: np.ndarray | torch.Tensor, min_frames: int,
                         threshold: float = SLICE_NCC_THRESHOLD) -> list[SimilarSlice]:
     """Embedded images of an HTML report (or notebook JSON) that show a training volume: within one figure
     (:func:`figure_texts`), the images matched to a training volume that collects ``min_frames`` or more of them
     (see the comment above :data:`SLICE_NCC_THRESHOLD`). Catches copies that are not voxel-exact (flipped,
     rotated, blurred, noisy, rescaled), which :func:`find_volume_leaks` cannot.
 
+    Args:
+        html: the text, or several (e.g. the HTML report and its executed notebook, which hold the same
+            images: each distinct image is matched once).
+        volumes: training volumes, (N, 1, D, H, W) or (N, D, H, W).
+        min_frames: images of one training volume in one figure that fail the report
+            (:func:`calibrate_similarity`).
+        threshold: NCC above which an image counts as showing a training slice.
+
     Returns:
-        Those images' matches (``array`` indexes the arrays of their figure); empty when the report passes.
+        Those images' matches (``array`` indexes the distinct arrays of all texts); empty when the report passes.
     """
-    out = []
-    windows = display_windows(html)
-    for text in figure_texts(html):
-        found = best_slice_ncc(decoded_arrays(text), volumes, windows)
+    texts = [html] if isinstance(html, str) else list(html)
+    windows = sorted({w for t in texts for w in display_windows(t)})
+    figures, unique, index = [], [], {}
+    for text in texts:
+        for fig in figure_texts(text):
+            ids = []
+            for a in decoded_arrays(fig):
+                a = np.asarray(a)
+                key = (a.dtype.str, a.shape, a.tobytes())
+                if key not in index:
+                    index[key] = len(unique)
+                    unique.append(a)
+                ids.append(index[key])
+            figures.append(sorted(set(ids)))  # an image repeated in a figure (its first frame) counts once
+    best = {f.array: f for f in best_slice_ncc(unique, volumes, windows)}
+    out: list[SimilarSlice] = []
+    for ids in figures:
+        found = [best[i] for i in ids if i in best]
         shown = {v for v, n in similar_counts(found, threshold).items() if n >= min_frames}
         out += [f for f in found if f.volume in shown and f.ncc > threshold]
     return out

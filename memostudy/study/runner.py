@@ -153,7 +153,7 @@ def run_notebook(
 
 
 def share_safe_check(report: Path, record: StudyRecord, notebook: Path | None = None,
-                     calibration_volumes: int = 4) -> dict[str, Any]:
+                     calibration_volumes: int = 3) -> dict[str, Any]:
     """Scan a share-safe report (and the executed ``notebook``) for the training volumes named in
     ``record.train_data``, failing closed: voxel-exact slices and runs (:func:`~memostudy.report.leaks.find_volume_leaks`)
     and images that show a training volume without being voxel-exact (:func:`~memostudy.report.leaks.find_similar_slices`,
@@ -195,7 +195,7 @@ def share_safe_check(report: Path, record: StudyRecord, notebook: Path | None = 
     if notebook is not None and notebook.exists():
         texts.append(notebook.read_text(encoding="utf-8"))
     exact = [leak for t in texts for leak in find_volume_leaks(t, vols)]
-    similar = [f for t in texts for f in find_similar_slices(t, vols, min_frames)]
+    similar = find_similar_slices(texts, vols, min_frames)
     detail = describe(exact) if exact or not similar else describe_similar(similar, min_frames)
     if exact and similar:
         detail += "; " + describe_similar(similar, min_frames)
