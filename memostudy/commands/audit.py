@@ -30,23 +30,29 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Read the folders, train or load the detector, assess, write the files, print the headline."""
+    """Check the inputs, read the folders, train or load the detector, assess, write the files (aside, then
+    moved in), print the headline. Nothing is created in ``--out`` before the inputs are known to be good."""
+    import shutil
     import time
 
     import torch
 
     from memostudy.config import parse_set_options
     from memostudy.data.volume_io import read_volume_folder
-    from memostudy.detect.assessment import AssessConfig, assess, scale_intensities
-    from memostudy.detect.detector import load_or_train_detector
+    from memostudy.detect.assessment import AssessConfig, assess, check_intensities, scale_intensities
+    from memostudy.detect.detector import load_detector, load_or_train_detector
     from memostudy.detect.matching import configs_from_overrides
-    from memostudy.errors import DataError
-    from memostudy.report.audit import check_out_dir, write_audit
+    from memostudy.errors import DataError, RunExistsError
+    from memostudy.report.audit import COMPLETE_MARKER, check_out_dir, locked, new_build, write_audit
 
     det_cfg, compare = configs_from_overrides(parse_set_options(args.set))
     cfg = AssessConfig(percentile=args.percentile, metric=args.metric, pixel_baseline=not args.no_pixel,
                        aligned=not args.no_aligned, compare=compare).validate()
-    out = check_out_dir(args.out, args.force)
+    out = check_out_dir(args.out, args.force, create=False)
+    own_detector = out / "detector.pt"
+    if not args.detector and own_detector.exists() and not args.force:
+        raise RunExistsError(f"{own_detector}: a detector is already there and would be replaced; pass --detector "
+                             f"{own_detector} to use it, --force to replace it, or choose another --out")
     t0 = time.perf_counter()
     sets = {}
     for name in ("train", "reference", "synthetic"):
@@ -58,25 +64,42 @@ def run(args: argparse.Namespace) -> int:
         if sets[name][0].shape[2:] != shape:
             raise DataError(f"{getattr(args, name)}: volumes are {tuple(sets[name][0].shape[2:])} but --train volumes are "
                             f"{tuple(shape)}; crop or resample every folder to one shape (e.g. the patch size of the study)")
+    check_intensities({name: (v, ids, getattr(args, name)) for name, (v, ids) in sets.items()})
+    _check_reference_apart(args.train, args.reference, sets["train"], sets["reference"])
     (train, reference, synthetic), intensity = scale_intensities(sets["train"][0], sets["reference"][0],
                                                                  sets["synthetic"][0], args.intensity)
     print(f"intensities: {intensity['rule']}" + (f" (train [{intensity['lo']:.4g}, {intensity['hi']:.4g}] -> [-1, 1])"
                                                 if intensity["rule"] == "joint" else ""))
+    loaded = load_detector(args.detector) if args.detector else None  # a bad checkpoint fails before --out exists
     t_read = time.perf_counter() - t0
-    torch.manual_seed(det_cfg.seed)
-    if args.detector:
-        print(f"detector: loading {args.detector}")
-    else:
-        print(f"detector: training on {len(train)} volume(s), {det_cfg.epochs} epoch(s) (reference = validation)")
-    detector = load_or_train_detector(train, reference, det_cfg, checkpoint=args.detector, out_dir=out, progress=True)
-    t_train = time.perf_counter() - t0 - t_read
-    a = assess(train, reference, synthetic, detector, sets["train"][1], sets["reference"][1], sets["synthetic"][1], cfg=cfg)
-    t_assess = time.perf_counter() - t0 - t_read - t_train
-    extra = {"inputs": {"train": str(args.train), "reference": str(args.reference), "synthetic": str(args.synthetic),
-                        "detector": args.detector or str(out / "detector.pt"), "shape": list(shape)},
-             "intensity": intensity,
-             "seconds": {"read": round(t_read, 2), "detector": round(t_train, 2), "assess": round(t_assess, 2)}}
-    write_audit(a, out, extra=extra, force=True)
+    check_out_dir(out, args.force)
+    with locked(out):
+        check_out_dir(out, args.force)  # again: another audit may have finished while this one read its inputs
+        build = new_build(out)
+        try:
+            torch.manual_seed(det_cfg.seed)
+            if loaded is not None:
+                print(f"detector: loading {args.detector}")
+                detector = loaded
+            else:
+                print(f"detector: training on {len(train)} volume(s), {det_cfg.epochs} epoch(s) (reference = validation)")
+                detector = load_or_train_detector(train, reference, det_cfg, out_dir=out, progress=True,
+                                                  save_to=build / "detector.pt")
+            t_train = time.perf_counter() - t0 - t_read
+            a = assess(train, reference, synthetic, detector, sets["train"][1], sets["reference"][1], sets["synthetic"][1],
+                       cfg=cfg)
+            t_assess = time.perf_counter() - t0 - t_read - t_train
+            extra = {"inputs": {"train": str(args.train), "reference": str(args.reference), "synthetic": str(args.synthetic),
+                                "detector": args.detector or str(out / "detector.pt"), "shape": list(shape)},
+                     "intensity": intensity,
+                     "seconds": {"read": round(t_read, 2), "detector": round(t_train, 2), "assess": round(t_assess, 2)}}
+            write_audit(a, out, extra=extra, force=args.force, build=build)
+        except BaseException:
+            if not (build / COMPLETE_MARKER).exists():  # unfinished results go; complete ones are moved in next run
+                shutil.rmtree(build, ignore_errors=True)
+            raise
+        for old in out.glob("detector_training.aside-*"):  # training folders of the results just replaced
+            shutil.rmtree(old, ignore_errors=True)
     c, found = a.summary.contrastive, a.summary.detectors
     print(f"threshold {c.threshold:.6g} ({cfg.metric}, {cfg.percentile:g}th percentile of reference)")
     print(f"memorized: {c.memorized.value:.1%} of training volumes [{c.memorized.lo:.1%}, {c.memorized.hi:.1%}]")
@@ -90,3 +113,35 @@ def run(args: argparse.Namespace) -> int:
               f"(threshold {px.threshold:.4g})")
     print(f"wrote {out}/summary.json, synthetic.csv, train.csv, reference.csv, report.html")
     return 0
+
+
+def _check_reference_apart(train_dir: str, reference_dir: str, train: tuple, reference: tuple) -> None:
+    """Refuse a reference set that is the training set (same folder, or the same volumes): the threshold
+    would be the training volumes' similarity to themselves (1) and every copy would be missed. Warn in
+    one line when only some reference volumes are training volumes.
+
+    Args:
+        train_dir, reference_dir: the folders as given.
+        train, reference: (volumes (N, 1, D, H, W), file names) as read.
+    """
+    import hashlib
+    import sys
+    from pathlib import Path
+
+    from memostudy.errors import DataError
+
+    if Path(train_dir).resolve() == Path(reference_dir).resolve():
+        raise DataError(f"--reference {reference_dir} is the --train folder; pass real volumes never trained on as "
+                        "--reference (e.g. the validation or test split)")
+
+    def digests(vols) -> list[str]:
+        return [hashlib.sha256(v.contiguous().numpy().tobytes()).hexdigest() for v in vols]
+
+    seen = set(digests(train[0]))
+    shared = [name for name, d in zip(reference[1], digests(reference[0])) if d in seen]
+    if len(shared) == len(reference[1]):
+        raise DataError(f"--reference {reference_dir}: every volume is also in --train {train_dir}; pass real volumes "
+                        "never trained on as --reference (e.g. the validation or test split)")
+    if shared:
+        print(f"memostudy: warning: {len(shared)} of {len(reference[1])} --reference volume(s) are also in --train "
+              f"(e.g. {shared[0]}); they raise the threshold: remove them from {reference_dir}", file=sys.stderr)

@@ -305,3 +305,40 @@ def scale_intensities(train: torch.Tensor, reference: torch.Tensor, synthetic: t
         return ((v - lo) / (hi - lo) * 2 - 1).clamp(-1, 1)
 
     return (f(train), f(reference), f(synthetic)), {"rule": "joint", "lo": lo, "hi": hi}
+
+
+#: a volume whose largest |value| exceeds this many times the typical scale of the training and reference
+#: volumes (median over volumes of their 0.5-99.5th percentile range and magnitude) is refused: one such
+#: volume would set the shared intensity map (1e30 in one file turned every volume into -1 and 0 % copies)
+ABSURD_FACTOR = 1e3
+
+
+def check_intensities(folders: dict[str, tuple[torch.Tensor, list[str], str]]) -> None:
+    """Refuse volumes whose values would corrupt the assessment, naming the file.
+
+    Args:
+        folders: name ("train", "reference", "synthetic") -> (volumes (N, 1, D, H, W), file names, folder).
+
+    Raises:
+        DataError: a volume holds NaN or infinite values, or values more than :data:`ABSURD_FACTOR` times
+            the typical scale of the training and reference volumes (a unit or export error); one line
+            naming the file.
+    """
+    scales = []
+    for name in ("train", "reference"):
+        if name in folders:
+            vols = folders[name][0].flatten(1).double()
+            q = torch.quantile(vols[:, :: max(1, vols.shape[1] // 100_000)], torch.tensor([0.005, 0.995], dtype=vols.dtype), dim=1)
+            scales.append(torch.maximum(q[1] - q[0], q.abs().amax(0)))
+    typical = float(torch.cat(scales).median()) if scales else 0.0
+    for name, (vols, ids, folder) in folders.items():
+        flat = vols.flatten(1)
+        finite = torch.isfinite(flat).all(dim=1)
+        for i in torch.nonzero(~finite).flatten().tolist():
+            raise DataError(f"{folder}/{ids[i]}: holds NaN or infinite values; fix or remove this {name} volume")
+        if typical > 0:
+            peak = flat.abs().amax(dim=1).double()
+            for i in torch.nonzero(peak > ABSURD_FACTOR * typical).flatten().tolist():
+                raise DataError(f"{folder}/{ids[i]}: values up to {float(peak[i]):.3g}, over {ABSURD_FACTOR:g} times the "
+                                f"typical range of the training and reference volumes ({typical:.3g}); check this {name} "
+                                "volume's units or export, or remove it")

@@ -27,8 +27,10 @@ architecture and the weights.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
+import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -238,7 +240,8 @@ def _best_epoch(losses: pd.DataFrame, select_best: bool) -> int:
 
 
 def train_detector(train: torch.Tensor, val: torch.Tensor | None, cfg: DetectorConfig | None = None,
-                   out_dir: str | Path | None = None, progress: bool = False, force: bool = False) -> Detector:
+                   out_dir: str | Path | None = None, progress: bool = False, force: bool = False,
+                   save_to: str | Path | None = None) -> Detector:
     """Train the contrastive detector, self-supervised, on ``train``, with the project's one training
     loop (:func:`memostudy.training.fit`): per-epoch validation loss, a snapshot per epoch, resumable.
 
@@ -248,8 +251,13 @@ def train_detector(train: torch.Tensor, val: torch.Tensor | None, cfg: DetectorC
         cfg: the detector config (default :class:`DetectorConfig`).
         out_dir: if given, the loop's files go to ``out_dir/detector_training/`` (a killed run resumes
             from there) and the chosen weights to ``out_dir/detector.pt``; otherwise a temporary folder.
+            The folder is keyed on its inputs (:func:`inputs_sha256` of ``train`` and ``val``, and ``cfg``): one
+            written for other inputs is set aside (``detector_training.aside-<time>``, said on stderr) and
+            training starts again, so a run is never resumed on other data.
         progress: show a progress bar.
-        force: retrain even if ``out_dir/detector_training`` holds a finished run.
+        force: retrain even if ``out_dir/detector_training`` holds a finished run (the old one is set aside).
+        save_to: where to write the chosen weights instead of ``out_dir/detector.pt`` (e.g. a folder of
+            results built aside).
 
     Returns:
         The trained :class:`Detector` (weights of the best validation epoch when ``cfg.select_best``).
@@ -270,14 +278,20 @@ def train_detector(train: torch.Tensor, val: torch.Tensor | None, cfg: DetectorC
     with contextlib.ExitStack() as stack:
         work = (Path(out_dir) / "detector_training" if out_dir is not None
                 else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="memostudy-detector-"))))
-        meta = {"detector": to_dict(cfg), "n_train": len(train)}
+        meta = {"detector": to_dict(cfg), "n_train": len(train), "inputs": inputs_sha256(train, val)}
         folder = RunFolder(work)
-        if folder.is_done() and not force:  # finished earlier (e.g. a resumed study): reuse it
-            if _without_comparison(load_checkpoint(folder.final)["config"]["meta"]) != json.loads(json.dumps(meta)):
-                raise ConfigError(f"{work} holds a detector trained with another config; use --force to retrain")
+        if force:
+            _set_aside(work, "--force")
+        elif (stored := _stored_meta(folder)) is not None and stored != (plain := json.loads(json.dumps(meta))):
+            # a folder written before the inputs were recorded that finished with this config is reused as before
+            legacy = folder.is_done() and "inputs" not in stored and stored == {k: v for k, v in plain.items() if k != "inputs"}
+            if not legacy:
+                why = "other training data" if stored.get("detector") == plain["detector"] else "another config"
+                _set_aside(work, why)
+        if folder.is_done():  # finished earlier with these inputs (e.g. a resumed study): reuse it
             losses = pd.read_csv(folder.losses)
         else:
-            losses = fit(ContrastiveTask(net, cfg), train.float(), val, loop, work, desc="detector", force=force,
+            losses = fit(ContrastiveTask(net, cfg), train.float(), val, loop, work, desc="detector",
                          progress=progress, meta=meta, device="cpu")
         best = _best_epoch(losses, cfg.select_best)
         ckpt = folder.snapshot(best) if cfg.select_best else folder.final
@@ -286,9 +300,48 @@ def train_detector(train: torch.Tensor, val: torch.Tensor | None, cfg: DetectorC
     history = [{k: float(v) for k, v in row.items() if k in ("epoch", "train_loss", "val_loss", "seconds") and v == v}
                for row in losses.to_dict("records")]
     det = Detector(net, cfg, history, best)
-    if out_dir is not None:
-        save_detector(det, Path(out_dir) / "detector.pt")
+    if save_to is not None or out_dir is not None:
+        save_detector(det, Path(save_to) if save_to is not None else Path(out_dir) / "detector.pt")
     return det
+
+
+def inputs_sha256(train: torch.Tensor, val: torch.Tensor | None) -> str:
+    """sha256 of the training and validation volumes (shape, dtype and every value): what a training
+    folder's weights depend on besides the config; a folder trained on other inputs is never resumed."""
+    h = hashlib.sha256()
+    for name, t in (("train", train), ("val", val)):
+        h.update(name.encode())
+        if t is not None:
+            a = t.detach().to("cpu", torch.float32).contiguous()
+            h.update(str(tuple(a.shape)).encode())
+            h.update(a.numpy().tobytes())
+    return h.hexdigest()
+
+
+def _stored_meta(folder: Any) -> dict[str, Any] | None:
+    """The ``meta`` a training folder was written with (from ``final.pt``, else ``last.pt``), without the
+    comparison settings of older folders; None when the folder holds no checkpoint."""
+    from memostudy.training import load_checkpoint
+
+    for path in (folder.final, folder.last):
+        if path.exists():
+            return _without_comparison(load_checkpoint(path)["config"]["meta"])
+    return None
+
+
+def _set_aside(work: Path, why: str) -> Path | None:
+    """Move a training folder out of the way (``<name>.aside-<time>``, never deleted here) and say so in
+    one line on stderr; None when there was nothing to move."""
+    import sys
+    import time
+
+    if not work.exists():
+        return None
+    aside = work.with_name(f"{work.name}.aside-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+    work.rename(aside)
+    msg = "retraining (--force)" if why == "--force" else f"{work} was trained on {why}"
+    print(f"detector: {msg}; set it aside as {aside.name} and training again", file=sys.stderr, flush=True)
+    return aside
 
 
 def _without_comparison(meta: dict[str, Any]) -> dict[str, Any]:
@@ -333,11 +386,13 @@ def save_detector(detector: Detector, path: str | Path) -> Path:
     file); how the detector compares volumes is not part of it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # written aside, then renamed: never half a file
     torch.save({"kind": "memostudy-detector", "config": to_dict(detector.config),
                 "state_dict": detector.net.state_dict(), "history": detector.history,
                 "best_epoch": detector.best_epoch,
                 # plain types only, so the checkpoint loads with weights_only=True (no pickled classes)
-                "provenance": json.loads(json.dumps(provenance(), default=str))}, path)
+                "provenance": json.loads(json.dumps(provenance(), default=str))}, tmp)
+    os.replace(tmp, path)
     return path
 
 
@@ -345,7 +400,8 @@ def load_detector(path: str | Path) -> Detector:
     """Load a detector saved by :func:`save_detector`.
 
     Raises:
-        DataError: missing file, or not a memostudy detector checkpoint.
+        DataError: missing file, not a memostudy detector checkpoint, or one whose config or weights do
+            not fit a detector (one line naming the file).
     """
     path = Path(path)
     if not path.is_file():
@@ -359,17 +415,24 @@ def load_detector(path: str | Path) -> Detector:
         raise DataError(f"{path}: not a memostudy detector checkpoint; pass a detector.pt written by memostudy")
     # checkpoints written before ``standardise`` existed were trained without it; older ones also carry
     # the comparison settings, which are the assessment's choice now
-    saved = {k: v for k, v in ckpt["config"].items() if k not in _FORMER_COMPARISON_FIELDS}
-    cfg = from_dict(DetectorConfig, {"standardise": False, **saved}).validate()
-    net = DetectorNet(cfg)
-    net.load_state_dict(ckpt["state_dict"])
+    try:
+        saved = {k: v for k, v in ckpt["config"].items() if k not in _FORMER_COMPARISON_FIELDS}
+        cfg = from_dict(DetectorConfig, {"standardise": False, **saved}).validate()
+        net = DetectorNet(cfg)
+        net.load_state_dict(ckpt["state_dict"])
+        detector = Detector(net, cfg, list(ckpt.get("history", [])), int(ckpt.get("best_epoch", 0)))
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError, ConfigError) as e:
+        # a damaged or hand-edited checkpoint: its config or weights do not fit a detector
+        what = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DataError(f"{path}: detector checkpoint is damaged (config or state_dict do not fit a detector: "
+                        f"{what[:160]}); pass a detector.pt written by memostudy, or omit --detector to train one") from None
     net.eval()
-    return Detector(net, cfg, list(ckpt.get("history", [])), int(ckpt.get("best_epoch", 0)))
+    return detector
 
 
 def load_or_train_detector(train: torch.Tensor, val: torch.Tensor | None, cfg: DetectorConfig | None = None,
                            checkpoint: str | Path | None = None, out_dir: str | Path | None = None,
-                           progress: bool = False) -> Detector:
+                           progress: bool = False, save_to: str | Path | None = None) -> Detector:
     """The detector a command or study works with: the ``checkpoint`` when one is given, else one
     trained on ``train`` (:func:`train_detector`, which resumes or reuses a finished training of the
     same config in ``out_dir``).
@@ -381,7 +444,8 @@ def load_or_train_detector(train: torch.Tensor, val: torch.Tensor | None, cfg: D
         checkpoint: a ``detector.pt`` written by :func:`save_detector`, or None.
         out_dir: where training keeps its files and ``detector.pt``; None = a temporary folder.
         progress: show a progress bar while training.
+        save_to: where a trained detector's ``detector.pt`` goes (default ``out_dir/detector.pt``).
     """
     if checkpoint is not None:
         return load_detector(checkpoint)
-    return train_detector(train, val, cfg, out_dir=out_dir, progress=progress)
+    return train_detector(train, val, cfg, out_dir=out_dir, progress=progress, save_to=save_to)

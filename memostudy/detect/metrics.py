@@ -133,24 +133,30 @@ def copy_fraction(synthetic_nearest_train, reference_nearest, **kw) -> Fraction:
     return bootstrap_fraction(synthetic_nearest_train, reference_nearest, **kw)
 
 
-def reference_rank(reference, scores) -> np.ndarray:
+def reference_rank(reference, scores, leave_one_out: bool = False) -> np.ndarray:
     """Each score's place in the reference distribution: the fraction of reference similarities that
     are <= it, in [0, 1]. Puts detectors whose similarities live on different scales on one scale, in
-    units of the false-positive rate their threshold would allow."""
+    units of the false-positive rate their threshold would allow.
+
+    With ``leave_one_out`` the scores are the reference similarities themselves (same order) and each is
+    ranked against the *other* reference volumes (the fraction strictly below it): ranked in-sample, the
+    most similar reference volume of each detector would get 1.0, the rank of a copy beyond every
+    reference volume, and a threshold taken on those in-sample ranks could never be exceeded."""
     ref = np.sort(_arr(reference))
     if ref.size == 0:
         raise ValueError("no reference similarities to rank against")
-    return np.searchsorted(ref, _arr(scores), side="right") / ref.size
+    return np.searchsorted(ref, _arr(scores), side="left" if leave_one_out else "right") / ref.size
 
 
-def combined_score(references, scores) -> np.ndarray:
+def combined_score(references, scores, leave_one_out: bool = False) -> np.ndarray:
     """Score of "a copy for any of several detectors": the highest :func:`reference_rank` of the
     volume across detectors. ``references[i]`` and ``scores[i]`` are detector i's reference and query
     similarities (queries in the same order for every detector). Calibrate its threshold on the
-    reference volumes' own combined scores, like any similarity here."""
+    reference volumes' own combined scores, computed with ``leave_one_out`` (each reference volume
+    ranked against the others, see :func:`reference_rank`), like any similarity here."""
     if len(references) != len(scores) or not scores:
         raise ValueError("combined_score needs one reference array per score array, at least one of each")
-    return np.max([reference_rank(r, s) for r, s in zip(references, scores)], axis=0)
+    return np.max([reference_rank(r, s, leave_one_out) for r, s in zip(references, scores)], axis=0)
 
 
 def combine_nearest(references, queries):
@@ -160,7 +166,8 @@ def combine_nearest(references, queries):
         references: (first, second) :class:`~memostudy.detect.similarity.Nearest` of the reference volumes
             under each detector (what each detector's threshold is calibrated on).
         queries: (first, second) :class:`~memostudy.detect.similarity.Nearest` of the query volumes, same
-            order under both detectors.
+            order under both detectors. When they are the references themselves (equal values under both
+            detectors), the reference volumes are ranked leave-one-out (:func:`reference_rank`).
 
     Returns:
         :class:`~memostudy.detect.similarity.Nearest`: values = :func:`combined_score` (float32 reference
@@ -172,9 +179,11 @@ def combine_nearest(references, queries):
     from memostudy.detect.similarity import Nearest
 
     refs = [_arr(r.values) for r in references]
-    ranks = [reference_rank(r, q.values) for r, q in zip(refs, queries)]
+    qs = [_arr(q.values) for q in queries]
+    loo = all(r.shape == q.shape and np.array_equal(r, q) for r, q in zip(refs, qs))
+    ranks = [reference_rank(r, q, loo) for r, q in zip(refs, qs)]
     second = torch.from_numpy(ranks[1] > ranks[0])
-    values = combined_score(refs, [q.values for q in queries])
+    values = combined_score(refs, qs, loo)
     return Nearest(torch.from_numpy(values).float(), torch.where(second, queries[1].indices, queries[0].indices))
 
 

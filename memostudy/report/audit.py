@@ -4,15 +4,34 @@
 ``summary.json`` is :meth:`memostudy.detect.assessment.AssessmentSummary.as_dict` plus what the command
 adds (inputs, intensity rule, timings) and provenance; the tables' columns are listed in
 :mod:`memostudy.detect.assessment`.
+
+Nothing the user relies on is ever half-written or lost:
+
+- results are written into a build folder ``OUT/.building-<time>-<pid>/`` (:func:`new_build`), which gets
+  a ``COMPLETE`` marker last; only then are they moved into ``OUT``, ``summary.json`` last, so
+  ``OUT/summary.json`` means "complete results" (:func:`has_results`). A ``detector.pt`` trained by the
+  audit is built there too;
+- ``--force`` replaces: the old results stay in place until the new ones are complete;
+- a killed run's build folder is removed by the next run (:func:`tidy`), or, when it was complete and
+  only the move was interrupted, moved into place (rolled forward);
+- one audit per ``OUT`` at a time (:func:`locked`, ``filelock``): a second one refuses in one line.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock, Timeout
+
 from memostudy.config import provenance
+from memostudy.data.prepare import _pause_point as pause_point  # the test hook of the fault tests
 from memostudy.detect.assessment import Assessment
 from memostudy.errors import DataError, RunExistsError
 from memostudy.report.figures import assessment_figures
@@ -22,25 +41,100 @@ from memostudy.report.page import html_page
 AUDIT_FILES = ("summary.json", "synthetic.csv", "train.csv", "reference.csv", "report.html")
 
 
-def check_out_dir(out_dir: str | Path, force: bool = False) -> Path:
-    """Refuse to overwrite a folder holding audit results unless ``force`` (then the old result files
-    go; a ``detector.pt`` stays, so ``--detector OUT/detector.pt --force`` can reuse it).
+BUILDING_PREFIX = ".building-"
+COMPLETE_MARKER = "COMPLETE"
+LOCK_FILE = ".audit.lock"
+
+
+def has_results(out_dir: str | Path) -> bool:
+    """True when ``out_dir`` holds complete audit results: every file of :data:`AUDIT_FILES` (``summary.json``
+    is moved in last; an older version's killed run could leave it without ``report.html``)."""
+    return all((Path(out_dir) / f).is_file() for f in AUDIT_FILES)
+
+
+def check_out_dir(out_dir: str | Path, force: bool = False, create: bool = True) -> Path:
+    """Refuse to overwrite a folder holding complete audit results unless ``force``. Nothing is removed
+    here: with ``force`` the old results stay until :func:`write_audit` moves complete new ones in.
+    Files of a killed run (result files without ``summary.json``) are not results and do not refuse.
+
+    Args:
+        out_dir: the output folder.
+        force: the results will be replaced.
+        create: create the folder (call once the inputs are known to be good).
 
     Raises:
-        RunExistsError: ``out_dir`` holds any of :data:`AUDIT_FILES` and ``force`` is False.
+        DataError: ``out_dir`` exists and is not a folder.
+        RunExistsError: ``out_dir`` holds complete results and ``force`` is False.
     """
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise DataError(f"{out}: exists and is not a folder; pass a folder path to --out")
-    found = [f for f in AUDIT_FILES if (out / f).exists()]
-    if found and not force:
+    if has_results(out) and not force:
+        found = [f for f in AUDIT_FILES if (out / f).exists()]
         raise RunExistsError(f"{out}: already holds audit results ({', '.join(found)}); "
                              "pass --force to replace them or choose another --out")
-    if found:
-        for f in AUDIT_FILES:
-            (out / f).unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
+    if create:
+        out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+@contextmanager
+def locked(out_dir: str | Path) -> Iterator[Path]:
+    """Hold ``OUT/.audit.lock`` (``filelock``) for one audit; tidy a killed run's leftovers first.
+
+    Raises:
+        RunExistsError: another audit into the same folder is running.
+    """
+    out = Path(out_dir)
+    lock = FileLock(str(out / LOCK_FILE))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise RunExistsError(f"{out}: another `memostudy audit` is writing into this folder (lock {lock.lock_file}); "
+                             "wait for it to finish or choose another --out") from None
+    try:
+        tidy(out)
+        yield out
+    finally:
+        lock.release()
+
+
+def tidy(out_dir: str | Path) -> list[str]:
+    """Finish or remove what a killed audit left in ``out_dir`` (call with the lock held): a complete
+    build whose move was interrupted is moved into place; an incomplete build is removed.
+
+    Returns:
+        one line per thing done (empty when there was nothing to do).
+    """
+    out, done = Path(out_dir), []
+    for build in sorted(out.glob(f"{BUILDING_PREFIX}*")):
+        if (build / COMPLETE_MARKER).exists():
+            _move_into_place(build, out)
+            done.append(f"finished moving the complete results of an interrupted audit from {build.name}")
+        else:
+            shutil.rmtree(build, ignore_errors=True)
+            done.append(f"removed {build.name}, the unfinished results of an interrupted audit")
+    return done
+
+
+def new_build(out_dir: str | Path) -> Path:
+    """A fresh build folder in ``out_dir`` for results written aside (see the module docstring)."""
+    build = Path(out_dir) / f"{BUILDING_PREFIX}{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    build.mkdir(parents=True)
+    return build
+
+
+def _move_into_place(build: Path, out: Path) -> None:
+    """Move the files of a complete build into ``out``: ``summary.json`` of ``out`` goes first (so a kill
+    here never leaves old summary beside new tables), ``summary.json`` of the build comes last."""
+    (out / "summary.json").unlink(missing_ok=True)
+    for f in sorted(build.iterdir()):
+        if f.name not in ("summary.json", COMPLETE_MARKER):
+            os.replace(f, out / f.name)
+            pause_point("audit-moving")
+    if (build / "summary.json").exists():
+        os.replace(build / "summary.json", out / "summary.json")
+    shutil.rmtree(build, ignore_errors=True)
 
 
 def headline(assessment: Assessment) -> dict[str, str | int]:
@@ -67,26 +161,30 @@ def headline(assessment: Assessment) -> dict[str, str | int]:
 
 
 def write_audit(assessment: Assessment, out_dir: str | Path, extra: dict[str, Any] | None = None,
-                force: bool = False) -> dict[str, Path]:
-    """Write summary.json, synthetic.csv, train.csv, reference.csv and report.html into ``out_dir``.
+                force: bool = False, build: Path | None = None) -> dict[str, Path]:
+    """Write summary.json, synthetic.csv, train.csv, reference.csv and report.html into ``out_dir``, aside
+    first and moved in only when complete (see the module docstring).
 
     Args:
         assessment: the result of :func:`memostudy.detect.assessment.assess`.
         out_dir: output folder (created).
         extra: more entries for summary.json (inputs, intensity rule, timings, provenance ...).
-        force: replace earlier results (else :class:`RunExistsError` when any are there).
+        force: replace earlier results (else :class:`RunExistsError` when complete ones are there).
+        build: a build folder from :func:`new_build` that already holds files to move in with the results
+            (e.g. the ``detector.pt`` trained by the audit); default a new one.
 
     Returns:
-        file name -> path of every file written.
+        file name -> path of every result file written (in ``out_dir``).
     """
     out = check_out_dir(out_dir, force)
+    build = build if build is not None else new_build(out)
     summary = {**assessment.summary.as_dict(), **(extra or {})}
     summary.setdefault("provenance", provenance())
-    paths = {name: out / name for name in AUDIT_FILES}
-    paths["summary.json"].write_text(json.dumps(summary, indent=2, default=json_default))
+    paths = {name: build / name for name in AUDIT_FILES}
     assessment.synthetic_table.to_csv(paths["synthetic.csv"], index=False)
     assessment.train_table.to_csv(paths["train.csv"], index=False)
     assessment.reference_table.to_csv(paths["reference.csv"], index=False)
+    pause_point("audit-writing")
     top = assessment.synthetic_table.sort_values("similarity", ascending=False).head(20)
     sections: list[tuple[str | None, Any]] = [
         ("Summary", headline(assessment)),
@@ -98,4 +196,7 @@ def write_audit(assessment: Assessment, out_dir: str | Path, extra: dict[str, An
         ("Most similar synthetic volumes (contrastive)", top),
     ]
     paths["report.html"].write_text(html_page("memostudy audit", sections))
-    return paths
+    paths["summary.json"].write_text(json.dumps(summary, indent=2, default=json_default))
+    (build / COMPLETE_MARKER).write_text("complete\n")
+    _move_into_place(build, out)
+    return {name: out / name for name in AUDIT_FILES}

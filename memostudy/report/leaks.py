@@ -26,7 +26,11 @@ display window) are read back into voxel values through every display window the
 (a window narrower than the data clips voxels). ``atol`` is raised to half a grey step of the widest
 window when such arrays are present.
 
-Not detected: crops or zooms of a slice (a 2D array smaller than the slice), slices resampled, or
+Copies that are not voxel-exact (flipped, blurred, noisy, rescaled) are found by a second scan beside this
+one, :func:`find_similar_slices` (normalised cross-correlation of every embedded image with the training
+slices; see the comment above :data:`SLICE_NCC_THRESHOLD`).
+
+Not detected by the exact scan: crops or zooms of a slice (a 2D array smaller than the slice), slices resampled, or
 rescaled before display other than by a declared window, oblique slices, images encoded as PNG, and ipywidgets binary buffers.
 
 Near-constant arrays are never leaks: an array or slice whose standard deviation is below
@@ -463,3 +467,225 @@ def _match_runs(runs: list[tuple[int, np.ndarray]], vols: np.ndarray, atol: floa
                         pos = tuple(int(p) for p in np.unravel_index(rem, sizes))
                         leaks.append(Leak(i, shapes[i], vol, axis, pos, name, d))
     return leaks
+
+
+# --- similarity scan: copies that are not voxel-exact ------------------------------------------------------
+#
+# Each embedded image (viewer frames are 8-bit grey levels) is matched to the training slice it resembles most
+# (normalised cross-correlation, NCC, under the 8 flips/transposes and small in-plane shifts, the training slices
+# clipped to the display window). One similar slice proves little: CT patches are smooth, and on demo-ct at
+# 32^3 the slices of real held-out patches reach NCC 0.98-0.996 against some training slice. A copy shows
+# *many* slices of *one* training volume: the scan counts, per training volume, the embedded images whose best
+# match (NCC > ``SLICE_NCC_THRESHOLD``) is one of its slices, and fails a report where one training volume
+# collects ``min_frames`` or more. :func:`calibrate_similarity` sets ``min_frames`` from real held-out volumes
+# of the data set (each shown alone: the most any of them collects, plus a margin), so real non-copies pass.
+# Measured on demo-ct (200 training patches, every slice of a 32^3 patch shown, 96 frames): held-out patches
+# collect at most 30 frames on one training volume; flipped or rotated copies 96, noisy rotated ones 80-90,
+# blurred (sigma 1) 53-76, copies shifted by 2 voxels along every axis 24-38 (often missed). This is the
+# second line of defence: share-safe notebooks withhold every synthetic volume near the copy threshold
+# (:func:`memostudy.study.candidates.shareable_synthetic`) by the detector's own similarity.
+
+#: NCC above which an embedded image counts as showing a training slice
+SLICE_NCC_THRESHOLD = 0.95
+
+
+@dataclass(frozen=True)
+class SimilarSlice:
+    """An embedded 2D array that looks like a slice of a training volume (not necessarily voxel-exact).
+
+    Attributes:
+        array: index of the array in :func:`decoded_arrays` of the same HTML.
+        volume: index of the training volume.
+        axis: volume axis (0, 1, 2 of (D, H, W)) the slice cuts across.
+        index: the slice's index along ``axis``.
+        ncc: best normalised cross-correlation (1 = the same image up to brightness and contrast).
+    """
+
+    array: int
+    volume: int
+    axis: int
+    index: int
+    ncc: float
+
+
+def _unit_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of (M, n) minus their mean, over their norm; and which rows vary at all."""
+    x = x - x.mean(axis=1, keepdims=True)
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    ok = norm[:, 0] > 1e-6 * np.sqrt(x.shape[1])
+    return np.where(ok[:, None], x / np.maximum(norm, 1e-12), 0.0).astype(np.float32), ok
+
+
+def _shifted_ncc(q: np.ndarray, s: np.ndarray, max_shift: int) -> np.ndarray:
+    """Best NCC of each pair of 2D images ``q[k]`` and ``s[k]`` ((K, h, w) each) over in-plane shifts up to
+    ``max_shift`` voxels, on the overlap (at least 3/4 of each side); (K,)."""
+    k, h, w = q.shape
+    best = np.full(k, -1.0, dtype=np.float32)
+    for dy in range(-max_shift, max_shift + 1):
+        for dx in range(-max_shift, max_shift + 1):
+            if h - abs(dy) < 0.75 * h or w - abs(dx) < 0.75 * w:
+                continue
+            a = q[:, max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)].reshape(k, -1)
+            b = s[:, max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)].reshape(k, -1)
+            (ua, oka), (ub, okb) = _unit_rows(a), _unit_rows(b)
+            best = np.maximum(best, np.where(oka & okb, (ua * ub).sum(axis=1), -1.0))
+    return best
+
+
+def best_slice_ncc(arrays: list[np.ndarray], volumes: np.ndarray | torch.Tensor,
+                   windows: list[tuple[float, float]] | None = None, max_shift: int = 2, shortlist: int = 4,
+                   min_grey_std: float = 2.0, search_shift: int = 1) -> list[SimilarSlice]:
+    """For every informative 2D array, the training slice it resembles most and how much (NCC).
+
+    Each 2D array (8-bit viewer frames are read as they are; NCC ignores brightness and contrast) is
+    compared with every axis-aligned slice of ``volumes`` of its shape, clipped to each display window,
+    under the 8 flips/transposes: first at zero shift for all slices (one matrix product), then with
+    in-plane shifts up to ``max_shift`` for the ``shortlist`` best. Near-uniform arrays (grey-level standard
+    deviation below ``min_grey_std`` of 255 of the window) are skipped: they show nothing of a patient.
+
+    Args:
+        arrays: decoded arrays (:func:`decoded_arrays`).
+        volumes: training volumes, (N, 1, D, H, W) or (N, D, H, W).
+        windows: display windows (default :data:`DEFAULT_WINDOW`).
+
+    Returns:
+        One :class:`SimilarSlice` per informative 2D array (its best match), in array order.
+    """
+    vols = _as_volumes(volumes)
+    windows = list(windows or [DEFAULT_WINDOW])
+    # library per slice shape: unit rows for the matrix product, the slices themselves, (volume, axis, index)
+    parts: dict[tuple[int, ...], list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
+    for lo, hi in windows:
+        for axis in range(3):
+            sl = np.moveaxis(np.clip(vols, lo, hi), axis + 1, 1)  # (N, L, A, B)
+            n, length = sl.shape[:2]
+            flat = sl.reshape(n * length, *sl.shape[2:])
+            unit, ok = _unit_rows(flat.reshape(n * length, -1))
+            keys = np.stack([np.repeat(np.arange(n), length), np.full(n * length, axis), np.tile(np.arange(length), n)], 1)
+            parts.setdefault(sl.shape[2:], []).append((unit[ok], flat[ok], keys[ok]))
+    lib = {shape: tuple(np.concatenate([p[k] for p in ps]) for k in range(3)) for shape, ps in parts.items()}
+    # queries: every symmetry of every informative 2D array, grouped by shape
+    queries: dict[tuple[int, ...], list[tuple[int, np.ndarray]]] = {}
+    for i, arr in enumerate(arrays):
+        a = np.asarray(arr)
+        a = a.reshape([d for d in a.shape if d != 1]) if a.size else a
+        if a.ndim != 2 or not np.isfinite(a).all():
+            continue
+        span = 255.0 if a.dtype == np.uint8 else max(hi - lo for lo, hi in windows)
+        if float(a.std()) < min_grey_std * span / 255:
+            continue
+        a = a.astype(np.float32)
+        for f in TRANSFORMS.values():
+            v = np.ascontiguousarray(f(a))
+            if v.shape in lib and len(lib[v.shape][0]):
+                queries.setdefault(v.shape, []).append((i, v))
+    best: dict[int, SimilarSlice] = {}
+    for shape, items in queries.items():
+        unit, slices, keys = lib[shape]
+        ids = np.array([i for i, _ in items])
+        q = np.stack([v for _, v in items])
+        h, w = shape
+        for start in range(0, len(q), _QUERY_CHUNK // 8):
+            part = slice(start, start + _QUERY_CHUNK // 8)
+            # shortlist: the best library slices over shifts up to ``search_shift`` (crops, one product each)
+            scores = np.full((len(q[part]), len(unit)), -1.0, dtype=np.float32)
+            for dy in range(-search_shift, search_shift + 1):
+                for dx in range(-search_shift, search_shift + 1):
+                    a, _ = _unit_rows(q[part][:, max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)].reshape(len(q[part]), -1))
+                    b, _ = _unit_rows(slices[:, max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)].reshape(len(unit), -1))
+                    np.maximum(scores, a @ b.T, out=scores)
+            top = np.argsort(-scores, axis=1)[:, :shortlist]
+            rows = np.repeat(np.arange(len(top)), top.shape[1])
+            cols = top.ravel()
+            ncc = np.maximum(scores[rows, cols], _shifted_ncc(q[part][rows], slices[cols], max_shift))
+            for r, c, value in zip(ids[part][rows], cols, ncc):
+                if int(r) not in best or value > best[int(r)].ncc:
+                    best[int(r)] = SimilarSlice(int(r), int(keys[c, 0]), int(keys[c, 1]), int(keys[c, 2]), float(value))
+    return [best[i] for i in sorted(best)]
+
+
+def similar_counts(found: list[SimilarSlice], threshold: float = SLICE_NCC_THRESHOLD) -> dict[int, int]:
+    """Training volume -> number of embedded images whose best match (NCC > ``threshold``) is one of its slices."""
+    counts: dict[int, int] = {}
+    for f in found:
+        if f.ncc > threshold:
+            counts[f.volume] = counts.get(f.volume, 0) + 1
+    return counts
+
+
+_FIGURE_START = re.compile(r"Plotly\.newPlot\(|application/vnd\.plotly\.v1\+json")
+
+
+def figure_texts(text: str) -> list[str]:
+    """The text of each plotly figure of an HTML report or notebook JSON (split where one starts), so each
+    figure's images are counted apart; the whole text when no figure start is found."""
+    starts = [m.start() for m in _FIGURE_START.finditer(text)]
+    if not starts:
+        return [text]
+    return [text[a:b] for a, b in zip([0, *starts], [*starts, len(text)])]
+
+
+def find_similar_slices(html: str | list[str], volumes: np.ndarray | torch.Tensor, min_frames: int,
+                        threshold: float = SLICE_NCC_THRESHOLD) -> list[SimilarSlice]:
+    """Embedded images of an HTML report (or notebook JSON) that show a training volume: within one figure
+    (:func:`figure_texts`), the images matched to a training volume that collects ``min_frames`` or more of them
+    (see the comment above :data:`SLICE_NCC_THRESHOLD`). Catches copies that are not voxel-exact (flipped,
+    rotated, blurred, noisy, rescaled), which :func:`find_volume_leaks` cannot.
+
+    Args:
+        html: the text, or several (e.g. the HTML report and its executed notebook, which hold the same
+            images: each distinct image is matched once).
+        volumes: training volumes, (N, 1, D, H, W) or (N, D, H, W).
+        min_frames: images of one training volume in one figure that fail the report
+            (:func:`calibrate_similarity`).
+        threshold: NCC above which an image counts as showing a training slice.
+
+    Returns:
+        Those images' matches (``array`` indexes the distinct arrays of all texts); empty when the report passes.
+    """
+    texts = [html] if isinstance(html, str) else list(html)
+    windows = sorted({w for t in texts for w in display_windows(t)})
+    figures, unique, index = [], [], {}
+    for text in texts:
+        for fig in figure_texts(text):
+            ids = []
+            for a in decoded_arrays(fig):
+                a = np.asarray(a)
+                key = (a.dtype.str, a.shape, a.tobytes())
+                if key not in index:
+                    index[key] = len(unique)
+                    unique.append(a)
+                ids.append(index[key])
+            figures.append(sorted(set(ids)))  # an image repeated in a figure (its first frame) counts once
+    best = {f.array: f for f in best_slice_ncc(unique, volumes, windows)}
+    out: list[SimilarSlice] = []
+    for ids in figures:
+        found = [best[i] for i in ids if i in best]
+        shown = {v for v, n in similar_counts(found, threshold).items() if n >= min_frames}
+        out += [f for f in found if f.volume in shown and f.ncc > threshold]
+    return out
+
+
+def calibrate_similarity(reference: np.ndarray | torch.Tensor, train: np.ndarray | torch.Tensor,
+                         window: tuple[float, float] = DEFAULT_WINDOW, threshold: float = SLICE_NCC_THRESHOLD) -> int:
+    """``min_frames`` for :func:`find_similar_slices` on a data set: every slice of each real held-out volume of
+    ``reference`` is shown alone, as the viewer shows it (8 bits, 3 planes); the most frames any of them
+    collects on one training volume, times 1.25, plus 2 (at least 4), so real non-copies pass."""
+    from memostudy.report.viewer import PLANES, plane_slice, to_gray8
+
+    most = 0
+    for v in _as_volumes(reference):
+        frames = [to_gray8(plane_slice(v, p, k), window) for p in PLANES
+                  for k in range(v.shape[{"axial": 2, "coronal": 1, "sagittal": 0}[p]])]
+        most = max(most, max(similar_counts(best_slice_ncc(frames, train, [window]), threshold).values(), default=0))
+    return max(4, int(np.ceil(1.25 * most)) + 2)
+
+
+def describe_similar(found: list[SimilarSlice], min_frames: int) -> str:
+    """One line: how many embedded images show which training volumes, how closely."""
+    if not found:
+        return f"no training volume is shown by {min_frames} or more similar embedded images"
+    vols = sorted({s.volume for s in found})
+    shown = ", ".join(map(str, vols[:10])) + (", ..." if len(vols) > 10 else "")
+    return (f"{len(found)} embedded image(s) show slices of {len(vols)} training volume(s): {shown} "
+            f"(NCC up to {max(s.ncc for s in found):.3f}; {min_frames} images of one volume fail)")

@@ -141,7 +141,7 @@ def run_notebook(
     if report is not None and check_browser:
         meta["browser"] = _browser_check(report, run_dir / "screenshot.png")
     if status == "ok" and params.get("share_safe") and report is not None and record is not None:
-        meta["share_safe_check"] = check = share_safe_check(report, record)
+        meta["share_safe_check"] = check = share_safe_check(report, record, executed)
         if not check["checked"]:
             status, error = "failed", f"share-safe report not scanned: {check['reason']}"
         elif check["leaks"]:
@@ -152,16 +152,26 @@ def run_notebook(
     return RunResult(run_dir=run_dir, status=status, seconds=seconds, report=report, error=error, key_figures=key)
 
 
-def share_safe_check(report: Path, record: StudyRecord) -> dict[str, Any]:
-    """Scan a share-safe report for voxels of the training volumes named in ``record.train_data``;
-    see :mod:`memostudy.report.leaks`.
+def share_safe_check(report: Path, record: StudyRecord, notebook: Path | None = None,
+                     calibration_volumes: int = 3) -> dict[str, Any]:
+    """Scan a share-safe report (and the executed ``notebook``) for the training volumes named in
+    ``record.train_data``, failing closed: voxel-exact slices and runs (:func:`~memostudy.report.leaks.find_volume_leaks`)
+    and images that show a training volume without being voxel-exact (:func:`~memostudy.report.leaks.find_similar_slices`,
+    calibrated on up to ``calibration_volumes`` volumes of the data set's validation split, real non-copies).
 
     Returns:
         ``{"checked": False, "reason"}`` when the record names no training volume, else ``{"checked": True,
-        "n_train_volumes", "leaks" (count), "detail" (one line)}``.
+        "n_train_volumes", "leaks" (count of exact and similar findings), "exact", "similar", "min_frames",
+        "detail" (one line)}``.
     """
     from memostudy.data.patches import load_patches
-    from memostudy.report.leaks import describe, find_volume_leaks
+    from memostudy.report.leaks import (
+        calibrate_similarity,
+        describe,
+        describe_similar,
+        find_similar_slices,
+        find_volume_leaks,
+    )
 
     train = record.train_data
     if train is None or not train.ids:
@@ -173,8 +183,24 @@ def share_safe_check(report: Path, record: StudyRecord) -> dict[str, Any]:
         return {"checked": False, "reason": f"{len(unknown)} training id(s) of the record are not in data set "
                                             f"{train.data!r} (e.g. {unknown[0]})"}
     vols = split.volumes[[pos[i] for i in train.ids]]
-    leaks = find_volume_leaks(report.read_text(encoding="utf-8"), vols)
-    return {"checked": True, "n_train_volumes": len(vols), "leaks": len(leaks), "detail": describe(leaks)}
+    try:
+        held = load_patches(train.data, "validation").volumes[:calibration_volumes]
+    except DataError:
+        held = vols[:0]
+    if not len(held):
+        return {"checked": False, "reason": f"data set {train.data!r} has no validation volumes to calibrate the "
+                                            "similarity scan on"}
+    min_frames = calibrate_similarity(held, vols)
+    texts = [report.read_text(encoding="utf-8")]
+    if notebook is not None and notebook.exists():
+        texts.append(notebook.read_text(encoding="utf-8"))
+    exact = [leak for t in texts for leak in find_volume_leaks(t, vols)]
+    similar = find_similar_slices(texts, vols, min_frames)
+    detail = describe(exact) if exact or not similar else describe_similar(similar, min_frames)
+    if exact and similar:
+        detail += "; " + describe_similar(similar, min_frames)
+    return {"checked": True, "n_train_volumes": len(vols), "leaks": len(exact) + len(similar), "exact": len(exact),
+            "similar": len(similar), "min_frames": min_frames, "detail": detail}
 
 
 def _browser_check(report: Path, screenshot: Path) -> dict[str, Any]:

@@ -143,8 +143,37 @@ def test_finished_training_is_reused_also_when_recorded_with_comparison_fields(t
     again = train_detector(train, None, cfg, out_dir=tmp_path)
     assert (tmp_path / "detector_training" / "losses.csv").stat().st_mtime_ns == stamp  # not retrained
     assert all(torch.equal(a, b) for a, b in zip(again.net.state_dict().values(), first.net.state_dict().values()))
-    with pytest.raises(ConfigError, match="another config"):
-        train_detector(train, None, DetectorConfig(epochs=1, **{**TINY, "hidden": 16}), out_dir=tmp_path)
+    # another config: the folder is set aside (not deleted) and the detector trained again
+    train_detector(train, None, DetectorConfig(epochs=1, **{**TINY, "hidden": 16}), out_dir=tmp_path)
+    assert len(list(tmp_path.glob("detector_training.aside-*"))) == 1
+
+
+def test_a_training_folder_is_never_resumed_on_other_data(tmp_path, capsys):
+    """Issue 18, defect 3: a run killed mid-training, rerun with another training set, resumed on it."""
+    from memostudy.training import RunFolder
+
+    cfg = DetectorConfig(epochs=2, **TINY)
+    first = train_detector(phantom_volumes(4, 16, seed=0), None, cfg, out_dir=tmp_path)
+    folder = RunFolder(tmp_path / "detector_training")
+    folder.done.unlink()  # as if killed after its last checkpoint
+    other = phantom_volumes(4, 16, seed=5)
+    again = train_detector(other, None, cfg, out_dir=tmp_path)
+    assert "other training data" in capsys.readouterr().err
+    assert len(list(tmp_path.glob("detector_training.aside-*"))) == 1
+    fresh = train_detector(other, None, cfg, out_dir=tmp_path / "fresh")
+    for a, b in zip(again.net.state_dict().values(), fresh.net.state_dict().values()):
+        assert torch.equal(a, b)  # trained on the new data only, from scratch
+    assert not all(torch.equal(a, c) for a, c in zip(again.net.state_dict().values(), first.net.state_dict().values()))
+
+
+def test_damaged_checkpoint_is_one_line_naming_the_file(trained, tmp_path):
+    path = save_detector(trained[1], tmp_path / "detector.pt")
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["state_dict"] = {"encoder.weight": torch.zeros(3)}
+    torch.save(ckpt, tmp_path / "wrong.pt")
+    with pytest.raises(DataError, match="wrong.pt: detector checkpoint is damaged") as e:
+        load_detector(tmp_path / "wrong.pt")
+    assert "\n" not in str(e.value)
 
 
 def test_save_load_roundtrip(trained, tmp_path):

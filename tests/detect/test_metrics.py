@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from memostudy.detect.metrics import (
     bootstrap_fraction,
@@ -88,3 +89,36 @@ def test_fraction_text_is_the_percentages_with_their_interval():
     f = Fraction(0.125, 0.04166, 0.25, 24, 0.95)
     assert f.text() == "12.5% [4.2%, 25.0%]"
     assert f.text(digits=0) == "12% [4%, 25%]"
+
+
+def test_reference_volumes_rank_leave_one_out_in_the_combined_score():
+    from memostudy.detect.metrics import combine_nearest, reference_rank
+    from memostudy.detect.similarity import Nearest
+
+    ref = [0.1, 0.2, 0.3, 0.4]
+    # ranked against the others: the most similar reference volume is below every one of its 4, not 1.0
+    assert reference_rank(ref, ref, leave_one_out=True).tolist() == [0.0, 0.25, 0.5, 0.75]
+    a, b = Nearest(torch.tensor(ref), torch.arange(4)), Nearest(torch.tensor([4.0, 3, 2, 1]), torch.arange(4))
+    assert combine_nearest((a, b), (a, b)).values.tolist() == [0.75, 0.5, 0.5, 0.75]
+    # a query beyond every reference volume of one detector ranks 1.0, above every reference volume
+    q = (Nearest(torch.tensor([0.9]), torch.tensor([0])), Nearest(torch.tensor([0.0]), torch.tensor([0])))
+    assert combine_nearest((a, b), q).values.tolist() == [1.0]
+
+
+def test_combined_detector_calls_clear_copies_and_its_interval_holds_its_point_estimate():
+    """The issue's case: copies beyond every reference volume under one detector got 0 % (threshold 1.0
+    from the in-sample ranks) or a point estimate near the top of an interval reaching 0 %."""
+    from memostudy.detect.metrics import combine_nearest, copy_fraction
+    from memostudy.detect.similarity import Nearest
+
+    rng = np.random.default_rng(1)
+    for n_ref, n_syn in ((20, 13), (50, 30), (100, 200)):
+        ref = [rng.normal(size=n_ref), rng.normal(size=n_ref)]
+        syn = [rng.normal(size=n_syn), rng.normal(size=n_syn)]
+        syn[0][: n_syn // 2] += 5  # half the synthetic volumes are copies, obvious to the first detector
+        near = [Nearest(torch.tensor(x, dtype=torch.float32), torch.zeros(len(x), dtype=torch.long)) for x in ref + syn]
+        r, s = combine_nearest(near[:2], near[:2]).values, combine_nearest(near[:2], near[2:]).values
+        f = copy_fraction(s, r, percentile=95, n_boot=2000)
+        assert f.lo <= f.value <= f.hi
+        assert f.value >= (n_syn // 2) / n_syn  # every copy is called
+        assert f.lo >= 0.2  # and the interval does not reach down to no copies (before: 0 %)

@@ -157,15 +157,18 @@ def test_headline_formats_each_fraction_once():
     assert not any(k.startswith("pixel") for k in headline(_assessment(pixel=False)))
 
 
-def test_check_out_dir_refuses_results_unless_forced(tmp_path):
+def test_check_out_dir_refuses_complete_results_unless_forced_and_removes_nothing(tmp_path):
     out = check_out_dir(tmp_path / "new")
     assert out.is_dir()
     (out / "summary.json").write_text("{}")
     (out / "detector.pt").write_text("kept")
+    check_out_dir(out)  # a killed run's summary.json without the tables and report.html is not a result
+    for f in AUDIT_FILES:
+        (out / f).write_text("old")
     with pytest.raises(RunExistsError, match="summary.json"):
         check_out_dir(out)
-    check_out_dir(out, force=True)
-    assert not (out / "summary.json").exists() and (out / "detector.pt").read_text() == "kept"
+    check_out_dir(out, force=True)  # --force replaces only once the new results are complete
+    assert (out / "summary.json").read_text() == "old" and (out / "detector.pt").read_text() == "kept"
 
 
 def _error(folders, tmp_path, capsys) -> str:
