@@ -35,8 +35,6 @@ def run(args: argparse.Namespace) -> int:
     import shutil
     import time
 
-    import torch
-
     from memostudy.config import parse_set_options
     from memostudy.data.volume_io import read_volume_folder
     from memostudy.detect.assessment import AssessConfig, assess, check_intensities, scale_intensities
@@ -77,7 +75,6 @@ def run(args: argparse.Namespace) -> int:
         check_out_dir(out, args.force)  # again: another audit may have finished while this one read its inputs
         build = new_build(out)
         try:
-            torch.manual_seed(det_cfg.seed)
             if loaded is not None:
                 print(f"detector: loading {args.detector}")
                 detector = loaded

@@ -42,6 +42,7 @@ from memostudy.detect.metrics import Fraction, calibrate_threshold, copy_fractio
 from memostudy.detect.registry import Searches
 from memostudy.detect.similarity import METRICS, Nearest
 from memostudy.errors import ConfigError, DataError
+from memostudy.seeds import Stream, generator
 
 INTENSITY_RULES = ("auto", "as-stored", "joint")
 
@@ -296,7 +297,7 @@ def scale_intensities(train: torch.Tensor, reference: torch.Tensor, synthetic: t
     if rule == "as-stored":
         return (train, reference, synthetic), {"rule": rule, "lo": None, "hi": None}
     flat = train.flatten()
-    sample = flat[torch.randperm(len(flat), generator=torch.Generator().manual_seed(0))[:2_000_000]]
+    sample = flat[torch.randperm(len(flat), generator=generator(Stream.INTENSITY_SUBSAMPLE, 0))[:2_000_000]]
     lo, hi = (float(x) for x in torch.quantile(sample, torch.tensor([0.005, 0.995])))
     if hi <= lo:
         raise DataError(f"training volumes are constant (value {lo}); cannot scale intensities — check the --train folder")

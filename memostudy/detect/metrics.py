@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from memostudy.seeds import Stream, numpy_rng
+
 
 def _arr(x) -> np.ndarray:
     a = np.asarray(x.detach().cpu().numpy() if hasattr(x, "detach") else x, dtype=np.float64).ravel()
@@ -101,7 +103,7 @@ def bootstrap_fraction(similarities, reference_nearest, percentile: float = 95.0
     if sims.size == 0:
         raise ValueError("no similarities to count")
     value = float(is_copy(sims, calibrate_threshold(ref, percentile)).mean())
-    rng = np.random.default_rng(seed)
+    rng = numpy_rng(Stream.BOOTSTRAP, seed)
     ref_b = ref[rng.integers(0, ref.size, size=(n_boot, ref.size))]
     thr_b = np.percentile(ref_b, percentile, axis=1)
     sims_b = sims[rng.integers(0, sims.size, size=(n_boot, sims.size))]

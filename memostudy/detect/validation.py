@@ -36,6 +36,7 @@ from memostudy.detect.registry import Searches
 from memostudy.detect.similarity import METRICS, Nearest
 from memostudy.detect.views import COPY_FAMILIES, apply_family
 from memostudy.errors import ConfigError, DataError
+from memostudy.seeds import Stream, generator, numpy_rng
 
 
 @dataclass
@@ -110,7 +111,7 @@ def split_held_out(n: int, reference_fraction: float = 0.5, seed: int = 0) -> tu
     """A deterministic split of ``n`` held-out volumes into (reference, novel) index arrays, both sorted."""
     if n < 2:
         raise DataError(f"need at least 2 held-out volumes (reference and novel), got {n}")
-    perm = np.random.default_rng(seed).permutation(n)
+    perm = numpy_rng(Stream.HELD_OUT_SPLIT, seed).permutation(n)
     k = min(max(1, int(round(n * reference_fraction))), n - 1)
     return np.sort(perm[:k]), np.sort(perm[k:])
 
@@ -125,8 +126,8 @@ def build_ground_truth(train: torch.Tensor, held_out: torch.Tensor, cfg: Validat
     """
     cfg.validate()
     ref_idx, nov_idx = split_held_out(len(held_out), cfg.reference_fraction, cfg.seed)
-    rng = np.random.default_rng(cfg.seed + 1)
-    g = torch.Generator().manual_seed(cfg.seed + 2)
+    rng = numpy_rng(Stream.VALIDATION_COPIES, cfg.seed)
+    g = generator(Stream.VALIDATION_VIEWS, cfg.seed)
     copies, fams, sources = [], [], []
     for fam in cfg.families:
         src = np.sort(rng.choice(len(train), size=min(cfg.copies_per_family, len(train)), replace=False))

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from memostudy.seeds import Stream, generator
+
 if TYPE_CHECKING:
     from memostudy.study.memorization import MemorizationResult
 
@@ -46,7 +48,7 @@ def ms_ssim_diversity(volumes: torch.Tensor, n_pairs: int = 64, seed: int = 0, k
     n = volumes.shape[0]
     if n < 2:
         raise ValueError("ms_ssim_diversity needs at least two volumes")
-    g = torch.Generator().manual_seed(seed)
+    g = generator(Stream.QUALITY, seed)
     i = torch.randint(0, n, (n_pairs,), generator=g)
     j = (i + torch.randint(1, n, (n_pairs,), generator=g)) % n  # j != i
     metric = MultiScaleSSIMMetric(spatial_dims=3, data_range=2.0, kernel_size=kernel_size,
