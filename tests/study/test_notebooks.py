@@ -140,7 +140,9 @@ def test_overtraining_notebook_tracks_quality_per_snapshot(env):
     res, summary = _run(env, "04_overtraining", "overtraining", epochs=[2, "final"])
     rows = pd.DataFrame(summary["rows"])
     assert list(rows["epoch"]) == [2, 3]  # test-16: snapshot at epoch 2, final after 3
-    assert rows["ms_ssim"].between(-1, 1).all() and (rows["frechet_embedding"] >= 0).all()
+    # two snapshots sample different volumes: their quality figures differ, and no set equals the reference
+    assert rows["ms_ssim"].nunique() == 2 and rows["frechet_embedding"].nunique() == 2
+    assert (rows["frechet_embedding"] > 0).all() and rows["ms_ssim"].between(-1, 1).all()
     assert rows["train_loss"].notna().all()
     assert list(summary["key_figures"]) == ["memorized % (epoch 2)", "memorized % (epoch 3)"]
 
@@ -152,8 +154,13 @@ def test_detector_validation_notebook_reports_each_family(env):
     table = pd.DataFrame(summary["rows"])
     assert set(table["detector"]) == {"contrastive", "contrastive-32d", "pixel", "pixel-oriented", "aligned", "combined"}
     assert {"all", "flip", "rot90", "noise"} <= set(table["family"])
-    assert table[["sensitivity", "specificity", "auc"]].apply(lambda c: c.between(0, 1)).all().all()
     assert (res.run_dir / "detector.pt").exists() and (res.run_dir / "validation.csv").exists()
+    # the record's rows are the table validate-detector wrote, not numbers made up on the way
+    written = pd.read_csv(res.run_dir / "validation.csv")
+    merged = table.merge(written, on=["detector", "family"], suffixes=("", "_csv"))
+    assert len(merged) == len(table) == len(written)
+    np.testing.assert_allclose(merged["sensitivity"], merged["sensitivity_csv"])
+    np.testing.assert_allclose(merged["specificity"], merged["specificity_csv"])
     assert np.isfinite(summary["key_figures"]["contrastive auc"]) and np.isfinite(summary["key_figures"]["combined auc"])
 
 
