@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -41,3 +42,10 @@ def demo_ct() -> Path:
     from memostudy.data.prepare import prepare
 
     return prepare("demo-ct", progress=False).path
+
+
+def default_sigint() -> None:
+    """``preexec_fn`` for subprocesses that a test interrupts with SIGINT: a shell that runs the tests in the
+    background starts them with SIGINT ignored, which the child would inherit (and Python then installs no
+    KeyboardInterrupt handler), so the signal would be lost."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

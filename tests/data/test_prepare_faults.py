@@ -19,6 +19,7 @@ import pytest
 
 from memostudy.data.manifest import manifest_from_folder
 from memostudy.data.prepare import prepare
+from tests.conftest import default_sigint
 
 REPO = Path(__file__).resolve().parents[2]
 CMD = [sys.executable, "-c", "import sys; from memostudy.cli import main; sys.exit(main())"]
@@ -47,7 +48,7 @@ def _start(m: Path, cache: Path, *extra: str, pause: str | None = None, until: P
     if until:
         env["MEMOSTUDY_PAUSE_UNTIL"] = str(until)
     return subprocess.Popen([*CMD, "data", "prepare", str(m), "--cache", str(cache), *extra], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
 
 
 def _wait_for(proc: subprocess.Popen, text: str) -> None:

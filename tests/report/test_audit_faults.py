@@ -26,6 +26,7 @@ import torch
 from memostudy.data.phantom import phantom_volumes, write_phantom_dataset
 from memostudy.data.volume_io import write_nifti
 from memostudy.report.audit import AUDIT_FILES, BUILDING_PREFIX, COMPLETE_MARKER, has_results
+from tests.conftest import default_sigint
 
 REPO = Path(__file__).resolve().parents[2]
 CMD = [sys.executable, "-c", "import sys; from memostudy.cli import main; sys.exit(main())"]
@@ -121,7 +122,7 @@ def uninterrupted(folders, tmp_path_factory) -> dict[int, dict[str, str]]:
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
 def test_audit_killed_during_detector_training_resumes_to_the_same_results(folders, uninterrupted, tmp_path, sig):
     out = tmp_path / "out"
-    proc = subprocess.Popen(_audit_args(folders, out, 16), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(_audit_args(folders, out, 16), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
     _kill_when(proc, _losses_rows(out / "detector_training" / "losses.csv", 3), sig)
     assert proc.returncode == (130 if sig == signal.SIGINT else -signal.SIGKILL)
     assert not has_results(out) and not (out / "detector.pt").exists()  # nothing that looks finished
@@ -139,7 +140,7 @@ def test_force_killed_while_writing_keeps_old_or_new_results_and_the_rerun_finis
     _run(_audit_args(folders, out, 1))
     assert _results(out) == uninterrupted[1]
     proc = subprocess.Popen(_audit_args(folders, out, 16, "--force"), env=_env(point), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
     _kill_when(proc, _paused(proc, point), sig)
     builds = list(out.glob(f"{BUILDING_PREFIX}*"))
     if point == "audit-writing":  # the new results are not complete: the old ones are untouched
@@ -157,7 +158,7 @@ def test_train_killed_mid_run_resumes_with_the_same_losses(tmp_path):
     args = [*CMD, "train", "--preset", "test-16", "--data", str(data), "--epochs", "12", "--no-progress", "--out"]
     _run([*args, str(tmp_path / "whole")])
     run = tmp_path / "killed"
-    proc = subprocess.Popen([*args, str(run)], env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([*args, str(run)], env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
     _kill_when(proc, _losses_rows(run / "diffusion" / "losses.csv", 2), signal.SIGKILL)
     assert not (run / "diffusion" / "DONE").exists()
     _run([*args, str(run)])
