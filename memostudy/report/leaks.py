@@ -613,7 +613,8 @@ def similar_counts(found: list[SimilarSlice], threshold: float = SLICE_NCC_THRES
     return counts
 
 
-_FIGURE_START = re.compile(r"Plotly\.newPlot\(|application/vnd\.plotly\.v1\+json")
+# where a figure starts: plotly's own HTML, the notebook's plotly mimetype, or memostudy.report.page.figure_html
+_FIGURE_START = re.compile(r'Plotly\.newPlot\(|application/vnd\.plotly\.v1\+json|class="memostudy-figure"')
 
 
 def figure_texts(text: str) -> list[str]:

@@ -140,3 +140,15 @@ def test_line_profile_along_a_row_is_found_reversed(train) -> None:
 def test_volumes_must_be_4d_or_channel_first(train) -> None:
     with pytest.raises(ValueError, match="N, 1, D, H, W"):
         find_volume_leaks("", train[0])
+
+
+def test_each_figure_of_a_page_is_scanned_apart():
+    import plotly.graph_objects as go
+
+    from memostudy.report.leaks import figure_texts
+    from memostudy.report.page import html_page
+
+    figs = [go.Figure(go.Heatmap(z=[[i, 1], [2, 3]])) for i in range(3)]
+    page = html_page("p", [(f"f{i}", f) for i, f in enumerate(figs)])
+    with_arrays = [t for t in figure_texts(page) if '"z"' in t]
+    assert len(with_arrays) == 3  # one text per figure, so images of different figures are not pooled
