@@ -49,3 +49,15 @@ def default_sigint() -> None:
     background starts them with SIGINT ignored, which the child would inherit (and Python then installs no
     KeyboardInterrupt handler), so the signal would be lost."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+#: fixtures that train a model once per module or session (tens of seconds on 2 cores): every test that uses
+#: one is an end-to-end check and runs in `make test`, not in `make test-fast`
+TRAINING_FIXTURES = {"trained", "tiny_result", "run_dir", "demo_ct"}
+
+
+def pytest_collection_modifyitems(config, items) -> None:  # noqa: ARG001 (pytest's hook signature)
+    """Mark ``slow`` every test that uses one of :data:`TRAINING_FIXTURES`."""
+    for item in items:
+        if TRAINING_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

@@ -43,6 +43,7 @@ def loop(**kw) -> LoopConfig:
     return LoopConfig(**{"epochs": 3, "batch_size": 2, "lr": 1e-2, "checkpoint_every": 2, "seed": 0, **kw})
 
 
+@pytest.mark.slow
 def test_a_few_steps_reduce_the_autoencoder_loss_on_a_fixed_batch(tmp_path):
     torch.manual_seed(0)
     task = AutoencoderTask(build_autoencoder(preset("test-16").autoencoder))
@@ -70,6 +71,7 @@ def test_outputs_snapshots_and_done(tmp_path, vols):
     (True, 5, 4),
     (False, 7, 6),  # killed during step 8; last checkpoint at the end of epoch 2 (step 6)
 ])
+@pytest.mark.slow
 def test_killed_run_resumes_at_its_last_checkpoint_with_identical_losses(tmp_path, vols, augment, kill_after, last_step):
     aug = FlipRotate((8, 8, 8)) if augment else None
     whole = fit(NoisyDenoiser(), vols, vols[:2], loop(), tmp_path / "a", augment=aug, progress=False)

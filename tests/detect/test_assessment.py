@@ -36,6 +36,7 @@ def _assess(inputs, **cfg):
                   [f"s{i}" for i in range(5)], cfg=AssessConfig(n_boot=200, align=FAST_ALIGN, **cfg))
 
 
+@pytest.mark.slow
 def test_summary_is_typed_and_matches_the_tables(inputs):
     a = _assess(inputs, aligned=True)
     s = a.summary
@@ -55,6 +56,7 @@ def test_summary_is_typed_and_matches_the_tables(inputs):
     assert a.synthetic_table["nearest_train_id"][:2].tolist() == ["t0", "t1"]
 
 
+@pytest.mark.slow
 def test_summary_json_layout_is_unchanged(inputs):
     d = _assess(inputs, pixel_baseline=False).summary.as_dict()
     assert list(d) == ["n_train", "n_reference", "n_synthetic", "metric", "percentile", "confidence", "threshold",
@@ -66,12 +68,14 @@ def test_summary_json_layout_is_unchanged(inputs):
     assert d["assess_config"]["compare"] == {"representation": "latent", "search_shift": 2.0, "orientation_pooling": True}
 
 
+@pytest.mark.slow
 def test_only_the_asked_detectors_run(inputs):
     a = _assess(inputs, pixel_baseline=False)
     assert list(a.summary.detectors) == ["contrastive"] and list(a.distributions) == ["contrastive"]
     assert not any(c.startswith("pixel_") for c in a.synthetic_table.columns)
 
 
+@pytest.mark.slow
 def test_comparison_settings_are_honoured(inputs):
     det, train, _, synthetic = inputs
     a = _assess(inputs, pixel_baseline=False, compare=CompareConfig(representation="embedding"))

@@ -100,6 +100,7 @@ def test_roughness_drops_with_blur_and_ignores_noise_and_scale() -> None:
     torch.testing.assert_close(roughness(2 * x + 0.1), roughness(x), rtol=1e-3, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_matched_smoothness_brings_a_sharp_reference_to_a_blurred_noisy_set() -> None:
     sharp = _fields(32, 1.0, seed=0)
     smooth = _fields(32, 2.0, seed=1)  # independent volumes, blurred more: extra sigma about sqrt(2^2 - 1)

@@ -45,6 +45,7 @@ def test_default_net_reaches_4x4x4x8_and_32d():
     assert net(x).shape == (2, 32)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss", ["ntxent", "triplet"])
 def test_each_loss_decreases(loss):
     torch.manual_seed(0)
@@ -76,6 +77,7 @@ def trained():
     return train, train_detector(train, phantom_volumes(4, 16, seed=5), cfg)
 
 
+@pytest.mark.slow
 def test_flipped_and_rotated_copies_are_nearest(trained):
     # learned invariance only (no orientation pooling): the copies' nearest training volume is their source
     train, det = trained

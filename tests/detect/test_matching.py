@@ -35,6 +35,7 @@ def test_shift_grid():
     assert shift_grid(0) == [(0.0, 0.0, 0.0)]
 
 
+@pytest.mark.slow
 def test_vector_shapes_and_identity_slices():
     det = _detector()
     x = phantom_volumes(3, 16, seed=0)
@@ -54,6 +55,7 @@ def test_vector_shapes_and_identity_slices():
     assert not torch.allclose(query_vectors(det, x, unpooled), e, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_rotated_and_shifted_copies_meet_their_source_exactly():
     # the search itself, with random weights: the orientation that undoes a rotation and the shift that a
     # copy was moved by give the very vectors of the source, so the copy scores 1 against it

@@ -37,6 +37,7 @@ def _same(a, b) -> None:
     assert torch.equal(a.values, b.values) and torch.equal(a.indices, b.indices)
 
 
+@pytest.mark.slow
 def test_each_detector_is_its_pieces(setup):
     det, train, query, reference = setup
     s = _searches(setup)
@@ -55,6 +56,7 @@ def test_each_detector_is_its_pieces(setup):
     assert len(s.reverse("combined", "query").values) == len(train)
 
 
+@pytest.mark.slow
 def test_flipped_copies_meet_their_source_under_the_orientation_searches(setup):
     s = _searches(setup)
     for name in ("contrastive", "pixel-oriented", "aligned"):
@@ -64,6 +66,7 @@ def test_flipped_copies_meet_their_source_under_the_orientation_searches(setup):
     assert (s.nearest("pixel", "query").values[:2] < s.nearest("pixel-oriented", "query").values[:2]).all()
 
 
+@pytest.mark.slow
 def test_comparison_settings_change_the_contrastive_search(setup):
     det, train, query, _ = setup
     s = _searches(setup, CompareConfig(representation="embedding"))

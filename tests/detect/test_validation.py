@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from memostudy.cli import main
@@ -34,6 +35,7 @@ def test_ground_truth_counts():
     assert len(gt.reference) + len(gt.novel) == 6
 
 
+@pytest.mark.slow
 def test_table_per_detector_and_family():
     train, held = phantom_volumes(8, 16, seed=0), phantom_volumes(8, 16, seed=1)
     det = train_detector(train, None, TINY)
@@ -78,6 +80,7 @@ def test_table_per_detector_and_family():
     assert paper.summary["config"]["compare"]["representation"] == "embedding"
 
 
+@pytest.mark.slow
 def test_cli_writes_table_and_json(tmp_path, capsys):
     data = write_phantom_dataset(tmp_path / "ph", n_train=8, n_validation=6, size=16)
     out = tmp_path / "val"
@@ -93,6 +96,7 @@ def test_cli_writes_table_and_json(tmp_path, capsys):
     assert summary["config"]["compare"] == {"representation": "latent", "search_shift": 2.0, "orientation_pooling": True}
 
 
+@pytest.mark.slow
 def test_cli_comparison_settings_apply_to_a_loaded_detector(tmp_path):
     data = write_phantom_dataset(tmp_path / "ph", n_train=8, n_validation=6, size=16)
     fast = ["--copies-per-family", "2", "--set", "channels=8,16", "--set", "epochs=1", "--set", "batch_size=4"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from memostudy.data.phantom import phantom_volumes
@@ -42,6 +43,7 @@ def test_latent_scale_factor_gives_unit_std():
     assert abs(s - 1 / 3) < 0.01
 
 
+@pytest.mark.slow
 def test_adversarial_term_trains_both_nets_and_is_off_by_default():
     torch.manual_seed(0)
     cfg = preset("test-16")

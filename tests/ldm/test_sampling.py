@@ -30,6 +30,7 @@ def run_dir(data_dir, tmp_path_factory) -> Path:
     return train_ldm(preset("test-16", {"data": str(data_dir)}), tmp_path_factory.mktemp("run") / "r", progress=False)
 
 
+@pytest.mark.slow
 def test_run_folder_layout(run_dir):
     for rel in ("config.yaml", "provenance.yaml", "data.json", "latent_scale.json", "autoencoder/losses.csv",
                 "autoencoder/final.pt", "autoencoder/DONE", "diffusion/losses.csv", "diffusion/last.pt",
@@ -58,6 +59,7 @@ def test_sampling_writes_n_nifti_files_of_the_right_shape_range_and_spacing(run_
         write_samples(run_dir, vols, "t")
 
 
+@pytest.mark.slow
 def test_sampling_is_seeded_and_checkpoints_select_weights(run_dir):
     a = sample_volumes(run_dir, 2, steps=3, seed=1, progress=False)
     b = sample_volumes(run_dir, 2, steps=3, seed=1, progress=False)
@@ -69,6 +71,7 @@ def test_sampling_is_seeded_and_checkpoints_select_weights(run_dir):
         load_run(run_dir, checkpoint=7)
 
 
+@pytest.mark.slow
 def test_ddim_eta_adds_seeded_noise_and_is_recorded(run_dir, capsys):
     det = sample_volumes(run_dir, 2, steps=3, seed=1, progress=False, eta=0.0)
     noisy = sample_volumes(run_dir, 2, steps=3, seed=1, progress=False, eta=1.0)
@@ -83,6 +86,7 @@ def test_ddim_eta_adds_seeded_noise_and_is_recorded(run_dir, capsys):
     assert default_tag(None, "ddpm", 1000, 0, eta=1.0) == "final-ddpm1000-seed0"  # eta is DDIM's only
 
 
+@pytest.mark.slow
 def test_ddpm_uses_all_training_timesteps(run_dir, monkeypatch):
     cfg = preset("test-16", {"diffusion.num_train_timesteps": 20, "data": "unused"})
     run = load_run(run_dir)
@@ -95,6 +99,7 @@ def test_ddpm_uses_all_training_timesteps(run_dir, monkeypatch):
     assert len(calls) == 20 and v.shape == (2, 1, 16, 16, 16)
 
 
+@pytest.mark.slow
 def test_killed_ldm_run_resumes_with_the_same_losses(data_dir, run_dir, tmp_path, monkeypatch):
     cfg = preset("test-16", {"data": str(data_dir)})
     original = DiffusionTask.loss

@@ -44,6 +44,7 @@ def _audit(folders: dict[str, Path], out: Path, *extra: str) -> int:
                  "--synthetic", str(folders["synthetic"]), "--out", str(out), *FAST, *extra])
 
 
+@pytest.mark.slow
 def test_audit_outputs_follow_contract(folders, tmp_path, capsys):
     out = tmp_path / "out"
     assert _audit(folders, out) == 0
@@ -93,6 +94,7 @@ def test_audit_outputs_follow_contract(folders, tmp_path, capsys):
     assert again["threshold"] == summary["threshold"] and again["copy_fraction"] == summary["copy_fraction"]
 
 
+@pytest.mark.slow
 def test_comparison_settings_apply_to_a_loaded_detector(folders, tmp_path):
     out = tmp_path / "out"
     assert _audit(folders, out, "--no-aligned", "--no-pixel") == 0

@@ -96,6 +96,7 @@ def test_reference_equal_to_train_is_refused(folders, tmp_path, capsys, how):
     assert "--reference" in _refused(folders, tmp_path / "out", capsys)
 
 
+@pytest.mark.slow
 def test_reference_sharing_some_training_volumes_is_warned_about(folders, tmp_path, capsys):
     shutil.copy(folders["train"] / "t00.nii.gz", folders["reference"] / "t00.nii.gz")
     assert _audit(folders, tmp_path / "out") == 0
@@ -110,6 +111,7 @@ def test_existing_detector_is_not_replaced_without_force(folders, tmp_path, caps
     assert (out / "detector.pt").read_bytes() == b"the user's own file"
 
 
+@pytest.mark.slow
 def test_second_audit_into_one_folder_refuses_while_the_first_holds_the_lock(folders, tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
@@ -127,6 +129,7 @@ def _results(out: Path) -> dict[str, str]:
     return tree | {"summary.json": json.dumps(summary, sort_keys=True)}
 
 
+@pytest.mark.slow
 def test_force_with_another_detector_config_replaces_the_results(folders, tmp_path, capsys):
     """Defect 2: `--force` deleted the old results, then refused the old detector_training."""
     out = tmp_path / "out"
@@ -144,6 +147,7 @@ def _audit_into(folders, out: Path, *extra: str) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_leftovers_of_a_killed_run_are_finished_or_removed(folders, tmp_path):
     """Defect 8: a kill while writing left summary.json and the CSVs without report.html and the next run
     refused. Now results are built aside; a complete build is moved in, an incomplete one removed."""

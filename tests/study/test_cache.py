@@ -32,6 +32,7 @@ def test_config_hash_is_stable_and_follows_every_field(monkeypatch) -> None:
     assert config_hash(a) != before
 
 
+@pytest.mark.slow
 def test_a_finished_ldm_is_reused_and_an_unfinished_one_resumed(tiny_result, tmp_path: Path, monkeypatch) -> None:
     root = tiny_result.run_dir.parent.parent
     monkeypatch.setattr(cache, "train_ldm", _refuse)

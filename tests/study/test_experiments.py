@@ -23,6 +23,7 @@ from memostudy.study.quality import sample_quality
 from memostudy.study.tables import detector_table
 
 
+@pytest.mark.slow
 def test_each_setting_is_one_run_and_all_share_one_detector(tiny_result, tiny_config) -> None:
     results = run_settings(tiny_config, {"all": {}, "four": {"max_train_patches": 4}})
     assert list(results) == ["all", "four"]
@@ -35,6 +36,7 @@ def test_each_setting_is_one_run_and_all_share_one_detector(tiny_result, tiny_co
     assert [r["setting"] for r in settings_rows(results, "setting")] == ["all", "four"]
 
 
+@pytest.mark.slow
 def test_overtraining_rows_follow_the_snapshots(tiny_config) -> None:
     result = run_memorization(replace(tiny_config, checkpoints=["final", 2]))
     rows = overtraining_rows(result, n_pairs=8)
@@ -45,6 +47,7 @@ def test_overtraining_rows_follow_the_snapshots(tiny_config) -> None:
         assert set(r) >= {"val_loss", "ms_ssim", "ms_ssim_reference", "frechet_embedding"}
 
 
+@pytest.mark.slow
 def test_sample_quality_of_the_reference_itself_shows_no_difference(tiny_result) -> None:
     ref = tiny_result.reference
     as_samples = replace(tiny_result, samples={"final": SampleSet("final", ref.volumes, ref.ids, tiny_result.run_dir, 3)})

@@ -34,6 +34,7 @@ def test_a_run_assesses_the_ldm_training_patches_against_its_samples(tiny_result
     assert list(r.losses("diffusion")["epoch"]) == [1, 2, 3]
 
 
+@pytest.mark.slow
 def test_a_second_run_reuses_the_cached_models_and_gives_the_same_figures(tiny_result, tiny_config,
                                                                           monkeypatch) -> None:
     for name in ("train_ldm", "train_detector", "sample_from"):

@@ -47,6 +47,7 @@ def _report(volumes: list[torch.Tensor], titles: list[str]) -> str:
     return html_page("share-safe", [(t, slice_viewer([v], [t])) for v, t in zip(volumes, titles)])
 
 
+@pytest.mark.slow
 def test_every_copy_is_withheld_and_listed_by_id_and_score_only(run):
     _, _, _, ids, a = run
     shareable = shareable_synthetic(a, k=len(ids))
@@ -61,6 +62,7 @@ def test_every_copy_is_withheld_and_listed_by_id_and_score_only(run):
     assert shareable_synthetic(a, percentile=0).shown.empty
 
 
+@pytest.mark.slow
 def test_share_safe_report_shows_no_copy_and_the_scans_fail_one_that_does(run):
     train, reference, synthetic, ids, a = run
     shown = shareable_synthetic(a, k=3).shown
