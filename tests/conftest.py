@@ -61,3 +61,13 @@ def pytest_collection_modifyitems(config, items) -> None:  # noqa: ARG001 (pytes
     for item in items:
         if TRAINING_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+
+
+def write_volume_folder(path: Path, vols, prefix: str) -> Path:
+    """Write (N, 1, D, H, W) volumes as ``<prefix>NN.nii.gz`` NIfTI files in ``path`` (an audit input folder)."""
+    from memostudy.data.volume_io import write_nifti
+
+    path.mkdir(parents=True, exist_ok=True)
+    for i, v in enumerate(vols):
+        write_nifti(path / f"{prefix}{i:02d}.nii.gz", v[0])
+    return path

@@ -19,15 +19,9 @@ from memostudy.detect.detector import DetectorConfig
 from memostudy.detect.metrics import Fraction
 from memostudy.errors import RunExistsError
 from memostudy.report.audit import AUDIT_FILES, check_out_dir, headline, write_audit
+from tests.conftest import write_volume_folder as _folder
 
 FAST = ["--set", "channels=8,16", "--set", "input_pool=2", "--set", "epochs=2", "--set", "batch_size=4"]
-
-
-def _folder(path: Path, vols: torch.Tensor, prefix: str) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    for i, v in enumerate(vols):
-        write_nifti(path / f"{prefix}{i:02d}.nii.gz", v[0])
-    return path
 
 
 @pytest.fixture()

@@ -19,15 +19,9 @@ from memostudy.cli import main
 from memostudy.data.phantom import phantom_volumes
 from memostudy.data.volume_io import write_nifti
 from memostudy.report.audit import AUDIT_FILES, BUILDING_PREFIX, COMPLETE_MARKER, LOCK_FILE
+from tests.conftest import write_volume_folder as _folder
 
 FAST = ["--no-aligned", "--set", "channels=8,16", "--set", "input_pool=2", "--set", "epochs=1", "--set", "batch_size=4"]
-
-
-def _folder(path: Path, vols: torch.Tensor, prefix: str) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    for i, v in enumerate(vols):
-        write_nifti(path / f"{prefix}{i:02d}.nii.gz", v[0])
-    return path
 
 
 @pytest.fixture()

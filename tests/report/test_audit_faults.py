@@ -24,22 +24,15 @@ import pytest
 import torch
 
 from memostudy.data.phantom import phantom_volumes, write_phantom_dataset
-from memostudy.data.volume_io import write_nifti
 from memostudy.report.audit import AUDIT_FILES, BUILDING_PREFIX, COMPLETE_MARKER, has_results
 from tests.conftest import default_sigint
+from tests.conftest import write_volume_folder as _folder
 
 REPO = Path(__file__).resolve().parents[2]
 CMD = [sys.executable, "-c", "import sys; from memostudy.cli import main; sys.exit(main())"]
 DETECTOR = ["--no-aligned", "--set", "channels=8,16", "--set", "input_pool=2", "--set", "batch_size=4"]
 
 pytestmark = pytest.mark.slow
-
-
-def _folder(path: Path, vols: torch.Tensor, prefix: str) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    for i, v in enumerate(vols):
-        write_nifti(path / f"{prefix}{i:02d}.nii.gz", v[0])
-    return path
 
 
 @pytest.fixture(scope="module")
