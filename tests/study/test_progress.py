@@ -30,6 +30,8 @@ vols = torch.randn(8, 1, 4, 4, 4, generator=torch.Generator().manual_seed(0))
 fit(Tiny(), vols, None, LoopConfig(epochs=30, batch_size=2, lr=0.01, seed=0), run_dir + "/fit", desc="diffusion",
     progress=False, device="cpu")  # as the notebooks do: no bar in the notebook
 print("trained")
+from memostudy.study.records import StudyRecord, write_record
+_ = write_record(run_dir, StudyRecord(rows=[], key_figures={}, train_data=None))  # what every study notebook ends with
 """
 
 
