@@ -21,6 +21,7 @@ def _manifest(cohort: Path, tmp_path: Path, patch: int = 8) -> Path:
     return manifest_from_folder(cohort, tmp_path / "m.yaml", name="toy", modality="CT", patch_size=patch)
 
 
+@pytest.mark.slow  # trains or prepares a data set end to end: make test runs it
 def test_patches_follow_grid_foreground_and_split(cohort: Path, tmp_path: Path) -> None:
     s = prepare(_manifest(cohort, tmp_path), cache=tmp_path / "cache", progress=False)
     table = pd.read_csv(s.path / "patches.csv")
@@ -39,6 +40,7 @@ def test_patches_follow_grid_foreground_and_split(cohort: Path, tmp_path: Path) 
     assert (ps.volumes.mean(dim=(1, 2, 3, 4)) > -0.2).all()
 
 
+@pytest.mark.slow  # trains or prepares a data set end to end: make test runs it
 def test_preparation_is_deterministic(cohort: Path, tmp_path: Path) -> None:
     m = _manifest(cohort, tmp_path)
     a = prepare(m, cache=tmp_path / "c1", progress=False)
@@ -143,6 +145,7 @@ def test_interrupted_build_leaves_nothing(cohort: Path, tmp_path: Path, monkeypa
     _assert_nothing_half_written(tmp_path / "cache")
 
 
+@pytest.mark.slow  # trains or prepares a data set end to end: make test runs it
 def test_changed_manifest_sets_old_aside_and_rebuilds(cohort: Path, tmp_path: Path) -> None:
     m = _manifest(cohort, tmp_path)
     first = prepare(m, cache=tmp_path / "c", progress=False)
@@ -157,6 +160,7 @@ def test_changed_manifest_sets_old_aside_and_rebuilds(cohort: Path, tmp_path: Pa
     assert prepare(m, cache=tmp_path / "c", progress=False).reused
 
 
+@pytest.mark.slow  # trains or prepares a data set end to end: make test runs it
 def test_force_replaces_with_the_same_result(cohort: Path, tmp_path: Path) -> None:
     m = _manifest(cohort, tmp_path)
     first = prepare(m, cache=tmp_path / "c", progress=False)
@@ -173,6 +177,7 @@ def test_patch_size_override_is_its_own_data_set(cohort: Path, tmp_path: Path) -
     assert load_patches(s.path, split=None).volumes.shape[2:] == (16, 16, 16)
 
 
+@pytest.mark.slow  # trains or prepares a data set end to end: make test runs it
 def test_volume_without_foreground_is_named_as_skipped(cohort: Path, tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     write_nifti(cohort / "subj3.nii.gz", (-1000 + rng.normal(0, 5, (16, 16, 8))).astype(np.float32), (2, 2, 4))

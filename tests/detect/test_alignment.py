@@ -33,6 +33,7 @@ def test_shortlists_hold_the_source_of_a_rotated_copy():
     assert candidates(copy, train, AlignConfig(shortlist=2), emb[[5]], emb).shape == (1, 4)
 
 
+@pytest.mark.slow  # the full aligned search over every orientation and shift (3 s): make test runs it
 def test_shifted_blurred_and_rotated_copies_score_near_one():
     train = phantom_volumes(8, 16, seed=0)
     g = torch.Generator().manual_seed(0)

@@ -119,6 +119,7 @@ def test_checkpoint_with_comparison_fields_still_loads(trained, tmp_path):
     assert torch.equal(embed(again, train), embed(det, train))
 
 
+@pytest.mark.slow  # trains or prepares a data set end to end: make test runs it
 def test_load_or_train_loads_a_checkpoint_and_trains_otherwise(tmp_path):
     train = phantom_volumes(4, 16, seed=0)
     cfg = DetectorConfig(epochs=1, **TINY)
@@ -130,6 +131,7 @@ def test_load_or_train_loads_a_checkpoint_and_trains_otherwise(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(loaded.net.state_dict().values(), trained.net.state_dict().values()))
 
 
+@pytest.mark.slow  # trains or prepares a data set end to end: make test runs it
 def test_finished_training_is_reused_also_when_recorded_with_comparison_fields(tmp_path):
     from memostudy.training import load_checkpoint
 
@@ -150,6 +152,7 @@ def test_finished_training_is_reused_also_when_recorded_with_comparison_fields(t
     assert len(list(tmp_path.glob("detector_training.aside-*"))) == 1
 
 
+@pytest.mark.slow  # trains or prepares a data set end to end: make test runs it
 def test_a_training_folder_is_never_resumed_on_other_data(tmp_path, capsys):
     """Issue 18, defect 3: a run killed mid-training, rerun with another training set, resumed on it."""
     from memostudy.training import RunFolder
