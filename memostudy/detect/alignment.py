@@ -230,17 +230,16 @@ def _align_one(query_s: torch.Tensor, base: torch.Tensor, cand: torch.Tensor, ca
     c, o = flat // per.shape[1], flat % per.shape[1]
     best = int(cand[c])
     t = torch.tensor(_unravel(int(pos[c, o]), size), dtype=torch.float32) - m
-    coarse = Alignment(float(per.max()), best, 0, (0.0, 0.0, 0.0), 0.0)
     offsets = torch.tensor(list(itertools.product(cfg.subvoxel, repeat=3)), dtype=torch.float32)
     moved = _resampled(base[best:best + 1].float(), cfg.subvoxel)
     variants = torch.cat([smooth(moved, (cfg.sigma ** 2 + b ** 2) ** 0.5) for b in cfg.blurs])
     refined = _ncc(variants, kernels[o:o + 1]).flatten(1)  # (blurs x offsets, positions)
     v_pos = int(refined.argmax())
     v, p = v_pos // refined.shape[1], v_pos % refined.shape[1]
-    if float(refined.max()) > coarse.correlation:
+    if float(refined.max()) > float(per.max()):  # else the integer shift of the coarse search, unblurred
         t_ref = torch.tensor(_unravel(p, size), dtype=torch.float32) - m + offsets[v % len(offsets)]
         return _alignment(float(refined.max()), best, kept[o], t_ref, cfg.blurs[v // len(offsets)])
-    return _alignment(coarse.correlation, best, kept[o], t, 0.0)
+    return _alignment(float(per.max()), best, kept[o], t, 0.0)
 
 
 def _unravel(i: int, size: torch.Size | tuple[int, ...]) -> tuple[int, int, int]:
