@@ -11,9 +11,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--train", required=True, help="folder of the training volumes the generator saw")
     p.add_argument("--reference", required=True, help="folder of real volumes never trained on (calibrates the threshold)")
     p.add_argument("--synthetic", required=True, help="folder of generated volumes to audit")
-    p.add_argument("--out", required=True, help="output folder (summary.json, synthetic.csv, train.csv, report.html)")
+    p.add_argument("--out", required=True,
+                   help="output folder (summary.json, synthetic.csv, train.csv, reference.csv, evidence.csv, report.html)")
     p.add_argument("--detector", default=None, help="detector checkpoint (detector.pt); default: train one on --train")
     p.add_argument("--percentile", type=float, default=95.0, help="threshold percentile of the reference similarities")
+    p.add_argument("--fdr", type=float, default=0.05,
+                   help="false-discovery rate of the Benjamini-Hochberg decisions on the conformal p-values, reported "
+                        "beside the percentile rule (columns p_value, q_value, bh_copy)")
+    p.add_argument("--reference-smoothness", default="as-is", choices=["as-is", "matched"],
+                   help="matched: blur and noise the reference to the synthetic set's measured smoothness and noise "
+                        "before scoring it, so the threshold holds for smoother generated volumes (the measured "
+                        "smoothness of each set is in summary.json either way)")
     p.add_argument("--metric", default="pearson", choices=["pearson", "msd"], help="embedding similarity")
     p.add_argument("--intensity", default="auto", choices=["auto", "as-stored", "joint"],
                    help="auto: use volumes as stored when train and reference lie in [-1, 1], else map train's 0.5-99.5th "
@@ -45,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
 
     det_cfg, compare = configs_from_overrides(parse_set_options(args.set))
     cfg = AssessConfig(percentile=args.percentile, metric=args.metric, pixel_baseline=not args.no_pixel,
-                       aligned=not args.no_aligned, compare=compare).validate()
+                       aligned=not args.no_aligned, compare=compare, fdr=args.fdr,
+                       reference_smoothness=args.reference_smoothness).validate()
     out = check_out_dir(args.out, args.force, create=False)
     own_detector = out / "detector.pt"
     if not args.detector and own_detector.exists() and not args.force:
@@ -90,7 +99,8 @@ def run(args: argparse.Namespace) -> int:
                                 "detector": args.detector or str(out / "detector.pt"), "shape": list(shape)},
                      "intensity": intensity,
                      "seconds": {"read": round(t_read, 2), "detector": round(t_train, 2), "assess": round(t_assess, 2)}}
-            write_audit(a, out, extra=extra, force=args.force, build=build)
+            write_audit(a, out, extra=extra, force=args.force, build=build,
+                        volumes={"train": (train, sets["train"][1]), "synthetic": (synthetic, sets["synthetic"][1])})
         except BaseException:
             if not (build / COMPLETE_MARKER).exists():  # unfinished results go; complete ones are moved in next run
                 shutil.rmtree(build, ignore_errors=True)
@@ -101,14 +111,21 @@ def run(args: argparse.Namespace) -> int:
     print(f"threshold {c.threshold:.6g} ({cfg.metric}, {cfg.percentile:g}th percentile of reference)")
     print(f"memorized: {c.memorized.value:.1%} of training volumes [{c.memorized.lo:.1%}, {c.memorized.hi:.1%}]")
     print(f"copies: {c.copies.value:.1%} of synthetic volumes [{c.copies.lo:.1%}, {c.copies.hi:.1%}]")
+    print(f"copies by Benjamini-Hochberg at FDR {cfg.fdr:g}: {c.n_bh_copies} of {a.summary.n_synthetic} "
+          f"(smallest p-value {c.min_p_value:.3g}, at least 1/{a.summary.n_reference + 1} with this reference)")
+    sm = a.summary.smoothness
+    print(f"reference scored {sm['reference_smoothness']}; median roughness "
+          + ", ".join(f"{k} {v:.3g}" for k, v in sm["roughness"].items()))
     if "combined" in found:
         co = found["combined"]
-        print(f"combined (contrastive or aligned): copies {co.copies.value:.1%}, memorized {co.memorized.value:.1%}")
+        print(f"combined (contrastive or aligned): copies {co.copies.value:.1%}, memorized {co.memorized.value:.1%}, "
+              f"BH {co.n_bh_copies}")
     if "pixel" in found:
         px = found["pixel"]
         print(f"pixel baseline: copies {px.copies.value:.1%}, memorized {px.memorized.value:.1%} "
               f"(threshold {px.threshold:.4g})")
-    print(f"wrote {out}/summary.json, synthetic.csv, train.csv, reference.csv, report.html")
+    print(f"wrote {out}/summary.json, synthetic.csv, train.csv, reference.csv, evidence.csv ({len(a.evidence)} rows), "
+          "report.html")
     return 0
 
 

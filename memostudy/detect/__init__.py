@@ -11,5 +11,6 @@ are :mod:`memostudy.report.audit`); :mod:`.validation` measures the detectors on
 trained on: :mod:`.families` makes copies under the broad definition (rigid motion at any angle, elastic
 deformation, resampling, contrast, bias, blur, noise, partial overlap) and generator-like novel volumes with
 MONAI's random transforms; :mod:`.calibration` gives conformal p-values, Benjamini-Hochberg decisions and a
-reference degraded to the synthetic set's smoothness (both built and tested, not yet used by the assessment).
+reference degraded to the synthetic set's smoothness (the assessment reports both beside the percentile rule);
+:mod:`.evidence` is what each flagged copy is reported with (training volume, score, p-value, the change found).
 """

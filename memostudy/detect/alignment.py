@@ -25,8 +25,10 @@ the threshold is calibrated on real reference volumes scored the same way, as fo
 
 from __future__ import annotations
 
+import functools
 import itertools
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -144,9 +146,112 @@ def _resampled(volume: torch.Tensor, offsets: tuple[float, ...]) -> torch.Tensor
     return translate(volume.expand(len(shifts), *volume.shape[1:]).contiguous(), shifts)
 
 
-def aligned_nearest(query: torch.Tensor, base: torch.Tensor, shortlist: torch.Tensor,
-                    cfg: AlignConfig = AlignConfig(), progress: bool = False) -> Nearest:
-    """For each query volume, its best-aligned shortlisted base volume and their correlation.
+@dataclass(frozen=True)
+class Alignment:
+    """The change that best maps a base (training) volume onto a query (synthetic) volume, as found by the
+    aligned search: ``query ~= apply(base)`` = the base turned to ``orientation``, its content then moved by
+    ``shift`` voxels and blurred by ``blur`` more voxels (intensity scale and offset are free: the score is a
+    correlation).
+
+    Attributes:
+        correlation: normalised cross-correlation after alignment (higher = more similar, at most 1).
+        base_index: the base volume aligned.
+        orientation: index into :func:`memostudy.detect.views.orientations` of the orientation applied to the
+            base volume (0 = as it lies).
+        shift: (3,) content shift in voxels per (D, H, W) axis, applied after the orientation (sub-voxel when a
+            ``subvoxel`` offset won; within ``max_shift`` plus the largest offset).
+        blur: extra Gaussian sigma (voxels) applied to the base volume (0 = none).
+    """
+
+    correlation: float
+    base_index: int
+    orientation: int
+    shift: tuple[float, float, float]
+    blur: float
+
+    def change(self) -> dict[str, Any]:
+        """The change as plain JSON values: ``kind`` "orientation+shift", ``orientation`` (index),
+        ``permutation`` and ``flips`` (of that orientation: axes taken in this order, then reversed where
+        True), ``shift_voxels`` (D, H, W) and ``blur_sigma``."""
+        o = orientations()[self.orientation]
+        return {"kind": "orientation+shift", "orientation": self.orientation, "permutation": list(o.perm),
+                "flips": [bool(f) for f in o.flips], "shift_voxels": [round(float(v), 3) for v in self.shift],
+                "blur_sigma": float(self.blur)}
+
+    def apply(self, volume: torch.Tensor) -> torch.Tensor:
+        """The base volume ``(C, D, H, W)`` or ``(1, C, D, H, W)`` moved as found, to lie on the query
+        (border values repeated where the shift uncovers the edge); same shape as given."""
+        return apply_change(volume, self.change())
+
+
+def apply_change(volume: torch.Tensor, change: dict[str, Any]) -> torch.Tensor:
+    """Apply a change of :meth:`Alignment.change` (``orientation``, ``shift_voxels``, ``blur_sigma``) to a
+    ``(C, D, H, W)`` or ``(1, C, D, H, W)`` volume: orient, move the content, blur. Keys it does not know
+    are ignored; a change without ``orientation`` and ``shift_voxels`` leaves the volume as it is."""
+    v = volume.float().unsqueeze(0) if volume.dim() == 4 else volume.float()
+    if "orientation" in change:
+        v = orient(v, orientations()[int(change["orientation"])])
+    if "shift_voxels" in change:
+        v = translate(v, -torch.tensor([list(change["shift_voxels"])], dtype=torch.float32))
+    if float(change.get("blur_sigma", 0.0)) > 0:
+        v = smooth(v, float(change["blur_sigma"]))
+    return v[0] if volume.dim() == 4 else v
+
+
+@functools.cache
+def _inverse(index: int) -> int:
+    """Index of the orientation that undoes orientation ``index`` of :func:`orientations`."""
+    table = orientations()
+    x = torch.arange(27.0).reshape(3, 3, 3)
+    y = orient(x, table[index])
+    return next(r for r, o in enumerate(table) if torch.equal(orient(y, o), x))
+
+
+def _alignment(corr: float, base_index: int, query_orientation: int, t: torch.Tensor, blur: float) -> Alignment:
+    """The :class:`Alignment` of a match found as ``orient(query, O)(y) ~= base(y + t)``: the base is turned
+    by ``R = O^-1`` and, for ``R(v)(y) = v(A y + c)`` with ``A`` a signed permutation, moved by ``-A^-1 t``."""
+    r = _inverse(query_orientation)
+    o = orientations()[r]
+    shift = tuple(0.0 - (-1.0 if o.flips[k] else 1.0) * float(t[o.perm[k]]) for k in range(3))
+    return Alignment(float(corr), int(base_index), r, shift, float(blur))  # type: ignore[arg-type]
+
+
+def _align_one(query_s: torch.Tensor, base: torch.Tensor, cand: torch.Tensor, cand_s: torch.Tensor,
+               cfg: AlignConfig) -> Alignment:
+    """The best alignment of one smoothed query ``(C, D, H, W)`` with the candidates ``cand`` (indices) of
+    ``base``, given smoothed as ``cand_s`` ``(len(cand), C, D, H, W)``, as described in the module docstring."""
+    m = cfg.max_shift
+    kept = shape_preserving(query_s.shape)
+    kernels = _kernels(query_s, m)
+    r = _ncc(cand_s, kernels)  # (candidates, orientations, 2m+1, 2m+1, 2m+1)
+    size = r.shape[2:]
+    per, pos = r.flatten(2).max(2)
+    flat = int(per.argmax())
+    c, o = flat // per.shape[1], flat % per.shape[1]
+    best = int(cand[c])
+    t = torch.tensor(_unravel(int(pos[c, o]), size), dtype=torch.float32) - m
+    offsets = torch.tensor(list(itertools.product(cfg.subvoxel, repeat=3)), dtype=torch.float32)
+    moved = _resampled(base[best:best + 1].float(), cfg.subvoxel)
+    variants = torch.cat([smooth(moved, (cfg.sigma ** 2 + b ** 2) ** 0.5) for b in cfg.blurs])
+    refined = _ncc(variants, kernels[o:o + 1]).flatten(1)  # (blurs x offsets, positions)
+    v_pos = int(refined.argmax())
+    v, p = v_pos // refined.shape[1], v_pos % refined.shape[1]
+    if float(refined.max()) > float(per.max()):  # else the integer shift of the coarse search, unblurred
+        t_ref = torch.tensor(_unravel(p, size), dtype=torch.float32) - m + offsets[v % len(offsets)]
+        return _alignment(float(refined.max()), best, kept[o], t_ref, cfg.blurs[v // len(offsets)])
+    return _alignment(float(per.max()), best, kept[o], t, 0.0)
+
+
+def _unravel(i: int, size: torch.Size | tuple[int, ...]) -> tuple[int, int, int]:
+    """The (D, H, W) position of flat index ``i`` in a grid of ``size``."""
+    d, h, w = size[-3:]
+    return i // (h * w), (i // w) % h, i % w
+
+
+def aligned_search(query: torch.Tensor, base: torch.Tensor, shortlist: torch.Tensor, cfg: AlignConfig = AlignConfig(),
+                   progress: bool = False) -> tuple[Nearest, list[Alignment]]:
+    """For each query volume, its best-aligned shortlisted base volume, their correlation, and the change
+    that aligns them.
 
     Args:
         query: (Nq, C, D, H, W) volumes.
@@ -156,32 +261,55 @@ def aligned_nearest(query: torch.Tensor, base: torch.Tensor, shortlist: torch.Te
         progress: show a progress bar over the queries.
 
     Returns:
-        :class:`~memostudy.detect.similarity.Nearest`: ``values`` (Nq,) the highest normalised
-        cross-correlation over candidates, orientations, shifts, sub-voxel offsets and blurs (higher =
-        more similar, at most 1), ``indices`` (Nq,) the base volume it belongs to.
+        ``(nearest, alignments)``: :class:`~memostudy.detect.similarity.Nearest` with ``values`` (Nq,) the
+        highest normalised cross-correlation over candidates, orientations, shifts, sub-voxel offsets and
+        blurs (higher = more similar, at most 1) and ``indices`` (Nq,) the base volume it belongs to; and
+        per query the :class:`Alignment` (orientation, shift, blur) that maps that base volume onto it.
 
     Cost per query: one ``conv3d`` of (orientations) kernels of the cropped query over the unique
     candidates, then one over the (``len(subvoxel) ** 3 * len(blurs)``) variants of the best one.
     """
     if query.shape[1:] != base.shape[1:]:
         raise ValueError(f"aligned correlation needs volumes of one shape, got {tuple(query.shape[1:])} and {tuple(base.shape[1:])}")
+    if len(shortlist) != len(query):
+        raise ValueError(f"shortlist has {len(shortlist)} rows for {len(query)} query volumes")
     cfg.validate(query.shape)
     from tqdm.auto import tqdm
 
-    m = cfg.max_shift
     q_s, b_s = smooth(query, cfg.sigma), smooth(base, cfg.sigma)
-    values = torch.empty(len(query))
-    indices = torch.empty(len(query), dtype=torch.int64)
+    found = []
     with torch.no_grad():
         for i in tqdm(range(len(query)), desc="aligned correlation", disable=not progress):
             cand = torch.unique(shortlist[i])
-            kernels = _kernels(q_s[i], m)
-            r = _ncc(b_s[cand], kernels).flatten(2).amax(2)  # (candidates, orientations)
-            flat = int(r.argmax())
-            best, o = int(cand[flat // r.shape[1]]), flat % r.shape[1]
-            moved = _resampled(base[best:best + 1].float(), cfg.subvoxel)
-            variants = torch.cat([smooth(moved, (cfg.sigma ** 2 + b ** 2) ** 0.5) for b in cfg.blurs])
-            refined = _ncc(variants, kernels[o:o + 1]).max()
-            values[i] = torch.maximum(r.max(), refined)
-            indices[i] = best
-    return Nearest(values, indices)
+            found.append(_align_one(q_s[i], base, cand, b_s[cand], cfg))
+    values = torch.tensor([a.correlation for a in found], dtype=torch.float32)
+    indices = torch.tensor([a.base_index for a in found], dtype=torch.int64)
+    return Nearest(values, indices), found
+
+
+def aligned_nearest(query: torch.Tensor, base: torch.Tensor, shortlist: torch.Tensor,
+                    cfg: AlignConfig = AlignConfig(), progress: bool = False) -> Nearest:
+    """The :class:`~memostudy.detect.similarity.Nearest` of :func:`aligned_search` (best-aligned
+    shortlisted base volume per query and their correlation, higher = more similar)."""
+    return aligned_search(query, base, shortlist, cfg, progress)[0]
+
+
+def align_pairs(query: torch.Tensor, base: torch.Tensor, pairs: list[tuple[int, int]],
+                cfg: AlignConfig = AlignConfig()) -> list[Alignment]:
+    """The :class:`Alignment` of given (query index, base index) pairs, e.g. flagged copies and the training
+    volume a detector matched them to: the aligned search with a shortlist of that one base volume.
+
+    Args:
+        query: (Nq, C, D, H, W); base: (Nb, C, D, H, W) of the same shape.
+        pairs: (query index, base index) per pair.
+        cfg: the alignment settings.
+    """
+    if not pairs:
+        return []
+    if query.shape[1:] != base.shape[1:]:
+        raise ValueError(f"aligned correlation needs volumes of one shape, got {tuple(query.shape[1:])} and {tuple(base.shape[1:])}")
+    cfg.validate(query.shape)
+    qi, bi = sorted({q for q, _ in pairs}), sorted({b for _, b in pairs})
+    q_s, b_s = dict(zip(qi, smooth(query[qi], cfg.sigma))), dict(zip(bi, smooth(base[bi], cfg.sigma)))
+    with torch.no_grad():
+        return [_align_one(q_s[q], base, torch.tensor([b]), b_s[b][None], cfg) for q, b in pairs]

@@ -11,7 +11,17 @@ Decisions (for each detector: contrastive, pixel, and with ``aligned`` the align
 - threshold = ``percentile`` of the reference volumes' nearest-training similarities;
 - a training volume is *memorized* when its nearest synthetic volume (its copy candidate) is
   more similar than the threshold;
-- a synthetic volume is a *copy* when its nearest training volume is more similar than the threshold.
+- a synthetic volume is a *copy* when its nearest training volume is more similar than the threshold;
+- beside that rule, each synthetic volume gets a conformal p-value (the share of reference volumes that
+  score at least as high, :func:`memostudy.detect.calibration.conformal_p_values`) and a Benjamini-Hochberg
+  decision at false-discovery rate ``fdr`` over the synthetic set (:func:`~memostudy.detect.calibration.bh_decisions`):
+  the percentile rule controls the share of novel volumes called copies, BH the share of copies called that
+  are novel;
+- with ``reference_smoothness="matched"`` the reference is first degraded to the synthetic set's smoothness
+  and noise (:func:`~memostudy.detect.calibration.matched_smoothness`), so the threshold and p-values are
+  those of novel volumes as a generator renders them; the smoothness of every set is measured either way;
+- every volume flagged by either rule gets a :class:`~memostudy.detect.evidence.CopyEvidence`: its training
+  volume, score, p-value and the change (orientation, shift, blur) that aligns the two.
 The copy fraction is calibrated like for like (synthetic->train and reference->train are both a max
 over the training set); the memorized fraction is a max over the synthetic set, so it grows with the
 number of synthetic volumes even without copies (as in the papers).
@@ -22,7 +32,10 @@ correlation), pixel_is_copy (0/1). ``train.csv``: train_id, nearest_synthetic_id
 memorized (0/1), and the same three pixel_* columns. ``reference.csv``: reference_id,
 nearest_train_id, similarity, pixel_nearest_train_id, pixel_similarity. With ``aligned``, the same
 columns again with the prefixes ``aligned_`` (best normalised cross-correlation after alignment) and
-``combined_`` (the higher of the two detectors' reference percentile ranks, in [0, 1]).
+``combined_`` (the higher of the two detectors' reference percentile ranks, in [0, 1]). ``synthetic.csv`` also
+has, per detector prefix, ``p_value`` (conformal, in [1 / (1 + n_reference), 1], small = copy-like),
+``q_value`` (BH-adjusted) and ``bh_copy`` (0/1, ``q_value <= fdr``). ``evidence.csv``: see
+:func:`memostudy.detect.evidence.evidence_table`.
 """
 
 from __future__ import annotations
@@ -35,8 +48,10 @@ import pandas as pd
 import torch
 
 from memostudy.config import to_dict
-from memostudy.detect.alignment import AlignConfig
+from memostudy.detect.alignment import AlignConfig, align_pairs
+from memostudy.detect.calibration import copy_decisions, matched_smoothness, noise_std, roughness
 from memostudy.detect.detector import Detector, DetectorConfig
+from memostudy.detect.evidence import CopyEvidence
 from memostudy.detect.matching import CompareConfig
 from memostudy.detect.metrics import Fraction, calibrate_threshold, copy_fraction, is_copy, memorized_fraction
 from memostudy.detect.registry import Searches
@@ -45,6 +60,8 @@ from memostudy.errors import ConfigError, DataError
 from memostudy.seeds import Stream, generator
 
 INTENSITY_RULES = ("auto", "as-stored", "joint")
+#: how the reference is treated before it is scored: as it is, or degraded to the synthetic set's smoothness
+REFERENCE_SMOOTHNESS = ("as-is", "matched")
 
 
 @dataclass
@@ -66,6 +83,11 @@ class AssessConfig:
         align: settings of the aligned correlation.
         compare: how the contrastive detector compares volumes (representation, shift search,
             orientation pooling); applies to any detector, loaded or trained.
+        fdr: false-discovery rate of the Benjamini-Hochberg decisions, in (0, 1).
+        reference_smoothness: "as-is" (the reference scored as it is) or "matched" (blurred and noised
+            to the synthetic set's measured smoothness and noise first, :func:`matched_smoothness`).
+        evidence: align each flagged copy with its training volume to report the change (one aligned
+            search per flagged pair).
     """
 
     percentile: float = 95.0
@@ -78,6 +100,9 @@ class AssessConfig:
     aligned: bool = False
     align: AlignConfig = field(default_factory=AlignConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
+    fdr: float = 0.05
+    reference_smoothness: str = "as-is"
+    evidence: bool = True
 
     def validate(self) -> AssessConfig:
         if not 0 <= self.percentile <= 100:
@@ -88,6 +113,11 @@ class AssessConfig:
             raise ConfigError(f"confidence must be in (0, 1), got {self.confidence}")
         if self.n_boot < 1:
             raise ConfigError(f"n_boot must be >= 1, got {self.n_boot}")
+        if not 0 < self.fdr < 1:
+            raise ConfigError(f"fdr must be in (0, 1), e.g. 0.05, got {self.fdr}")
+        if self.reference_smoothness not in REFERENCE_SMOOTHNESS:
+            raise ConfigError(f"reference_smoothness must be one of {', '.join(REFERENCE_SMOOTHNESS)}, "
+                              f"got {self.reference_smoothness!r}")
         self.align.validate()
         self.compare.validate()
         return self
@@ -104,6 +134,10 @@ class DetectorFigures:
         copies: fraction of synthetic volumes whose nearest training volume is above the threshold.
         synthetic_similarity_median: median nearest-training similarity of the synthetic volumes.
         reference_similarity_median: the same for the reference volumes.
+        n_bh_copies: synthetic volumes flagged by Benjamini-Hochberg at the assessment's ``fdr`` (None
+            when not computed).
+        min_p_value: the smallest conformal p-value of a synthetic volume (None when not computed); it
+            cannot be below ``1 / (1 + n_reference)``.
     """
 
     threshold: float
@@ -111,6 +145,8 @@ class DetectorFigures:
     copies: Fraction
     synthetic_similarity_median: float
     reference_similarity_median: float
+    n_bh_copies: int | None = None
+    min_p_value: float | None = None
 
     @property
     def n_memorized(self) -> int:
@@ -129,7 +165,8 @@ class DetectorFigures:
                 "copy_fraction": self.copies.value, "copy_fraction_ci": [self.copies.lo, self.copies.hi],
                 "n_memorized": self.n_memorized, "n_copies": self.n_copies,
                 "synthetic_similarity_median": self.synthetic_similarity_median,
-                "reference_similarity_median": self.reference_similarity_median}
+                "reference_similarity_median": self.reference_similarity_median,
+                "n_bh_copies": self.n_bh_copies, "min_p_value": self.min_p_value}
 
 
 #: names of the optional detectors in ``summary.json`` (``pixel`` is written as ``pixel_baseline``)
@@ -146,6 +183,8 @@ class AssessmentSummary:
         detector_config: the contrastive detector's architecture and training config.
         best_epoch: the detector's kept epoch (0 = untrained).
         config: the :class:`AssessConfig` used (metric, percentile, confidence, comparison ...).
+        smoothness: the measured smoothness of each set and how the reference was treated (see
+            :func:`measure_smoothness`); empty when not measured.
     """
 
     n_train: int
@@ -155,6 +194,7 @@ class AssessmentSummary:
     detector_config: DetectorConfig
     best_epoch: int
     config: AssessConfig
+    smoothness: dict[str, Any] = field(default_factory=dict)
 
     @property
     def contrastive(self) -> DetectorFigures:
@@ -165,7 +205,7 @@ class AssessmentSummary:
         """JSON-ready, in the layout of the audit's ``summary.json``: n_train, n_reference, n_synthetic,
         metric, percentile, confidence, the contrastive figures (:meth:`DetectorFigures.as_dict`) at the
         top level, ``pixel_baseline`` / ``aligned`` / ``combined`` (the same figures, or None when not
-        run), ``detector`` (config and best epoch) and ``assess_config``."""
+        run), ``detector`` (config and best epoch), ``assess_config``, then ``fdr`` and ``smoothness``."""
         cfg = self.config
         return {"n_train": self.n_train, "n_reference": self.n_reference, "n_synthetic": self.n_synthetic,
                 "metric": cfg.metric, "percentile": cfg.percentile, "confidence": cfg.confidence,
@@ -173,7 +213,7 @@ class AssessmentSummary:
                 **{key: (self.detectors[name].as_dict() if name in self.detectors else None)
                    for name, key in _SUMMARY_KEYS.items()},
                 "detector": {"config": to_dict(self.detector_config), "best_epoch": self.best_epoch},
-                "assess_config": asdict(cfg)}
+                "assess_config": asdict(cfg), "fdr": cfg.fdr, "smoothness": self.smoothness}
 
 
 @dataclass
@@ -187,6 +227,8 @@ class Assessment:
         reference_table: one row per reference volume.
         distributions: detector ("contrastive", "pixel", ...) -> {"candidates", "synthetic", "reference"}
             -> (N,) float64 nearest similarities, for histograms.
+        evidence: one :class:`~memostudy.detect.evidence.CopyEvidence` per (detector, synthetic volume
+            flagged by the percentile rule or by BH), detectors in order, smallest p-value first.
     """
 
     summary: AssessmentSummary
@@ -194,6 +236,7 @@ class Assessment:
     synthetic_table: pd.DataFrame
     reference_table: pd.DataFrame
     distributions: dict[str, dict[str, np.ndarray]]
+    evidence: list[CopyEvidence] = field(default_factory=list)
 
     @property
     def config(self) -> AssessConfig:
@@ -206,13 +249,47 @@ class Assessment:
         return {name: f.threshold for name, f in self.summary.detectors.items()}
 
 
-def _figures(t2s: Nearest, s2t: Nearest, r2t: Nearest, cfg: AssessConfig) -> DetectorFigures:
+def _figures(t2s: Nearest, s2t: Nearest, r2t: Nearest, cfg: AssessConfig, n_bh: int, min_p: float) -> DetectorFigures:
     kw = {"percentile": cfg.percentile, "n_boot": cfg.n_boot, "confidence": cfg.confidence, "seed": cfg.seed}
     return DetectorFigures(threshold=calibrate_threshold(r2t.values, cfg.percentile).value,
                            memorized=memorized_fraction(t2s.values, r2t.values, **kw),
                            copies=copy_fraction(s2t.values, r2t.values, **kw),
                            synthetic_similarity_median=float(s2t.values.median()),
-                           reference_similarity_median=float(r2t.values.median()))
+                           reference_similarity_median=float(r2t.values.median()),
+                           n_bh_copies=n_bh, min_p_value=min_p)
+
+
+def measure_smoothness(sets: dict[str, torch.Tensor]) -> dict[str, dict[str, float]]:
+    """Set medians of :func:`~memostudy.detect.calibration.roughness` (mean squared spatial frequency with
+    the noise taken out; lower = smoother) and :func:`~memostudy.detect.calibration.noise_std` per named
+    set of ``(N, 1, D, H, W)`` volumes: ``{"roughness": {name: value}, "noise_std": {name: value}}``."""
+    return {"roughness": {k: float(roughness(v).median()) for k, v in sets.items()},
+            "noise_std": {k: float(noise_std(v).median()) for k, v in sets.items()}}
+
+
+def treat_reference(reference: torch.Tensor, synthetic: torch.Tensor, rule: str,
+                    seed: int = 0) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The reference as it will be scored, and what was measured and done (for ``summary.json``).
+
+    Args:
+        reference: (Nr, 1, D, H, W) real novel volumes.
+        synthetic: (Ns, 1, D, H, W) the volumes assessed.
+        rule: "as-is" or "matched" (:data:`REFERENCE_SMOOTHNESS`).
+        seed: seed of the noise a "matched" reference gets.
+
+    Returns:
+        ``(reference to score, info)``: info has ``reference_smoothness`` (the rule), ``roughness`` and
+        ``noise_std`` (set medians for "reference", "synthetic" and, when matched, "reference_matched"),
+        and for "matched" the ``blur_sigma`` and ``added_noise_std`` applied.
+    """
+    if rule not in REFERENCE_SMOOTHNESS:
+        raise ConfigError(f"reference_smoothness must be one of {', '.join(REFERENCE_SMOOTHNESS)}, got {rule!r}")
+    sets = {"reference": reference, "synthetic": synthetic}
+    if rule == "as-is":
+        return reference, {"reference_smoothness": rule, **measure_smoothness(sets)}
+    m = matched_smoothness(reference, synthetic, seed=seed)
+    return m.reference, {"reference_smoothness": rule, **measure_smoothness(sets | {"reference_matched": m.reference}),
+                         "blur_sigma": m.sigma, "added_noise_std": m.noise}
 
 
 def assess(train: torch.Tensor, reference: torch.Tensor, synthetic: torch.Tensor, detector: Detector,
@@ -250,27 +327,66 @@ def assess(train: torch.Tensor, reference: torch.Tensor, synthetic: torch.Tensor
             raise DataError(f"{name} volumes have shape {tuple(vols.shape[2:])} but train volumes {tuple(train.shape[2:])}; "
                             "crop or resample every folder to one shape")
     names = ["contrastive", *(["pixel"] if cfg.pixel_baseline else []), *(["aligned", "combined"] if cfg.aligned else [])]
-    search = Searches(detector, train, {"synthetic": synthetic, "reference": reference}, cfg.compare, cfg.metric,
+    scored_reference, smoothness = treat_reference(reference, synthetic, cfg.reference_smoothness, cfg.seed)
+    search = Searches(detector, train, {"synthetic": synthetic, "reference": scored_reference}, cfg.compare, cfg.metric,
                       cfg.align, batch_size=cfg.batch_size, progress=True)
     tid, sid, rid = np.asarray(train_ids, dtype=object), np.asarray(synthetic_ids, dtype=object), np.asarray(reference_ids, dtype=object)
     tables: dict[str, dict[str, Any]] = {"train": {"train_id": tid}, "synthetic": {"synthetic_id": sid},
                                          "reference": {"reference_id": rid}}
-    figures, distributions = {}, {}
+    figures, distributions, flagged = {}, {}, {}
     for det in names:
         t2s, s2t, r2t = search.reverse(det, "synthetic"), search.nearest(det, "synthetic"), search.nearest(det, "reference")
-        figures[det] = f = _figures(t2s, s2t, r2t, cfg)
+        d = copy_decisions(s2t.values, r2t.values, cfg.fdr)
+        figures[det] = f = _figures(t2s, s2t, r2t, cfg, d.n_flagged, float(d.p_values.min()))
         p = "" if det == "contrastive" else f"{det}_"
+        pct = is_copy(s2t.values, f.threshold)
+        flagged[det] = (s2t, d, pct)
         tables["train"].update({f"{p}nearest_synthetic_id": sid[t2s.indices.numpy()], f"{p}similarity": t2s.values.numpy(),
                                 f"{p}memorized": is_copy(t2s.values, f.threshold).astype(int)})
         tables["synthetic"].update({f"{p}nearest_train_id": tid[s2t.indices.numpy()], f"{p}similarity": s2t.values.numpy(),
-                                    f"{p}is_copy": is_copy(s2t.values, f.threshold).astype(int)})
+                                    f"{p}is_copy": pct.astype(int), f"{p}p_value": d.p_values,
+                                    f"{p}q_value": d.q_values, f"{p}bh_copy": d.flagged.astype(int)})
         tables["reference"].update({f"{p}nearest_train_id": tid[r2t.indices.numpy()], f"{p}similarity": r2t.values.numpy()})
         distributions[det] = {"candidates": t2s.values.double().numpy(), "synthetic": s2t.values.double().numpy(),
                               "reference": r2t.values.double().numpy()}
     summary = AssessmentSummary(len(train), len(reference), len(synthetic), figures, detector.config,
-                                detector.best_epoch, cfg)
+                                detector.best_epoch, cfg, smoothness)
+    evidence = copy_evidence(flagged, train, synthetic, train_ids, synthetic_ids, cfg.align if cfg.evidence else None)
     return Assessment(summary, pd.DataFrame(tables["train"]), pd.DataFrame(tables["synthetic"]),
-                      pd.DataFrame(tables["reference"]), distributions)
+                      pd.DataFrame(tables["reference"]), distributions, evidence)
+
+
+def copy_evidence(flagged: dict[str, tuple[Nearest, Any, np.ndarray]], train: torch.Tensor, synthetic: torch.Tensor,
+                  train_ids: list[str], synthetic_ids: list[str], align: AlignConfig | None) -> list[CopyEvidence]:
+    """One :class:`CopyEvidence` per (detector, synthetic volume flagged by the percentile rule or BH).
+
+    Args:
+        flagged: detector -> (its synthetic -> nearest training search, its
+            :class:`~memostudy.detect.calibration.CopyDecisions`, (Ns,) bool percentile-rule decisions).
+        train, synthetic: (N, 1, D, H, W) volumes as assessed.
+        train_ids, synthetic_ids: their names.
+        align: settings of the aligned search that measures each change (each distinct flagged pair is
+            aligned once); None = report no change.
+
+    Returns:
+        detectors in the order given, each's flagged volumes by p-value then score (highest first).
+    """
+    todo = []
+    for det, (s2t, d, pct) in flagged.items():
+        picked = np.flatnonzero(pct | d.flagged)
+        order = np.lexsort((-s2t.values.numpy()[picked], d.p_values[picked]))
+        todo += [(det, int(i), int(s2t.indices[i])) for i in picked[order]]
+    pairs = sorted({(i, j) for _, i, j in todo})
+    changes = {}
+    if align is not None and pairs:
+        for pair, a in zip(pairs, align_pairs(synthetic, train, pairs, align)):
+            changes[pair] = a.change() | {"aligned_correlation": round(a.correlation, 6)}
+    out = []
+    for det, i, j in todo:
+        s2t, d, pct = flagged[det]
+        out.append(CopyEvidence(str(synthetic_ids[i]), str(train_ids[j]), det, float(s2t.values[i]), float(d.p_values[i]),
+                                float(d.q_values[i]), bool(pct[i]), bool(d.flagged[i]), changes.get((i, j), {})))
+    return out
 
 
 def scale_intensities(train: torch.Tensor, reference: torch.Tensor, synthetic: torch.Tensor,

@@ -119,7 +119,7 @@ def copy_decisions(synthetic_scores, reference_scores, q: float = 0.05) -> CopyD
     """
     p = conformal_p_values(synthetic_scores, reference_scores)
     flagged, adjusted = bh_decisions(p, q)
-    return CopyDecisions(p, adjusted, flagged, float(q), int(np.size(reference_scores)))
+    return CopyDecisions(p, adjusted, flagged, float(q), len(_scores(reference_scores, "reference_scores")))
 
 
 def noise_std(volumes: torch.Tensor) -> torch.Tensor:

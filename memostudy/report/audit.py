@@ -28,17 +28,25 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import plotly.graph_objects as go
+import torch
 from filelock import FileLock, Timeout
 
 from memostudy.config import provenance
 from memostudy.data.prepare import _pause_point as pause_point  # the test hook of the fault tests
 from memostudy.detect.assessment import Assessment
+from memostudy.detect.evidence import evidence_table
 from memostudy.errors import DataError, RunExistsError
 from memostudy.report.figures import assessment_figures
 from memostudy.report.format import json_default
 from memostudy.report.page import html_page
 
-AUDIT_FILES = ("summary.json", "synthetic.csv", "train.csv", "reference.csv", "report.html")
+AUDIT_FILES = ("summary.json", "synthetic.csv", "train.csv", "reference.csv", "report.html", "evidence.csv")
+#: the files whose presence means "complete results" (what every version wrote; older ones had no evidence.csv,
+#: and their results must still not be replaced without --force)
+RESULT_FILES = AUDIT_FILES[:5]
+#: flagged pairs shown aligned in report.html (each a three-row slice viewer of about 150 kB at 32^3)
+MAX_ALIGNED_PAIRS = 6
 
 
 BUILDING_PREFIX = ".building-"
@@ -47,9 +55,9 @@ LOCK_FILE = ".audit.lock"
 
 
 def has_results(out_dir: str | Path) -> bool:
-    """True when ``out_dir`` holds complete audit results: every file of :data:`AUDIT_FILES` (``summary.json``
+    """True when ``out_dir`` holds complete audit results: every file of :data:`RESULT_FILES` (``summary.json``
     is moved in last; an older version's killed run could leave it without ``report.html``)."""
-    return all((Path(out_dir) / f).is_file() for f in AUDIT_FILES)
+    return all((Path(out_dir) / f).is_file() for f in RESULT_FILES)
 
 
 def check_out_dir(out_dir: str | Path, force: bool = False, create: bool = True) -> Path:
@@ -70,7 +78,7 @@ def check_out_dir(out_dir: str | Path, force: bool = False, create: bool = True)
     if out.exists() and not out.is_dir():
         raise DataError(f"{out}: exists and is not a folder; pass a folder path to --out")
     if has_results(out) and not force:
-        found = [f for f in AUDIT_FILES if (out / f).exists()]
+        found = [f for f in RESULT_FILES if (out / f).exists()]
         raise RunExistsError(f"{out}: already holds audit results ({', '.join(found)}); "
                              "pass --force to replace them or choose another --out")
     if create:
@@ -148,22 +156,88 @@ def headline(assessment: Assessment) -> dict[str, str | int]:
         f"memorized fraction of training volumes ({ci})": c.memorized.text(),
         f"copy fraction of synthetic volumes ({ci})": c.copies.text(),
     }
+    if c.n_bh_copies is not None:
+        rows[f"copies by Benjamini-Hochberg at FDR {cfg.fdr:g} (smallest p-value)"] = _bh_text(c, s.n_synthetic)
     for name in ("combined", "aligned"):
         if name in s.detectors:
             rows[f"{name}: copy fraction"] = s.detectors[name].copies.text()
             rows[f"{name}: memorized fraction"] = s.detectors[name].memorized.text()
+            if s.detectors[name].n_bh_copies is not None:
+                rows[f"{name}: copies by BH at FDR {cfg.fdr:g}"] = _bh_text(s.detectors[name], s.n_synthetic)
     if "pixel" in s.detectors:
         px = s.detectors["pixel"]
         rows["pixel baseline: threshold (max voxel correlation)"] = f"{px.threshold:.6g}"
         rows["pixel baseline: copy fraction"] = px.copies.text()
         rows["pixel baseline: memorized fraction"] = f"{px.memorized.value:.1%}"
+        if px.n_bh_copies is not None:
+            rows[f"pixel baseline: copies by BH at FDR {cfg.fdr:g}"] = _bh_text(px, s.n_synthetic)
+    sm = s.smoothness
+    if sm:
+        rough = ", ".join(f"{k} {v:.3g}" for k, v in sm["roughness"].items())
+        rows["reference as scored"] = sm["reference_smoothness"] + (
+            f" (blurred by sigma {sm['blur_sigma']:.2f} voxels, noise of std {sm['added_noise_std']:.3g} added)"
+            if sm["reference_smoothness"] == "matched" else "")
+        rows["median roughness (lower = smoother)"] = rough
     return rows
 
 
+def _bh_text(f: Any, n: int) -> str:
+    return f"{f.n_bh_copies} of {n} (smallest p-value {f.min_p_value:.3g})"
+
+
+def aligned_pairs(assessment: Assessment, train: torch.Tensor, synthetic: torch.Tensor, train_ids: list[str],
+                  synthetic_ids: list[str], limit: int = MAX_ALIGNED_PAIRS) -> list[tuple[str, go.Figure]]:
+    """Slice viewers of the first ``limit`` distinct flagged pairs of the evidence (BH-flagged first, then by
+    p-value): the synthetic volume, the training volume moved by the change found
+    (:func:`memostudy.detect.alignment.apply_change`), and the training volume as stored, one window.
+
+    Args:
+        assessment: with its :attr:`~memostudy.detect.assessment.Assessment.evidence`.
+        train, synthetic: (N, 1, D, H, W) the volumes as assessed; ids their names.
+    """
+    from memostudy.detect.alignment import apply_change
+    from memostudy.report.viewer import slice_viewer
+
+    t_at, s_at = {k: i for i, k in enumerate(train_ids)}, {k: i for i, k in enumerate(synthetic_ids)}
+    seen, out = set(), []
+    for e in sorted(assessment.evidence, key=lambda e: (not e.bh_copy, e.p_value, -e.score)):
+        if (e.synthetic_id, e.train_id) in seen or len(out) >= limit:
+            continue
+        seen.add((e.synthetic_id, e.train_id))
+        tv, sv = train[t_at[e.train_id]], synthetic[s_at[e.synthetic_id]]
+        moved = apply_change(tv, e.change) if e.change else tv
+        what = _change_text(e.change)
+        fig = slice_viewer([sv, moved, tv], [f"synthetic {e.synthetic_id}", f"train {e.train_id} aligned ({what})",
+                                             f"train {e.train_id} as stored"], height_per_row=220)
+        out.append((f"{e.synthetic_id} vs {e.train_id}: {e.detector} score {e.score:.4g}, p = {e.p_value:.3g}, "
+                    f"q = {e.q_value:.3g}; change: {what}", fig))
+    return out
+
+
+def _change_text(change: dict[str, Any]) -> str:
+    """A change of :class:`~memostudy.detect.evidence.CopyEvidence` in a few words."""
+    if not change:
+        return "not measured"
+    parts = []
+    if "permutation" in change:
+        flips = [ax for ax, f in zip("DHW", change.get("flips", [])) if f]
+        parts.append(f"axes {tuple(change['permutation'])}" + (f", flipped {''.join(flips)}" if flips else ""))
+    if "shift_voxels" in change:
+        parts.append("shift " + ", ".join(f"{v:+.1f}" for v in change["shift_voxels"]) + " voxels")
+    if change.get("blur_sigma"):
+        parts.append(f"blur {change['blur_sigma']:g}")
+    if "aligned_correlation" in change:
+        parts.append(f"r {change['aligned_correlation']:.3f}")
+    parts += [f"{k} {v}" for k, v in change.items() if k not in {"kind", "orientation", "permutation", "flips", "shift_voxels",
+                                                                 "blur_sigma", "aligned_correlation"}]
+    return "; ".join(parts)
+
+
 def write_audit(assessment: Assessment, out_dir: str | Path, extra: dict[str, Any] | None = None,
-                force: bool = False, build: Path | None = None) -> dict[str, Path]:
-    """Write summary.json, synthetic.csv, train.csv, reference.csv and report.html into ``out_dir``, aside
-    first and moved in only when complete (see the module docstring).
+                force: bool = False, build: Path | None = None,
+                volumes: dict[str, tuple[torch.Tensor, list[str]]] | None = None) -> dict[str, Path]:
+    """Write summary.json, synthetic.csv, train.csv, reference.csv, evidence.csv and report.html into
+    ``out_dir``, aside first and moved in only when complete (see the module docstring).
 
     Args:
         assessment: the result of :func:`memostudy.detect.assessment.assess`.
@@ -172,6 +246,8 @@ def write_audit(assessment: Assessment, out_dir: str | Path, extra: dict[str, An
         force: replace earlier results (else :class:`RunExistsError` when complete ones are there).
         build: a build folder from :func:`new_build` that already holds files to move in with the results
             (e.g. the ``detector.pt`` trained by the audit); default a new one.
+        volumes: "train" and "synthetic" -> ((N, 1, D, H, W) volumes as assessed, names): when given, the
+            report shows the first flagged pairs aligned (:func:`aligned_pairs`).
 
     Returns:
         file name -> path of every result file written (in ``out_dir``).
@@ -184,16 +260,28 @@ def write_audit(assessment: Assessment, out_dir: str | Path, extra: dict[str, An
     assessment.synthetic_table.to_csv(paths["synthetic.csv"], index=False)
     assessment.train_table.to_csv(paths["train.csv"], index=False)
     assessment.reference_table.to_csv(paths["reference.csv"], index=False)
+    evidence = evidence_table(assessment.evidence)
+    evidence.to_csv(paths["evidence.csv"], index=False)
     pause_point("audit-writing")
     top = assessment.synthetic_table.sort_values("similarity", ascending=False).head(20)
+    pairs = aligned_pairs(assessment, volumes["train"][0], volumes["synthetic"][0], volumes["train"][1],
+                          volumes["synthetic"][1]) if volumes else []
     sections: list[tuple[str | None, Any]] = [
         ("Summary", headline(assessment)),
         ("How to read this", "Similarities are 'higher = more similar'. The threshold is the given percentile of the "
                              "similarities of real reference volumes (never trained on) to their nearest training "
                              "volume; a synthetic volume above it is called a copy of its nearest training volume. "
-                             "The pixel baseline (Akbar et al.) cannot see flipped or rotated copies."),
+                             "The pixel baseline (Akbar et al.) cannot see flipped or rotated copies. "
+                             "Beside that rule, each synthetic volume's p-value is the share of reference volumes "
+                             "scoring at least as high (+1 correction: it cannot be below 1 / (1 + number of "
+                             "reference volumes)); Benjamini-Hochberg flags volumes so that the expected share of "
+                             "novel volumes among those flagged is at most the FDR (columns p_value, q_value, bh_copy "
+                             "of synthetic.csv)."),
         *[(f"Similarity distributions: {name}", fig) for name, fig in assessment_figures(assessment).items()],
         ("Most similar synthetic volumes (contrastive)", top),
+        (f"Evidence: flagged copies ({len(evidence)} rows in evidence.csv, first 50)",
+         evidence.head(50) if len(evidence) else "No synthetic volume was flagged by any detector."),
+        *[(f"Flagged pair aligned: {title}", fig) for title, fig in pairs],
     ]
     paths["report.html"].write_text(html_page("memostudy audit", sections))
     paths["summary.json"].write_text(json.dumps(summary, indent=2, default=json_default))

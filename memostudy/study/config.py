@@ -14,6 +14,9 @@ from memostudy.detect.detector import DetectorConfig
 from memostudy.errors import ConfigError
 from memostudy.ldm.config import LDMConfig, default_num_samples, preset
 
+#: the reference volumes a study calibrates on (see :attr:`MemorizationConfig.calibrate_on`)
+CALIBRATE_ON = ("as-is", "autoencoder")
+
 
 @dataclass(frozen=True)
 class SamplingPlan:
@@ -52,6 +55,11 @@ class MemorizationConfig:
         detector_train: "split": train the detector on the data set's whole training split (default;
             self-supervised, training data only); "ldm": only on the LDM's training patches.
         max_reference: use at most this many validation patches as the reference (evenly spaced); None = all.
+        calibrate_on: the reference volumes the threshold and p-values are calibrated on: "as-is" (the real
+            validation patches) or "autoencoder" (the same patches passed through the LDM's own autoencoder,
+            encode then decode, so they are rendered as smoothly as its samples are; the detector still trains
+            and validates on the patches as they are). ``assessment.reference_smoothness="matched"`` is the
+            model-free alternative (applied after this one).
         assessment: threshold percentile, similarity, bootstrap.
         runs_dir: work folder of trained models; None = ``<cache>/runs``.
         progress: progress bars.
@@ -70,6 +78,7 @@ class MemorizationConfig:
     detector_path: str | None = None
     detector_train: str = "split"
     max_reference: int | None = None
+    calibrate_on: str = "as-is"
     assessment: AssessConfig = field(default_factory=AssessConfig)
     runs_dir: str | None = None
     progress: bool = True
@@ -88,6 +97,8 @@ class MemorizationConfig:
 
     def validate(self) -> MemorizationConfig:
         """Raise :class:`ConfigError` naming the first bad field; return self."""
+        if self.calibrate_on not in CALIBRATE_ON:
+            raise ConfigError(f"calibrate_on must be one of {', '.join(CALIBRATE_ON)}, got {self.calibrate_on!r}")
         if self.detector_train not in ("split", "ldm"):
             raise ConfigError(f"detector_train must be 'split' or 'ldm', got {self.detector_train!r}")
         if not self.checkpoints:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
 
 from memostudy.data.patches import PatchSet, load_patches
 from memostudy.detect.assessment import Assessment, assess
@@ -37,7 +38,8 @@ class MemorizationResult:
         ldm_config: the LDM config of the run.
         run_dir: the LDM run folder (config.yaml, losses, checkpoints, samples).
         train: the LDM's training patches (the volumes whose copies are looked for).
-        reference: real volumes never trained on, which calibrate the threshold.
+        reference: real volumes never trained on, which calibrate the threshold (as they are; with
+            ``calibrate_on="autoencoder"`` they were scored after the LDM's encode-decode).
         detector: the contrastive detector used.
         detector_path: its checkpoint.
         samples: checkpoint -> :class:`~memostudy.study.cache.SampleSet`.
@@ -76,6 +78,11 @@ class MemorizationResult:
                 "copy_lo": s["copy_fraction_ci"][0], "copy_hi": s["copy_fraction_ci"][1],
                 "pixel_memorized_fraction": px.get("memorized_fraction"), "pixel_copy_fraction": px.get("copy_fraction"),
                 "detector": str(self.detector_path), "percentile": s["percentile"], "metric": s["metric"],
+                "fdr": s["fdr"], "n_bh_copies": s["n_bh_copies"], "min_p_value": s["min_p_value"],
+                "pixel_n_bh_copies": px.get("n_bh_copies"), "calibrate_on": self.config.calibrate_on,
+                "reference_smoothness": s["smoothness"].get("reference_smoothness"),
+                "reference_roughness": s["smoothness"].get("roughness", {}).get("reference"),
+                "synthetic_roughness": s["smoothness"].get("roughness", {}).get("synthetic"),
             }
             out.append(row)
         return out
@@ -88,6 +95,21 @@ def reference_patches(cfg: MemorizationConfig, ldm_cfg: LDMConfig) -> PatchSet:
     if cfg.max_reference is not None and cfg.max_reference < len(ref):
         ref = ref.subset(evenly_spaced(len(ref), cfg.max_reference))
     return ref
+
+
+def autoencoded(run_dir: Path, volumes: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
+    """``volumes`` (N, 1, D, H, W) in [-1, 1] passed through the LDM's own autoencoder: decoded from the
+    posterior mean of their encoding (MONAI ``AutoencoderKL.reconstruct``), clipped to [-1, 1] as samples are.
+    Real volumes rendered by the decoder are as smooth as its samples, and still novel: calibrating the
+    threshold on them asks "does this sample score higher than a novel volume the decoder rendered?"."""
+    from memostudy.ldm.run import load_run
+    from memostudy.training import select_device
+
+    device = select_device()
+    net = load_run(run_dir, device=device).autoencoder
+    with torch.no_grad():
+        return torch.cat([net.reconstruct(volumes[i:i + batch_size].to(device)).float().cpu()
+                          for i in range(0, len(volumes), batch_size)]).clamp(-1, 1)
 
 
 def run_memorization(cfg: MemorizationConfig) -> MemorizationResult:
@@ -108,6 +130,10 @@ def run_memorization(cfg: MemorizationConfig) -> MemorizationResult:
     t = time.perf_counter()
     detector, det_path = get_detector(cfg, ldm_cfg, train, reference)
     seconds["detector"] = time.perf_counter() - t
+    calibration = reference.volumes
+    if cfg.calibrate_on == "autoencoder":
+        say(f"calibration: {len(reference)} reference volumes through the LDM's autoencoder")
+        calibration = autoencoded(run_dir, reference.volumes)
     plan = cfg.sampling_plan(ldm_cfg, len(train))
     samples, assessments = {}, {}
     seconds["sampling"] = seconds["assessment"] = 0.0
@@ -120,7 +146,7 @@ def run_memorization(cfg: MemorizationConfig) -> MemorizationResult:
         t = time.perf_counter()
         s = samples[key]
         say(f"assessment: {len(train)} training, {len(reference)} reference, {len(s.volumes)} synthetic volumes")
-        assessments[key] = assess(train.volumes, reference.volumes, s.volumes, detector, train.ids, reference.ids,
+        assessments[key] = assess(train.volumes, calibration, s.volumes, detector, train.ids, reference.ids,
                                   s.ids, cfg=cfg.assessment)
         seconds["assessment"] += time.perf_counter() - t
     return MemorizationResult(cfg, ldm_cfg, run_dir, train, reference, detector, det_path, samples, assessments,

@@ -10,12 +10,14 @@ from memostudy.detect.assessment import Assessment
 
 def detector_table(assessment: Assessment) -> pd.DataFrame:
     """The headline of one assessment: threshold, memorized % and copy % (95% bootstrap CIs) of the
-    contrastive detector and of the pixel-correlation baseline, one row per detector."""
+    contrastive detector and of the pixel-correlation baseline, one row per detector, with the number of
+    synthetic volumes Benjamini-Hochberg flags at the assessment's false-discovery rate (conformal p-values)."""
     rows = []
     for name, key in (("contrastive (this study)", "contrastive"), ("pixel correlation (Akbar et al.)", "pixel")):
         f = assessment.summary.detectors.get(key)
         if f is None:
             continue
         rows.append({"detector": name, "threshold": f.threshold, "training volumes memorized": f.memorized.text(),
-                     "synthetic volumes that are copies": f.copies.text()})
+                     "synthetic volumes that are copies": f.copies.text(),
+                     f"copies by BH at FDR {assessment.config.fdr:g}": f"{f.n_bh_copies} of {f.copies.n}"})
     return pd.DataFrame(rows).set_index("detector")

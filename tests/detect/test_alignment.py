@@ -67,3 +67,33 @@ def test_bad_settings_and_shapes():
         AlignConfig(shortlist=0).validate()
     with pytest.raises(ValueError, match="one shape"):
         aligned_nearest(torch.zeros(1, 1, 8, 8, 8), torch.zeros(1, 1, 10, 10, 10), torch.zeros(1, 1, dtype=torch.long))
+
+
+def _fields(n: int, size: int, seed: int) -> torch.Tensor:
+    """Smoothed white noise: volumes with no symmetry, so one orientation and shift fits best."""
+    from memostudy.detect.calibration import blur as gaussian
+
+    x = gaussian(torch.randn(n, 1, size, size, size, generator=torch.Generator().manual_seed(seed)), 1.5)
+    return x / x.std()
+
+
+@pytest.mark.parametrize(("orientation", "shift_voxels"), [(4, (2.0, 0.0, -1.0)), (13, (0.0, -2.0, 1.0)), (0, (1.0, 1.0, 0.0))])
+def test_alignment_reports_the_orientation_and_shift_that_made_the_copy(orientation, shift_voxels):
+    from memostudy.detect.alignment import Alignment, align_pairs, aligned_search
+    from memostudy.detect.views import orient, orientations, translate
+
+    train = _fields(4, 16, seed=0)
+    # the copy: training volume 2 turned by a known orientation (4 = flip of the first axis), then its content moved
+    copy = translate(orient(train[[2]], orientations()[orientation]), -torch.tensor([shift_voxels]))
+    cfg = AlignConfig(subvoxel=(0.0,), blurs=(0.0,))
+    (a,) = align_pairs(copy, train, [(0, 2)], cfg)
+    assert isinstance(a, Alignment) and (a.base_index, a.orientation, a.shift) == (2, orientation, shift_voxels)
+    change = a.change()
+    assert change["shift_voxels"] == list(shift_voxels) and change["flips"] == list(orientations()[orientation].flips)
+    assert a.correlation > 0.999
+    # applying the change to the training volume gives the copy (away from the border the shift uncovers)
+    c = 3
+    assert torch.allclose(a.apply(train[2])[..., c:-c, c:-c, c:-c], copy[0, ..., c:-c, c:-c, c:-c], atol=1e-5)
+    # the search over the whole training set finds the same source and change, and its value is the correlation
+    nn, found = aligned_search(copy, train, candidates(copy, train, AlignConfig(shortlist=2)), cfg)
+    assert nn.indices.tolist() == [2] and found[0] == a and nn.values[0] == pytest.approx(a.correlation)

@@ -5,16 +5,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from scipy.stats import kstest
 
 from memostudy.data.phantom import phantom_volumes
 from memostudy.detect.alignment import AlignConfig
 from memostudy.detect.assessment import AssessConfig, AssessmentSummary, DetectorFigures, assess, scale_intensities
+from memostudy.detect.baseline import pixel_nearest
+from memostudy.detect.calibration import blur, conformal_p_values
 from memostudy.detect.detector import Detector, DetectorConfig, DetectorNet, embed
 from memostudy.detect.matching import CompareConfig
 from memostudy.detect.metrics import Fraction
 from memostudy.detect.registry import DETECTORS
 from memostudy.detect.similarity import nearest
-from memostudy.errors import DataError
+from memostudy.errors import ConfigError, DataError
 
 FAST_ALIGN = AlignConfig(max_shift=2, shortlist=2, subvoxel=(0.0,), blurs=(0.0,))
 
@@ -62,8 +65,11 @@ def test_summary_json_layout_is_unchanged(inputs):
     assert list(d) == ["n_train", "n_reference", "n_synthetic", "metric", "percentile", "confidence", "threshold",
                        "memorized_fraction", "memorized_fraction_ci", "copy_fraction", "copy_fraction_ci",
                        "n_memorized", "n_copies", "synthetic_similarity_median", "reference_similarity_median",
-                       "pixel_baseline", "aligned", "combined", "detector", "assess_config"]
+                       "n_bh_copies", "min_p_value", "pixel_baseline", "aligned", "combined", "detector", "assess_config",
+                       "fdr", "smoothness"]
     assert d["pixel_baseline"] is None and d["detector"]["best_epoch"] == 4
+    assert d["fdr"] == 0.05 and d["smoothness"]["reference_smoothness"] == "as-is"
+    assert set(d["smoothness"]["roughness"]) == {"reference", "synthetic"}
     assert "representation" not in d["detector"]["config"]
     assert d["assess_config"]["compare"] == {"representation": "latent", "search_shift": 2.0, "orientation_pooling": True}
 
@@ -99,3 +105,80 @@ def test_scale_intensities_maps_train_percentiles_to_the_unit_range():
     assert torch.equal(r, (((train * 2 - info["lo"]) / (info["hi"] - info["lo"])) * 2 - 1).clamp(-1, 1))
     inside = train / 1000
     assert scale_intensities(inside, inside, inside)[1]["rule"] == "as-stored"
+
+
+def _bh_by_hand(p: np.ndarray, q: float) -> np.ndarray:
+    """Benjamini-Hochberg step-up written out: flag the k smallest, k the largest index with p_(k) <= k q / m."""
+    order = np.argsort(p, kind="stable")
+    ok = [k for k in range(1, len(p) + 1) if p[order[k - 1]] <= k * q / len(p)]
+    flagged = np.zeros(len(p), bool)
+    flagged[order[:max(ok, default=0)]] = True
+    return flagged
+
+
+@pytest.mark.slow
+def test_p_values_and_bh_decisions_match_a_computation_by_hand(inputs):
+    # 5 reference volumes: the smallest p-value is 1/6, so BH flags only at a large FDR (0.5: k q / m = 0.1 k)
+    a = _assess(inputs, aligned=True, fdr=0.5)
+    syn, ref = a.synthetic_table, a.reference_table
+    for name, f in a.summary.detectors.items():
+        px = "" if name == "contrastive" else f"{name}_"
+        r = ref[f"{px}similarity"].to_numpy()
+        p = np.array([(1 + (r >= s).sum()) / (1 + len(r)) for s in syn[f"{px}similarity"]])
+        assert np.allclose(syn[f"{px}p_value"], p)
+        assert syn[f"{px}bh_copy"].astype(bool).tolist() == _bh_by_hand(p, 0.5).tolist()
+        assert f.n_bh_copies == syn[f"{px}bh_copy"].sum() and f.min_p_value == pytest.approx(p.min())
+    # the flipped copies s0, s1 score above every reference volume under the aligned correlation: p = 1/6, and
+    # BH at 0.5 flags them (2 of 5: 1/6 <= 2 * 0.5 / 5)
+    assert syn["aligned_p_value"][:2].tolist() == [1 / 6, 1 / 6] and syn["aligned_bh_copy"][:2].tolist() == [1, 1]
+    # each flagged volume has evidence, aligned to its training volume: the flip along D that made it
+    flagged = {(e.detector, e.synthetic_id) for e in a.evidence}
+    for name in a.summary.detectors:
+        px = "" if name == "contrastive" else f"{name}_"
+        want = syn[(syn[f"{px}is_copy"] == 1) | (syn[f"{px}bh_copy"] == 1)]["synthetic_id"]
+        assert {(name, s) for s in want} == {f for f in flagged if f[0] == name}
+    e = next(e for e in a.evidence if e.detector == "aligned" and e.synthetic_id == "s0")
+    assert e.train_id == "t0" and e.change["flips"] == [True, False, False] and e.change["shift_voxels"] == [0.0, 0.0, 0.0]
+
+
+@pytest.mark.slow
+def test_matched_reference_is_scored_instead_and_reported(inputs):
+    det, train, _, _ = inputs
+    g = torch.Generator().manual_seed(1)
+    reference = blur(torch.randn(5, 1, 16, 16, 16, generator=g), 0.7).clamp(-1, 1)
+    smooth = blur(blur(torch.randn(5, 1, 16, 16, 16, generator=g), 0.7), 1.5).clamp(-1, 1)  # smoother than the reference
+    a = assess(train, reference, smooth, det, [f"t{i}" for i in range(6)], [f"r{i}" for i in range(5)],
+               [f"s{i}" for i in range(5)], cfg=AssessConfig(n_boot=50, reference_smoothness="matched", evidence=False))
+    sm = a.summary.smoothness
+    assert sm["reference_smoothness"] == "matched" and sm["blur_sigma"] > 0.3
+    assert sm["roughness"]["synthetic"] < sm["roughness"]["reference"]
+    assert abs(sm["roughness"]["reference_matched"] - sm["roughness"]["synthetic"]) < 0.1 * sm["roughness"]["synthetic"]
+    plain = assess(train, reference, smooth, det, [f"t{i}" for i in range(6)], [f"r{i}" for i in range(5)],
+                   [f"s{i}" for i in range(5)], cfg=AssessConfig(n_boot=50, evidence=False))
+    # the synthetic side is untouched; the reference side is scored after the blur
+    assert np.allclose(a.synthetic_table["pixel_similarity"], plain.synthetic_table["pixel_similarity"])
+    assert not np.allclose(a.reference_table["pixel_similarity"], plain.reference_table["pixel_similarity"])
+    assert all(e.change == {} for e in a.evidence) and "blur_sigma" not in plain.summary.smoothness  # evidence=False: not aligned
+
+
+def test_p_values_are_uniform_on_exchangeable_novel_volumes():
+    # novel volumes: independent draws from one distribution, so reference and synthetic are exchangeable.
+    # Exact: for n + 1 of them, each in turn the synthetic one against the other n, the p-values are 1..n+1 / (n+1).
+    g = torch.Generator().manual_seed(0)
+    train = torch.randn(12, 1, 6, 6, 6, generator=g)
+    pool = pixel_nearest(torch.randn(400, 1, 6, 6, 6, generator=g), train).values.double().numpy()
+    n = 19
+    p = [conformal_p_values(pool[[j]], np.delete(pool[:n + 1], j))[0] for j in range(n + 1)]
+    assert sorted(p) == pytest.approx(np.arange(1, n + 2) / (n + 1))
+    # over many random draws of (reference, synthetic) from the pool: uniform by a KS test
+    rng = np.random.default_rng(0)
+    draws = np.array([conformal_p_values(pool[perm[:1]], pool[perm[1:100]])[0]
+                      for perm in (rng.permutation(len(pool)) for _ in range(1000))])
+    assert kstest(draws, "uniform").pvalue > 0.01 and abs(np.mean(draws <= 0.05) - 0.05) < 0.025
+
+
+def test_bad_fdr_and_smoothness_settings():
+    with pytest.raises(ConfigError, match="fdr"):
+        AssessConfig(fdr=0).validate()
+    with pytest.raises(ConfigError, match="reference_smoothness"):
+        AssessConfig(reference_smoothness="blurred").validate()

@@ -16,6 +16,7 @@ from memostudy.data.phantom import phantom_volumes
 from memostudy.data.volume_io import write_nifti
 from memostudy.detect.assessment import AssessConfig, Assessment, AssessmentSummary, DetectorFigures
 from memostudy.detect.detector import DetectorConfig
+from memostudy.detect.evidence import CopyEvidence
 from memostudy.detect.metrics import Fraction
 from memostudy.errors import RunExistsError
 from memostudy.report.audit import AUDIT_FILES, check_out_dir, headline, write_audit
@@ -89,6 +90,38 @@ def test_audit_outputs_follow_contract(folders, tmp_path, capsys):
 
 
 @pytest.mark.slow
+def test_audit_fdr_reference_smoothness_and_evidence(folders, tmp_path, capsys):
+    out = tmp_path / "out"
+    # 6 reference volumes: the smallest p-value is 1/7, so BH flags only at a large FDR (0.5 here)
+    assert _audit(folders, out, "--fdr", "0.5", "--reference-smoothness", "matched") == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["fdr"] == 0.5 and summary["assess_config"]["reference_smoothness"] == "matched"
+    sm = summary["smoothness"]
+    assert set(sm["roughness"]) == {"reference", "synthetic", "reference_matched"} and "blur_sigma" in sm
+    syn = pd.read_csv(out / "synthetic.csv")
+    for px in ("", "pixel_", "aligned_", "combined_"):
+        assert {f"{px}p_value", f"{px}q_value", f"{px}bh_copy"} <= set(syn.columns)
+        assert syn[f"{px}p_value"].between(1 / 7 - 1e-9, 1).all() and set(syn[f"{px}bh_copy"]) <= {0, 1}
+        key = {"": None, "pixel_": "pixel_baseline", "aligned_": "aligned", "combined_": "combined"}[px]
+        figs = summary[key] if key else summary
+        assert figs["n_bh_copies"] == syn[f"{px}bh_copy"].sum()
+    # the aligned correlation puts the four copies above every reference volume: p = 1/7, and BH at 0.5 flags them
+    al = syn.set_index("synthetic_id")
+    for i in range(4):
+        assert al.loc[f"s{i:02d}.nii.gz", "aligned_p_value"] == pytest.approx(1 / 7)
+        assert al.loc[f"s{i:02d}.nii.gz", "aligned_bh_copy"] == 1
+    ev = pd.read_csv(out / "evidence.csv")
+    assert list(ev.columns[:8]) == ["synthetic_id", "detector", "train_id", "score", "p_value", "q_value", "is_copy", "bh_copy"]
+    row = ev[(ev["detector"] == "aligned") & (ev["synthetic_id"] == "s00.nii.gz")].iloc[0]
+    # s00 is t00 flipped along its first axis: the evidence says so, with no shift
+    assert row["train_id"] == "t00.nii.gz" and json.loads(row["change_flips"]) == [True, False, False]
+    assert json.loads(row["change_shift_voxels"]) == [0.0, 0.0, 0.0] and row["change_aligned_correlation"] > 0.99
+    html = (out / "report.html").read_text()
+    assert "Flagged pair aligned: s0" in html and "copies by Benjamini-Hochberg at FDR 0.5" in html
+    assert "copies by Benjamini-Hochberg at FDR 0.5" in capsys.readouterr().out
+
+
+@pytest.mark.slow
 def test_comparison_settings_apply_to_a_loaded_detector(folders, tmp_path):
     out = tmp_path / "out"
     assert _audit(folders, out, "--no-aligned", "--no-pixel") == 0
@@ -129,15 +162,26 @@ def _assessment(pixel: bool = True) -> Assessment:
 
 
 def test_write_audit_writes_every_file_from_the_typed_result(tmp_path):
-    paths = write_audit(_assessment(), tmp_path / "out", extra={"inputs": {"train": Path("x")}, "value": np.float32(0.5)})
+    a = _assessment()
+    train = phantom_volumes(2, 16, seed=0)
+    a.evidence = [CopyEvidence("b", "t1", "contrastive", 0.9, 0.2, 0.4, True, False,
+                               {"orientation": 4, "permutation": [0, 1, 2], "flips": [True, False, False],
+                                "shift_voxels": [1.0, 0.0, 0.0], "blur_sigma": 0.0})]
+    volumes = {"train": (train, ["t0", "t1"]), "synthetic": (phantom_volumes(4, 16, seed=1), ["a", "b", "c", "d"])}
+    paths = write_audit(a, tmp_path / "out", extra={"inputs": {"train": Path("x")}, "value": np.float32(0.5)},
+                        volumes=volumes)
     assert sorted(paths) == sorted(AUDIT_FILES) and all(p.exists() for p in paths.values())
+    ev = pd.read_csv(paths["evidence.csv"])
+    assert ev[["synthetic_id", "train_id", "detector"]].values.tolist() == [["b", "t1", "contrastive"]]
+    assert json.loads(ev.loc[0, "change_shift_voxels"]) == [1.0, 0.0, 0.0]
+    html = paths["report.html"].read_text()
+    assert "Flagged pair aligned: b vs t1" in html and "flipped D; shift +1.0, +0.0, +0.0 voxels" in html
     s = json.loads(paths["summary.json"].read_text())
     assert (s["n_train"], s["threshold"], s["memorized_fraction_ci"], s["n_memorized"], s["n_copies"]) == (8, 0.75, [0.125, 0.5], 2, 2)
     assert s["pixel_baseline"]["threshold"] == 0.9 and s["aligned"] is None and s["combined"] is None
     assert s["detector"] == {"config": json.loads(json.dumps(s["detector"]["config"])), "best_epoch": 3}
     assert s["inputs"] == {"train": "x"} and s["value"] == 0.5 and "git_commit" in s["provenance"]
     assert pd.read_csv(paths["synthetic.csv"])["similarity"].tolist() == [0.1, 0.9, 0.5, 0.8]
-    html = paths["report.html"].read_text()
     # most similar first in the report's table
     assert html.index("<td>b</td>") < html.index("<td>d</td>") < html.index("<td>c</td>") < html.index("<td>a</td>")
     assert "Similarity distributions: pixel" in html

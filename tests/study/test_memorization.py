@@ -81,3 +81,22 @@ def test_dotted_notebook_parameters_reach_the_nested_configs() -> None:
                               ldm={"augment": True})
     assert cfg.detector.epochs == 3 and cfg.assessment.percentile == 90.0
     assert cfg.ldm_config().augment is True and cfg.ldm_config().seed == cfg.seed
+
+
+@pytest.mark.slow
+def test_calibrating_on_autoencoded_reference_changes_only_the_reference_side(tiny_result, tiny_config) -> None:
+    ae = run_memorization(replace(tiny_config, calibrate_on="autoencoder"))
+    a, b = tiny_result.assessments["final"], ae.assessments["final"]
+    assert ae.run_dir == tiny_result.run_dir  # the same LDM, detector and samples: only the calibration differs
+    assert a.synthetic_table["similarity"].tolist() == b.synthetic_table["similarity"].tolist()
+    assert a.reference_table["similarity"].tolist() != b.reference_table["similarity"].tolist()
+    (row,) = ae.rows()
+    assert row["calibrate_on"] == "autoencoder" and tiny_result.rows()[0]["calibrate_on"] == "as-is"
+    assert row["fdr"] == 0.05 and row["n_bh_copies"] == b.synthetic_table["bh_copy"].sum()
+    # the reference's measured smoothness is the autoencoded one (a 3-epoch autoencoder need not make it smoother)
+    assert row["reference_roughness"] != tiny_result.rows()[0]["reference_roughness"]
+
+
+def test_unknown_calibration_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="calibrate_on"):
+        memorization_config(calibrate_on="blurred")
