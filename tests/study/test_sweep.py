@@ -32,7 +32,8 @@ def _sweep(tmp_path: Path, **extra) -> Path:
     nbformat.write(nb, str(tmp_path / "exp.ipynb"))
     spec = {"name": "aug", "notebook": str(tmp_path / "exp.ipynb"), "seeds": [0, 1, 2],
             "grid": {"augment": [False, True]}, "by": ["augment"],
-            "metrics": ["memorized_fraction", "copy_fraction"]} | extra
+            "metrics": ["memorized_fraction", "copy_fraction"], "question": "Does augmentation lower memorization?",
+            "expected": "falls"} | extra
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec))
     return tmp_path / "s.yaml"
 
@@ -48,6 +49,15 @@ def test_sweep_runs_grid_and_aggregates(tmp_path: Path) -> None:
     assert agg["memorized_fraction_mean"].tolist() == pytest.approx([0.61, 0.31])
     html = out["summary"].read_text()
     assert "fixed-detector" in html and html.count("plotly-graph-div") == 2 and "falls" in html
+    # paired by seed: every seed's augment=True value is 0.3 below its augment=False value
+    assert agg["memorized_fraction_diff_mean"].tolist() == pytest.approx([0.0, -0.3])
+    assert agg["memorized_fraction_diff_ci_low"].iloc[1] == pytest.approx(-0.3)
+    # 2 settings x 3 seeds: 8 within-seed permutations, two of them reach |rho| = 1
+    assert agg["memorized_fraction_trend_rho"].tolist() == [-1.0, -1.0]
+    assert agg["memorized_fraction_trend_p"].iloc[0] == pytest.approx(2 / 8)
+    trends = pd.read_csv(out["trend"]).set_index("metric")
+    assert trends.loc["memorized_fraction", "verdict"] == "not seen"  # p = 0.25: three seeds cannot tell
+    assert "Verdict" in html and "Does augmentation lower memorization?" in html and "not seen" in html
 
 
 @pytest.mark.slow
@@ -70,6 +80,8 @@ def test_bad_sweep_files(tmp_path: Path) -> None:
         load_sweep(tmp_path / "bad.yaml")
     with pytest.raises(ConfigError, match="unknown sweep key"):
         load_sweep(_sweep(tmp_path, colour="red"))
+    with pytest.raises(ConfigError, match="expected must be 'rises' or 'falls'"):
+        load_sweep(_sweep(tmp_path, expected="up"))
 
 
 def test_cell_ids_are_stable_and_distinct() -> None:
