@@ -227,7 +227,8 @@ TINY_SETTINGS = {
     "training_size": {"train_sizes": [4, 8]},
     "model_size": {"model_sizes": {"narrow": [8, 16], "wide": [16, 32]}},
     "overtraining": {"epochs": [1, 2, "final"],
-                     "ldm": {"diffusion.loop.epochs": 3, "diffusion.loop.snapshot_epochs": [1, 2]}},
+                     "ldm": {"autoencoder.loop.steps": 2, "diffusion.loop.epochs": 3,
+                             "diffusion.loop.snapshot_epochs": [1, 2]}},
 }
 
 
