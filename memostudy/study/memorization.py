@@ -181,7 +181,8 @@ def run_memorization(cfg: MemorizationConfig) -> MemorizationResult:
     result = MemorizationResult(cfg, ldm_cfg, run_dir, train, reference, detector, det_path, samples, assessments,
                                 {}, stopped_at=stopped_at, stop_checks=dict(checks))
     t = time.perf_counter()
-    result.statistics = {key: copying_statistics(result, key) for key in assessments}
+    result.statistics = {key: copying_statistics(a, detector, train.volumes, reference.volumes, samples[key].volumes)
+                         for key, a in assessments.items()}
     seconds["statistics"] = time.perf_counter() - t
     result.seconds = {k: round(v, 1) for k, v in seconds.items()}
     return result

@@ -72,3 +72,20 @@ def test_authenticity_is_low_for_copies_and_high_for_distant_points(clouds) -> N
     assert authenticity(real, np.array([[0.4], [12.0], [5.0]])) == pytest.approx(1 / 3)
     with pytest.raises(ValueError, match="two real points"):
         authenticity(real[:1], real)
+
+
+@pytest.mark.slow
+def test_statistics_of_a_study_run_flag_training_volumes_offered_as_samples(tiny_result) -> None:
+    from memostudy.detect.assessment import assess
+    from memostudy.study.copying import copying_statistics
+
+    train, ref = tiny_result.train, tiny_result.reference
+    a = assess(train.volumes, ref.volumes, train.volumes, tiny_result.detector, train.ids, ref.ids, train.ids,
+               cfg=tiny_result.config.assessment)
+    s = copying_statistics(a, tiny_result.detector, train.volumes, ref.volumes, train.volumes)
+    assert s["similarity_delta"] == 1.0  # every copy is more similar to the training set than every reference volume
+    assert s["authenticity"] == 0.0 and s["authenticity_reference"] > 0
+    # 8 copies against 8 reference volumes in one cell: U = 0, Z = -(32 - 0.5) / sqrt(8 * 8 * 17 / 12)
+    assert s["c_t"] == pytest.approx(-31.5 / np.sqrt(64 * 17 / 12))
+    real = tiny_result.statistics["final"]  # the run's own samples sit far less close
+    assert real["c_t"] > s["c_t"] and real["authenticity"] > 0
