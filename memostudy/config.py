@@ -22,14 +22,18 @@ from memostudy.errors import ConfigError
 T = TypeVar("T")
 
 
-def to_dict(cfg: Any) -> dict[str, Any]:
-    """Return a plain, YAML-safe dict of a (nested) dataclass; tuples become lists."""
+def to_dict(cfg: Any, omit_defaults: bool = True) -> dict[str, Any]:
+    """Return a plain, YAML-safe dict of a (nested) dataclass; tuples become lists; fields marked
+    ``omit_if_default`` are left out while they hold their default."""
     if not dataclasses.is_dataclass(cfg):
         raise TypeError(f"expected a dataclass instance, got {type(cfg).__name__}")
 
     def plain(v: Any) -> Any:
         if dataclasses.is_dataclass(v):
-            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+            # a field added later with metadata {"omit_if_default": True} is left out while it holds its
+            # default, so the hashes and resume checks of configs written before it existed still match
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)
+                    if not (omit_defaults and f.metadata.get("omit_if_default") and getattr(v, f.name) == f.default)}
         if isinstance(v, (list, tuple)):
             return [plain(x) for x in v]
         if isinstance(v, dict):
@@ -121,7 +125,7 @@ def apply_overrides(cfg: T, overrides: dict[str, Any] | None) -> T:
     """
     if not overrides:
         return cfg
-    data = to_dict(cfg)
+    data = to_dict(cfg, omit_defaults=False)
     for key, value in overrides.items():
         node = data
         parts = key.split(".")

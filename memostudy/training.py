@@ -8,11 +8,13 @@ contrastive encoder are all trained by :func:`fit`.
 Output folder of one :func:`fit` call::
 
     out_dir/
-        losses.csv               epoch, step, train_loss, val_loss, seconds (one row per epoch)
+        losses.csv               epoch, step, train_loss, val_loss, seconds (one row per epoch; with a
+                                 ``steps`` budget the last epoch may be cut short)
         last.pt                  modules + optimizer + step + epoch statistics; written every
                                  ``checkpoint_every`` steps and at the end
         snapshots/epoch_XXXX.pt  module weights at the epochs in ``snapshot_epochs``
-        final.pt                 module weights, config and loss history of the finished run
+        final.pt                 module weights, config and loss history of the finished run (or of the
+                                 run stopped by ``on_snapshot``: ``"stopped": True``)
         DONE                     written last
 
 The file names are :class:`RunFolder`'s: every other module asks it rather than spelling them.
@@ -31,7 +33,7 @@ import math
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -108,11 +110,16 @@ class LoopConfig:
     """Settings of one training loop.
 
     Attributes:
-        epochs: passes over the training set.
+        epochs: passes over the training set (ignored when ``steps`` is set).
+        steps: a budget of optimizer steps instead of epochs: the loop runs ``ceil(steps / steps per epoch)``
+            epochs and stops after exactly ``steps`` steps (the last epoch cut short). Experiments that compare
+            training sets of different sizes set it, so that every setting gets the same compute (with a fixed
+            number of epochs a smaller set gets proportionally fewer steps). None = ``epochs`` whole epochs.
         batch_size: patches per optimizer step (the last batch of an epoch may be smaller).
         lr: Adam learning rate.
         checkpoint_every: write ``last.pt`` every this many optimizer steps (and always at the end).
-        snapshot_epochs: keep the weights after these epochs in ``snapshots/epoch_XXXX.pt``.
+        snapshot_epochs: keep the weights after these epochs in ``snapshots/epoch_XXXX.pt`` (with ``steps``,
+            an epoch past the budget's last epoch is an error when :func:`fit` starts).
         seed: seed of the run; None means "set by the owner" (e.g. ``LDMConfig.seed``), 0 if used alone.
         grad_clip: clip the gradient norm to this value; 0 = no clipping.
         amp: "auto" (bf16 autocast on CUDA, fp32 on CPU, where bf16 is much slower), "bf16" or "off".
@@ -121,6 +128,8 @@ class LoopConfig:
     """
 
     epochs: int = 10
+    # left out of saved configs while None, so models cached before the field existed keep their hash
+    steps: int | None = field(default=None, metadata={"omit_if_default": True})
     batch_size: int = 4
     lr: float = 1e-4
     checkpoint_every: int = 100
@@ -142,7 +151,10 @@ class LoopConfig:
             raise ConfigError("grad_clip and weight_decay must be >= 0")
         if self.amp not in ("auto", "bf16", "off"):
             raise ConfigError(f"amp must be 'auto', 'bf16' or 'off', got {self.amp!r}")
-        bad = [e for e in self.snapshot_epochs if not 1 <= e <= self.epochs]
+        if self.steps is not None and self.steps < 1:
+            raise ConfigError(f"steps must be >= 1 or None (train for `epochs`), got {self.steps}")
+        last = self.epochs if self.steps is None else self.steps  # with a step budget fit() checks the epochs
+        bad = [e for e in self.snapshot_epochs if not 1 <= e <= last]
         if bad:
             raise ConfigError(f"snapshot_epochs {bad} are outside 1..epochs={self.epochs}; set snapshot_epochs too "
                               f"(e.g. --set diffusion.loop.snapshot_epochs=[] for none)")
@@ -280,6 +292,7 @@ def fit(
     progress: bool = True,
     meta: dict | None = None,
     device: torch.device | str | None = None,
+    on_snapshot: Callable[[int], bool] | None = None,
 ) -> pd.DataFrame:
     """Train ``task`` on ``train``, resuming from ``out_dir/last.pt`` when it is there.
 
@@ -297,6 +310,11 @@ def fit(
         progress: show a tqdm progress bar.
         meta: extra config (e.g. the whole experiment config) stored in checkpoints and compared on resume.
         device: where to train; default :func:`select_device`.
+        on_snapshot: called with the epoch after each snapshot of ``cfg.snapshot_epochs`` is written; returning
+            True stops training there: ``last.pt``, ``final.pt`` (with ``"stopped": True`` and that epoch) and
+            ``DONE`` are written as for a finished run. Used to stop when memorization at a snapshot exceeds a
+            level (:mod:`memostudy.study.checkpoints`). A run killed while the hook runs resumes from the last
+            checkpoint before it and calls the hook again. Single process only (not under torchrun).
 
     Under torchrun (:mod:`memostudy.distributed`) each of the N ranks trains on its share of every global
     batch of N x ``cfg.batch_size`` volumes, gradients are averaged by DistributedDataParallel, the
@@ -317,6 +335,8 @@ def fit(
     if folder.is_done() and not force:
         raise RunExistsError(f"{out}: a finished run is already there; use --force (force=True) to train it again")
     main, world, rank = distributed.is_main(), distributed.world_size(), distributed.rank()
+    if on_snapshot is not None and world > 1:
+        raise ConfigError("on_snapshot (stopping at a snapshot) runs in one process only; train without torchrun")
     if force and main:
         folder.clear()
     out.mkdir(parents=True, exist_ok=True)
@@ -339,7 +359,13 @@ def fit(
     per_epoch = _batches(n, global_batch) if n % global_batch == 0 or n % global_batch >= world else n // global_batch
     if per_epoch == 0:
         raise ConfigError(f"{n} training inputs cannot be shared by {world} processes; use fewer processes")
-    total = cfg.epochs * per_epoch
+    total = cfg.steps if cfg.steps is not None else cfg.epochs * per_epoch
+    n_epochs = math.ceil(total / per_epoch)
+    late = [e for e in cfg.snapshot_epochs if e > n_epochs]
+    if late:
+        raise ConfigError(f"snapshot_epochs {late} lie beyond the {n_epochs} epochs that steps={cfg.steps} make with "
+                          f"{n} training inputs ({per_epoch} steps per epoch); choose earlier snapshots or more steps")
+    stopped = False
     step, history, epoch_sum, epoch_count, seconds = 0, [], 0.0, 0, 0.0
     ckpt_path = folder.last
     if ckpt_path.exists():
@@ -372,9 +398,11 @@ def fit(
 
     bar = tqdm(total=total, initial=step, desc=desc, disable=not (progress and main), dynamic_ncols=True)
     t0 = time.perf_counter() - seconds
-    for epoch in range(step // per_epoch, cfg.epochs):
+    # one history row per finished epoch: a run resumed after its (cut-short) last epoch ended does not redo it
+    for epoch in range(len(history), n_epochs):
         order = torch.randperm(n, generator=generator(Stream.BATCH_ORDER, seed, epoch))
-        for b in range(step - epoch * per_epoch, per_epoch):
+        epoch_end = min((epoch + 1) * per_epoch, total)
+        for b in range(step - epoch * per_epoch, epoch_end - epoch * per_epoch):
             g = generator(Stream.STEP, seed, step)  # augmentation then the task draw from it, in this order
             batch = train[_share(order[b * global_batch : (b + 1) * global_batch], world, rank)]
             if augment is not None:
@@ -400,9 +428,9 @@ def fit(
             seconds = time.perf_counter() - t0
             bar.update(1)
             bar.set_postfix(epoch=epoch + 1, loss=f"{float(loss.detach()):.4f}")
-            if step % cfg.checkpoint_every == 0 and b + 1 < per_epoch:
+            if step % cfg.checkpoint_every == 0 and step < epoch_end:
                 checkpoint()
-        last = epoch + 1 == cfg.epochs
+        last = epoch + 1 == n_epochs
         val_loss = float("nan")
         if val is not None and len(val) and ((epoch + 1) % cfg.val_every == 0 or last):
             for m in task.modules().values():
@@ -418,14 +446,19 @@ def fit(
             folder.snapshots.mkdir(exist_ok=True)
             _save({"modules": _states(task), "epoch": epoch + 1, "step": step, "config": config},
                   folder.snapshot(epoch + 1))
+        if on_snapshot is not None and epoch + 1 in cfg.snapshot_epochs and on_snapshot(epoch + 1):
+            stopped = not last
+            break
         if step % cfg.checkpoint_every == 0 and not last:  # at an epoch's end: after its row and snapshot
             checkpoint()
     bar.close()
     checkpoint()
     if main:
-        _save({"modules": _states(task), "epoch": cfg.epochs, "step": step, "config": config, "history": history},
-              folder.final)
-        folder.done.write_text(f"finished {step} steps in {seconds:.1f} s\n")
+        final_epoch = len(history)
+        _save({"modules": _states(task), "epoch": final_epoch, "step": step, "config": config, "history": history,
+               "stopped": stopped}, folder.final)
+        why = f"stopped by on_snapshot after epoch {final_epoch}, " if stopped else "finished "
+        folder.done.write_text(f"{why}{step} steps in {seconds:.1f} s\n")
     df = write_losses()
     distributed.barrier()  # the other ranks may read final.pt next
     return df

@@ -87,3 +87,11 @@ def test_provenance_names_versions_and_the_commit():
     p = provenance()
     assert {"memostudy", "git_commit", "torch", "monai"} <= set(p)
     assert p["git_commit"] == "unknown" or len(p["git_commit"]) == 40
+
+
+def test_a_field_omitted_at_its_default_can_still_be_overridden() -> None:
+    from memostudy.ldm.config import preset
+
+    cfg = preset("test-16", {"diffusion.loop.steps": 7})
+    assert cfg.diffusion.loop.steps == 7 and cfg.autoencoder.loop.steps is None
+    assert "steps" not in to_dict(cfg)["autoencoder"]["loop"] and to_dict(cfg)["diffusion"]["loop"]["steps"] == 7

@@ -159,3 +159,44 @@ def test_adam_uses_the_fused_kernel_on_cpu_with_the_plain_update_rule():
     for p, q in zip(a.parameters(), b.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
     assert (a.weight - start).abs().max() > 1e-3  # it did move the weights
+
+
+def test_a_step_budget_trains_exactly_that_many_steps_whatever_the_set_size(tmp_path, vols):
+    # 6 volumes, batch 2: 3 steps per epoch; 7 steps = two whole epochs and one step of a third
+    df = fit(NoisyDenoiser(), vols, None, loop(epochs=99, steps=7), tmp_path / "six", progress=False)
+    assert df["step"].tolist() == [3, 6, 7] and df["epoch"].tolist() == [1, 2, 3]
+    # 2 volumes: one step per epoch, so the same budget is 7 epochs
+    df = fit(NoisyDenoiser(), vols[:2], None, loop(epochs=1, steps=7), tmp_path / "two", progress=False)
+    assert df["step"].tolist() == list(range(1, 8))
+    ckpt = torch.load(tmp_path / "two" / "final.pt", weights_only=False)
+    assert ckpt["step"] == 7 and ckpt["epoch"] == 7 and ckpt["stopped"] is False
+    with pytest.raises(ConfigError, match="beyond the 3 epochs"):
+        fit(NoisyDenoiser(), vols, None, loop(steps=7, snapshot_epochs=(4,)), tmp_path / "late", progress=False)
+    with pytest.raises(ConfigError, match="steps must be >= 1"):
+        loop(steps=0).validate()
+
+
+def test_a_step_budget_resumes_exactly(tmp_path, vols):
+    whole = fit(NoisyDenoiser(), vols, None, loop(steps=8), tmp_path / "a", progress=False)
+    with pytest.raises(KeyboardInterrupt):  # killed during step 8, in the cut-short last epoch
+        fit(NoisyDenoiser(kill_after=7), vols, None, loop(steps=8), tmp_path / "b", progress=False)
+    task = NoisyDenoiser()
+    resumed = fit(task, vols, None, loop(steps=8), tmp_path / "b", progress=False)
+    assert task.calls == 2  # from the checkpoint at step 6
+    pd.testing.assert_frame_equal(whole.drop(columns="seconds"), resumed.drop(columns="seconds"))
+
+
+def test_a_loop_config_without_steps_saves_as_before():
+    from memostudy.config import to_dict
+
+    assert "steps" not in to_dict(loop()) and to_dict(loop(steps=5))["steps"] == 5
+
+
+def test_on_snapshot_can_stop_training_at_a_snapshot(tmp_path, vols):
+    seen = []
+    df = fit(NoisyDenoiser(), vols, None, loop(epochs=5, snapshot_epochs=(1, 2, 4)), tmp_path, progress=False,
+             on_snapshot=lambda epoch: seen.append(epoch) or epoch >= 2)
+    assert seen == [1, 2] and df["epoch"].tolist() == [1, 2]
+    final = torch.load(tmp_path / "final.pt", weights_only=False)
+    assert final["stopped"] is True and final["epoch"] == 2 and final["step"] == 6
+    assert "stopped" in (tmp_path / "DONE").read_text() and RunFolder(tmp_path).snapshot_epochs() == [1, 2]

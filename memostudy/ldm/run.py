@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,7 +100,8 @@ def clear_ldm_run(out: Path) -> None:
         (out / name).unlink(missing_ok=True)
 
 
-def train_ldm(cfg: LDMConfig, out_dir: str | Path, force: bool = False, progress: bool = True) -> Path:
+def train_ldm(cfg: LDMConfig, out_dir: str | Path, force: bool = False, progress: bool = True,
+              on_snapshot: Callable[[int], bool] | None = None) -> Path:
     """Train the autoencoder, compute the latent scale factor, train the diffusion model.
 
     Args:
@@ -108,6 +110,8 @@ def train_ldm(cfg: LDMConfig, out_dir: str | Path, force: bool = False, progress
             with the same config.
         force: delete a finished or different run in ``out_dir`` and start over.
         progress: show tqdm bars.
+        on_snapshot: called with the epoch after each diffusion snapshot; True stops the diffusion training
+            there (see :func:`memostudy.training.fit`).
 
     Returns:
         ``out_dir`` as a Path.
@@ -175,7 +179,7 @@ def train_ldm(cfg: LDMConfig, out_dir: str | Path, force: bool = False, progress
         unet = build_unet(cfg.diffusion, cfg.autoencoder.latent_channels)
     fit(DiffusionTask(unet, encoder, scale, cfg.latent_shape, cfg.diffusion), inputs, val_inputs,
         cfg.stage_loop("diffusion"), diffusion_dir.path, desc="diffusion", augment=augment, progress=progress,
-        meta=meta, device=device)
+        meta=meta, device=device, on_snapshot=on_snapshot)
     return out
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,16 +61,30 @@ class SampleSet:
     epoch: int
 
 
-def train_or_resume(ldm_cfg: LDMConfig, root: Path, progress: bool = True) -> Path:
-    """Train the LDM of ``ldm_cfg`` in ``root/ldm/<data>-<hash>``, resume it, or reuse it if finished."""
+def ldm_run_dir(ldm_cfg: LDMConfig, root: Path, stop_key: dict[str, Any] | None = None) -> Path:
+    """The cache folder of the LDM of ``ldm_cfg``: ``root/ldm/<data>-<hash>``, with ``-stop<hash>`` when its
+    training stops by a rule (``stop_key``: everything the rule's decision depends on)."""
     name = f"{Path(str(ldm_cfg.data)).name}-{config_hash(ldm_cfg)}"
-    run_dir = root / "ldm" / name
+    if stop_key is not None:
+        name += f"-stop{config_hash(stop_key)[:6]}"
+    return root / "ldm" / name
+
+
+def train_or_resume(ldm_cfg: LDMConfig, root: Path, progress: bool = True,
+                    on_snapshot: Callable[[int], bool] | None = None, stop_key: dict[str, Any] | None = None) -> Path:
+    """Train the LDM of ``ldm_cfg`` in :func:`ldm_run_dir`, resume it, or reuse it if finished.
+
+    ``on_snapshot`` (with its ``stop_key``) may stop the diffusion training at a snapshot
+    (:func:`memostudy.training.fit`); such a run has a folder of its own."""
+    run_dir = ldm_run_dir(ldm_cfg, root, stop_key)
     if RunFolder(run_dir / "diffusion").is_done():
         say(f"LDM: reusing the finished run {run_dir}")
     else:
+        ae, dm = ldm_cfg.autoencoder.loop, ldm_cfg.diffusion.loop
         say(f"LDM: {'resuming' if run_dir.exists() else 'training'} {run_dir} (autoencoder "
-            f"{ldm_cfg.autoencoder.loop.epochs} epochs, diffusion {ldm_cfg.diffusion.loop.epochs} epochs)")
-        train_ldm(ldm_cfg, run_dir, progress=progress)
+            f"{f'{ae.steps} steps' if ae.steps else f'{ae.epochs} epochs'}, diffusion "
+            f"{f'{dm.steps} steps' if dm.steps else f'{dm.epochs} epochs'})")
+        train_ldm(ldm_cfg, run_dir, progress=progress, on_snapshot=on_snapshot)
     return run_dir
 
 

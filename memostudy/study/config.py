@@ -63,6 +63,9 @@ class MemorizationConfig:
         assessment: threshold percentile, similarity, bootstrap.
         runs_dir: work folder of trained models; None = ``<cache>/runs``.
         progress: progress bars.
+        stop_memorization: stop the diffusion training at the first snapshot (``ldm``'s
+            ``diffusion.loop.snapshot_epochs``) whose memorized fraction exceeds this level in [0, 1]; None =
+            train to the end (:func:`memostudy.study.checkpoints.memorization_stop`).
     """
 
     preset: str = "cpu-tiny"
@@ -82,6 +85,7 @@ class MemorizationConfig:
     assessment: AssessConfig = field(default_factory=AssessConfig)
     runs_dir: str | None = None
     progress: bool = True
+    stop_memorization: float | None = None
 
     def ldm_config(self) -> LDMConfig:
         """The LDM config: the preset, then ``data`` and ``seed``, then the ``ldm`` overrides."""
@@ -103,6 +107,8 @@ class MemorizationConfig:
             raise ConfigError(f"detector_train must be 'split' or 'ldm', got {self.detector_train!r}")
         if not self.checkpoints:
             raise ConfigError("checkpoints is empty; use ['final'] or snapshot epochs such as [100, 200, 'final']")
+        if self.stop_memorization is not None and not 0 <= self.stop_memorization <= 1:
+            raise ConfigError(f"stop_memorization must be a fraction in [0, 1] or None, got {self.stop_memorization}")
         if self.num_samples is not None and self.num_samples < 1:
             raise ConfigError(f"num_samples must be >= 1, got {self.num_samples}")
         self.detector.validate()

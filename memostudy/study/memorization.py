@@ -10,7 +10,7 @@ once per setting. Trained models and samples come from the cache of :mod:`memost
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +22,16 @@ from memostudy.detect.assessment import Assessment, assess
 from memostudy.detect.detector import Detector
 from memostudy.ldm.config import LDMConfig
 from memostudy.ldm.run import evenly_spaced
-from memostudy.study.cache import SampleSet, get_detector, ldm_training_patches, synthesize, train_or_resume
+from memostudy.study.cache import (
+    SampleSet,
+    get_detector,
+    ldm_run_dir,
+    ldm_training_patches,
+    synthesize,
+    train_or_resume,
+)
 from memostudy.study.config import MemorizationConfig
+from memostudy.study.copying import copying_statistics
 from memostudy.study.log import say
 
 __all__ = ["MemorizationResult", "SampleSet", "reference_patches", "run_memorization"]
@@ -45,6 +53,9 @@ class MemorizationResult:
         samples: checkpoint -> :class:`~memostudy.study.cache.SampleSet`.
         assessments: checkpoint -> :class:`~memostudy.detect.assessment.Assessment`.
         seconds: wall time per stage.
+        statistics: checkpoint -> continuous copying statistics (:func:`memostudy.study.copying.copying_statistics`).
+        stopped_at: with ``stop_memorization``, the snapshot epoch where training stopped (None: it ran to the end).
+        stop_checks: with ``stop_memorization``, snapshot epoch -> memorized fraction seen by the stopping rule.
     """
 
     config: MemorizationConfig
@@ -57,14 +68,29 @@ class MemorizationResult:
     samples: dict[str, SampleSet]
     assessments: dict[str, Assessment]
     seconds: dict[str, float]
+    statistics: dict[str, dict[str, float]] = field(default_factory=dict)
+    stopped_at: int | None = None
+    stop_checks: dict[int, float] = field(default_factory=dict)
 
     def losses(self, stage: str = "diffusion") -> pd.DataFrame:
         """Per-epoch train/validation losses of ``stage`` ("autoencoder" or "diffusion")."""
         return pd.read_csv(self.run_dir / stage / "losses.csv")
 
+    def steps(self, stage: str, epoch: int | None = None) -> int:
+        """Optimizer steps ``stage`` ("autoencoder" or "diffusion") had taken after ``epoch`` (None = the end),
+        from its ``losses.csv``: the compute a setting got, which a sweep keeps equal across settings."""
+        losses = self.losses(stage)
+        if epoch is not None:
+            losses = losses[losses["epoch"] <= epoch]
+        return int(losses["step"].iloc[-1]) if len(losses) else 0
+
     def rows(self, **labels: Any) -> list[dict[str, Any]]:
         """One flat result row per assessed checkpoint, with ``labels`` (e.g. the setting) prepended;
-        the rows of the study record (:class:`~memostudy.study.records.StudyRecord`) that sweeps aggregate."""
+        the rows of the study record (:class:`~memostudy.study.records.StudyRecord`) that sweeps aggregate.
+
+        Besides the thresholded fractions, a row holds the compute (``steps`` of the diffusion model at that
+        checkpoint, ``autoencoder_steps``) and the continuous statistics of :mod:`memostudy.study.copying`
+        (``similarity_delta`` with ``_lo`` / ``_hi``, ``c_t``, ``authenticity``, ``authenticity_reference``)."""
         out = []
         for ck, a in self.assessments.items():
             s = a.summary.as_dict()
@@ -83,7 +109,9 @@ class MemorizationResult:
                 "reference_smoothness": s["smoothness"].get("reference_smoothness"),
                 "reference_roughness": s["smoothness"].get("roughness", {}).get("reference"),
                 "synthetic_roughness": s["smoothness"].get("roughness", {}).get("synthetic"),
-            }
+                "steps": self.steps("diffusion", self.samples[ck].epoch),
+                "autoencoder_steps": self.steps("autoencoder"),
+            } | self.statistics.get(ck, {})
             out.append(row)
         return out
 
@@ -116,29 +144,56 @@ def run_memorization(cfg: MemorizationConfig) -> MemorizationResult:
     """Train (or reuse) the LDM, sample ``num_samples`` volumes from each checkpoint, get the detector,
     and assess every checkpoint's samples against the LDM's training patches.
 
+    With ``cfg.stop_memorization``, the detector comes first and the diffusion training stops at the first
+    snapshot whose memorized fraction exceeds that level (:func:`memostudy.study.checkpoints.memorization_stop`);
+    checkpoints after the stop are not assessed, "final" is the stopped model.
+
     Raises:
         ConfigError / DataError: bad settings or data (messages name the field or file).
     """
+    from memostudy.config import to_dict
+    from memostudy.ldm.run import training_data
+    from memostudy.study.checkpoints import memorization_stop
+    from memostudy.training import RunFolder, load_checkpoint
+
     cfg = cfg.validate()
     ldm_cfg = cfg.ldm_config()
     seconds: dict[str, float] = {}
+    reference = reference_patches(cfg, ldm_cfg)
+    hook, stop_key, checks = None, None, {}
+    if cfg.stop_memorization is not None:
+        train = training_data(ldm_cfg)[0]
+        t = time.perf_counter()
+        detector, det_path = get_detector(cfg, ldm_cfg, train, reference)
+        seconds["detector"] = time.perf_counter() - t
+        plan = cfg.sampling_plan(ldm_cfg, len(train))
+        stop_key = {"level": cfg.stop_memorization, "detector": str(det_path), "plan": plan.__dict__,
+                    "seed": cfg.seed, "assessment": to_dict(cfg.assessment), "max_reference": cfg.max_reference}
+        run_dir = ldm_run_dir(ldm_cfg, cfg.work_root(), stop_key)
+        hook = memorization_stop(cfg, ldm_cfg, run_dir, train, reference, detector, plan, cfg.stop_memorization,
+                                 checks)
     t = time.perf_counter()
-    run_dir = train_or_resume(ldm_cfg, cfg.work_root(), progress=cfg.progress)
+    run_dir = train_or_resume(ldm_cfg, cfg.work_root(), progress=cfg.progress, on_snapshot=hook, stop_key=stop_key)
     seconds["ldm"] = time.perf_counter() - t
     train = ldm_training_patches(run_dir, ldm_cfg)
-    reference = reference_patches(cfg, ldm_cfg)
-    t = time.perf_counter()
-    detector, det_path = get_detector(cfg, ldm_cfg, train, reference)
-    seconds["detector"] = time.perf_counter() - t
+    if cfg.stop_memorization is None:
+        t = time.perf_counter()
+        detector, det_path = get_detector(cfg, ldm_cfg, train, reference)
+        seconds["detector"] = time.perf_counter() - t
     calibration = reference.volumes
     if cfg.calibrate_on == "autoencoder":
         say(f"calibration: {len(reference)} reference volumes through the LDM's autoencoder")
         calibration = autoencoded(run_dir, reference.volumes)
     plan = cfg.sampling_plan(ldm_cfg, len(train))
+    final = load_checkpoint(RunFolder(run_dir / "diffusion").final)
+    stopped_at = int(final["epoch"]) if final.get("stopped") else None
     samples, assessments = {}, {}
     seconds["sampling"] = seconds["assessment"] = 0.0
     for ck in cfg.checkpoints:
         key = str(ck)
+        if stopped_at is not None and key != "final" and int(ck) > stopped_at:
+            say(f"checkpoint {key}: not reached (training stopped at epoch {stopped_at})")
+            continue
         t = time.perf_counter()
         samples[key] = synthesize(run_dir, ldm_cfg, ck, plan.n, plan.sampler, plan.steps, cfg.seed,
                                   progress=cfg.progress, eta=plan.eta)
@@ -149,5 +204,11 @@ def run_memorization(cfg: MemorizationConfig) -> MemorizationResult:
         assessments[key] = assess(train.volumes, calibration, s.volumes, detector, train.ids, reference.ids,
                                   s.ids, cfg=cfg.assessment)
         seconds["assessment"] += time.perf_counter() - t
-    return MemorizationResult(cfg, ldm_cfg, run_dir, train, reference, detector, det_path, samples, assessments,
-                              {k: round(v, 1) for k, v in seconds.items()})
+    result = MemorizationResult(cfg, ldm_cfg, run_dir, train, reference, detector, det_path, samples, assessments,
+                                {}, stopped_at=stopped_at, stop_checks=dict(checks))
+    t = time.perf_counter()
+    result.statistics = {key: copying_statistics(a, detector, train.volumes, reference.volumes, samples[key].volumes)
+                         for key, a in assessments.items()}
+    seconds["statistics"] = time.perf_counter() - t
+    result.seconds = {k: round(v, 1) for k, v in seconds.items()}
+    return result

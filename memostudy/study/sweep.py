@@ -8,7 +8,10 @@ A sweep file (YAML, see ``notebooks/sweeps/``)::
     fixed: {data: demo-ct, preset: cpu-tiny}   # parameters common to every cell
     grid: {augment: [false, true]}     # parameters to vary (Cartesian product)
     by: [augment]                      # columns of the notebook's result rows that name a setting
-    metrics: [memorized_fraction, copy_fraction]
+    metrics: [memorized_fraction, copy_fraction, similarity_delta, c_t, authenticity]
+    question: Does memorization fall with data augmentation?
+    expected: falls                    # the seeds' trend of memorization along the settings' order
+    reference: false                   # the setting paired differences are taken against (default: first)
 
 Every cell is an independent run folder ``reports/sweeps/<name>/<cell-id>/``; a cell whose
 ``run.json`` says ``ok`` is skipped, so an interrupted sweep resumes where it stopped. Cells run in this
@@ -18,6 +21,14 @@ hand (``--only i/N``) and aggregated afterwards (``--aggregate-only``). Each
 notebook writes its result rows (one per setting it evaluated) to ``summary.json["rows"]``; the
 sweep concatenates them with the cell's parameters and seed into ``table.csv`` and summarises them
 across seeds into ``aggregate.csv`` and ``summary.html``.
+
+Every cell of one seed runs every setting with that seed, so settings are paired by seed (common random
+numbers). With one ``by`` column, ``aggregate.csv`` also holds per setting the paired difference to the
+reference setting (``<metric>_diff_mean`` / ``_diff_ci_low`` / ``_diff_ci_high``) and, on every row, the
+sweep's trend test (``<metric>_trend_rho``, ``<metric>_trend_p``: a permutation test of the per-seed rank
+correlation between setting and metric, :func:`memostudy.study.aggregate.trend_test`); ``trend.csv`` has one
+row per metric with the verdict on ``expected`` (seen / not seen / opposite), which ``summary.html`` states
+in words.
 
 A cell's results also depend on defaults that are not among its parameters: the LDM preset's settings and
 the default detector and assessment configs. Each finished cell records their hash in ``defaults.json``
@@ -42,7 +53,15 @@ import yaml
 
 from memostudy.errors import ConfigError
 from memostudy.report.page import RawHtml, html_page
-from memostudy.study.aggregate import aggregate, trend
+from memostudy.study.aggregate import (
+    MEMORIZATION_SIGN,
+    aggregate,
+    paired_differences,
+    setting_order,
+    trend,
+    trend_test,
+    verdict,
+)
 from memostudy.study.executors import Cell, ExecutorConfig, run_cells
 
 
@@ -59,6 +78,10 @@ class SweepSpec:
     metrics: list[str] = field(default_factory=lambda: ["memorized_fraction", "copy_fraction"])
     description: str = ""
     executor: dict[str, Any] = field(default_factory=dict)  # see memostudy.study.executors.ExecutorConfig
+    question: str = ""  # the question the sweep answers, in words
+    expected: str | None = None  # the seeds' trend of memorization along the settings: "rises" or "falls"
+    reference: Any = None  # the setting paired differences are taken against; None = the first in order
+    n_permutations: int = 9999  # Monte Carlo permutations of the trend test when exact enumeration is larger
 
     def cells(self) -> list[dict[str, Any]]:
         """Every (grid point, seed) as notebook parameters, in a stable order."""
@@ -80,6 +103,9 @@ def load_sweep(path: str | Path, overrides: dict[str, Any] | None = None) -> Swe
     unknown = set(raw) - known
     if unknown:
         raise ConfigError(f"{path}: unknown sweep key(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
+    if raw.get("expected") not in (None, "rises", "falls"):
+        raise ConfigError(f"{path}: expected must be 'rises' or 'falls' (how memorization should move along the "
+                          f"settings), got {raw['expected']!r}")
     return SweepSpec(**raw)
 
 
@@ -203,10 +229,12 @@ def collect_rows(spec: SweepSpec, root: Path) -> pd.DataFrame:
 
 
 def write_aggregate(spec: SweepSpec, root: Path) -> dict[str, Path]:
-    """Write ``table.csv`` (every row), ``aggregate.csv`` (mean and CI per setting) and ``summary.html``."""
+    """Write ``table.csv`` (every row), ``aggregate.csv`` (mean and CI per setting; with one ``by`` column also
+    the paired differences and trend test), ``trend.csv`` (one row per metric) and ``summary.html``."""
     table = collect_rows(spec, root)
     by = spec.by or list(spec.grid)
     table.to_csv(root / "table.csv", index=False)
+    trends = pd.DataFrame()
     if table.empty:
         agg = pd.DataFrame()
     else:
@@ -215,29 +243,107 @@ def write_aggregate(spec: SweepSpec, root: Path) -> dict[str, Path]:
             raise ConfigError(f"sweep {spec.name}: result rows lack column(s) {', '.join(missing)}; "
                               f"columns are {', '.join(table.columns)}")
         agg = aggregate(table, by, spec.metrics)
+        if len(by) == 1:
+            agg, trends = _paired_and_trend(spec, table, agg, by[0])
     agg.to_csv(root / "aggregate.csv", index=False)
+    trends.to_csv(root / "trend.csv", index=False)
     html = root / "summary.html"
-    html.write_text(summary_html(spec, table, agg), encoding="utf-8")
-    return {"table": root / "table.csv", "aggregate": root / "aggregate.csv", "summary": html}
+    html.write_text(summary_html(spec, table, agg, trends), encoding="utf-8")
+    return {"table": root / "table.csv", "aggregate": root / "aggregate.csv", "trend": root / "trend.csv",
+            "summary": html}
+
+
+def _paired_and_trend(spec: SweepSpec, table: pd.DataFrame, agg: pd.DataFrame,
+                      column: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``agg`` in the settings' order with the paired differences and the trend test's columns, and the
+    trend table (metric, rho, p, seeds, settings, exact, verdict)."""
+    order = setting_order(table, column)
+    agg = agg.set_index(column).reindex(pd.Index(order, dtype=object)).rename_axis(column).reset_index()
+    diffs = paired_differences(table, column, spec.metrics, reference=spec.reference)
+    agg = agg.merge(diffs, on=column, how="left")
+    rows = []
+    for m in spec.metrics:
+        t = trend_test(table, column, m, n_resamples=spec.n_permutations)
+        agg[f"{m}_trend_rho"], agg[f"{m}_trend_p"] = t.rho, t.p
+        rows.append({"metric": m, "rho": t.rho, "p": t.p, "n_seeds": t.n_seeds, "n_settings": t.n_settings,
+                     "exact": t.exact, "verdict": verdict(spec.expected, m, t) if spec.expected else ""})
+    return agg, pd.DataFrame(rows)
 
 
 def trend_figure(agg: pd.DataFrame, by: list[str], metric: str, title: str) -> go.Figure:
-    """Mean of ``metric`` per setting with its across-seed CI as error bars (in %)."""
+    """Mean of ``metric`` per setting with its across-seed CI as error bars (fractions in %)."""
     x = [" / ".join(str(r[b]) for b in by) for _, r in agg.iterrows()]
-    mean = agg[f"{metric}_mean"] * 100
+    scale = 100 if metric.endswith("_fraction") else 1
+    mean = agg[f"{metric}_mean"] * scale
     fig = go.Figure(go.Scatter(
         x=x, y=mean, mode="lines+markers", name=metric,
-        error_y={"type": "data", "symmetric": False, "array": agg[f"{metric}_ci_high"] * 100 - mean,
-                 "arrayminus": mean - agg[f"{metric}_ci_low"] * 100}))
-    fig.update_layout(title=title, xaxis_title=" / ".join(by), yaxis_title=f"{metric} (%)", height=420)
+        error_y={"type": "data", "symmetric": False, "array": agg[f"{metric}_ci_high"] * scale - mean,
+                 "arrayminus": mean - agg[f"{metric}_ci_low"] * scale}))
+    fig.update_layout(title=title, xaxis_title=" / ".join(by), yaxis_title=f"{metric}{' (%)' if scale == 100 else ''}",
+                      height=420)
     fig.update_xaxes(type="category")
     return fig
 
 
-def summary_html(spec: SweepSpec, table: pd.DataFrame, agg: pd.DataFrame) -> str:
-    """A self-contained page: the sweep, the detector rule, trend plots with CIs, and the tables."""
+#: what each metric of a sweep measures, for the summary's verdict table
+METRIC_WORDS = {
+    "memorized_fraction": "training volumes memorized (above the threshold)",
+    "copy_fraction": "synthetic volumes that are copies (above the threshold)",
+    "pixel_memorized_fraction": "training volumes memorized, pixel-correlation baseline",
+    "pixel_copy_fraction": "synthetic volumes that are copies, pixel-correlation baseline",
+    "similarity_delta": "Cliff's delta, synthetic vs reference nearest-training similarity (> 0: closer to training)",
+    "c_t": "data-copying statistic C_T (Meehan et al. 2020; < 0: copying)",
+    "authenticity": "authenticity (Alaa et al. 2022; low: copies)",
+    "val_loss": "diffusion validation loss",
+    "ms_ssim": "MS-SSIM between samples (lower = more diverse)",
+    "frechet_embedding": "Fréchet distance of detector embeddings to the reference",
+}
+
+
+def verdict_sections(spec: SweepSpec, agg: pd.DataFrame, trends: pd.DataFrame,
+                     column: str) -> list[tuple[str | None, object]]:
+    """The answer to the sweep's question in words: the seeds' trend, and per metric what was measured (the
+    last setting's paired difference to the reference with its CI, the trend test's rho and p) and the verdict."""
+    if trends.empty or agg.empty:
+        return []
+    order = list(agg[column])
+    ref = order[0] if spec.reference is None else spec.reference
+    last = order[-1] if order[-1] != ref else order[0]
+    rows, lines = [], []
+    for _, t in trends.iterrows():
+        m = t["metric"]
+        r_ref = agg[agg[column] == ref].iloc[0]
+        r_last = agg[agg[column] == last].iloc[0]
+        rows.append({"metric": METRIC_WORDS.get(m, m),
+                     f"mean at {column}={ref}": round(float(r_ref[f"{m}_mean"]), 4),
+                     f"mean at {column}={last}": round(float(r_last[f"{m}_mean"]), 4),
+                     f"paired difference ({last} - {ref}) [95% CI]":
+                         f"{r_last[f'{m}_diff_mean']:+.4f} [{r_last[f'{m}_diff_ci_low']:+.4f}, "
+                         f"{r_last[f'{m}_diff_ci_high']:+.4f}]",
+                     "trend: mean per-seed Spearman rho": round(float(t["rho"]), 3),
+                     "permutation p (two-sided)": round(float(t["p"]), 4), "seeds": int(t["n_seeds"]),
+                     "verdict": t["verdict"] or "(not a memorization measure)"})
+        if t["verdict"]:
+            lines.append(f"{METRIC_WORDS.get(m, m)}: rho {t['rho']:+.2f}, p = {t['p']:.3g} over {int(t['n_seeds'])} "
+                         f"seeds: {t['verdict']}")
+    expected = spec.expected or "?"
+    headline = trends[trends["metric"].isin(MEMORIZATION_SIGN)]
+    seen = sorted(set(headline["verdict"]))
+    head = (f"{spec.question or 'Question'} The seeds report that memorization {expected} along {column} "
+            f"({' → '.join(map(str, order))}). Here, across {int(trends['n_seeds'].max())} paired seeds, the trend "
+            f"test (settings permuted within each seed; significant at p < 0.05) gives: "
+            + ("; ".join(lines) if lines else "no memorization measure") + ". "
+            + ("In short: " + (seen[0] if len(seen) == 1 else "mixed (" + ", ".join(seen) + ")") + "." if seen else ""))
+    return [("Verdict", head), (None, pd.DataFrame(rows))]
+
+
+def summary_html(spec: SweepSpec, table: pd.DataFrame, agg: pd.DataFrame, trends: pd.DataFrame | None = None) -> str:
+    """A self-contained page: the question and its verdict, the sweep, the detector rule, trend plots with CIs,
+    and the tables."""
     by = spec.by or list(spec.grid)
+    trends = pd.DataFrame() if trends is None else trends
     sections: list[tuple[str | None, object]] = [
+        *(verdict_sections(spec, agg, trends, by[0]) if len(by) == 1 else []),
         (None, spec.description),
         (None, RawHtml(f"<p>Notebook <code>{html.escape(spec.notebook)}</code>; seeds {spec.seeds}; "
                        f"fixed {html.escape(json.dumps(spec.fixed))}; grid {html.escape(json.dumps(spec.grid))}.</p>"))]
@@ -247,9 +353,13 @@ def summary_html(spec: SweepSpec, table: pd.DataFrame, agg: pd.DataFrame) -> str
         rules = ", ".join(f"{p:g}th percentile" for p in sorted(set(table["percentile"])))
         sections.append((None, f"Threshold rule: a copy when its similarity exceeds the {rules} of the real "
                                "reference volumes' similarity to their nearest training volume."))
+    if "steps" in table.columns and not table.empty:
+        steps = sorted(set(int(s) for s in table["steps"].dropna()))
+        sections.append((None, f"Diffusion optimizer steps per setting: {', '.join(map(str, steps))}."))
     if not agg.empty:
         for m in spec.metrics:
             sections.append((None, trend_figure(agg, by, m, f"{m}: mean and 95% CI over seeds ({trend(agg, m)})")))
-        sections.append(("Per setting (mean, 95% CI over seeds)", agg))
+        sections.append(("Per setting (mean, 95% CI over seeds; paired differences to the reference setting; "
+                         "trend test)", agg))
     sections.append(("Every run", table if not table.empty else "no finished cell yet"))
     return html_page(f"Sweep {spec.name}", sections)

@@ -144,7 +144,13 @@ def test_overtraining_notebook_tracks_quality_per_snapshot(env):
     assert rows["ms_ssim"].nunique() == 2 and rows["frechet_embedding"].nunique() == 2
     assert (rows["frechet_embedding"] > 0).all() and rows["ms_ssim"].between(-1, 1).all()
     assert rows["train_loss"].notna().all()
-    assert list(summary["key_figures"]) == ["memorized % (epoch 2)", "memorized % (epoch 3)"]
+    assert list(summary["key_figures"]) == ["memorized % (epoch 2)", "memorized % (epoch 3)", "chosen epoch"]
+    # the checkpoint choice: the best Frechet distance among snapshots at or under the default 10 % level
+    ok = rows[rows["memorized_fraction"] <= 0.1]
+    chosen = int(ok.loc[ok["frechet_embedding"].idxmin(), "epoch"]) if len(ok) else None
+    assert summary["key_figures"]["chosen epoch"] == chosen == summary["details"]["checkpoint_choice"]["epoch"]
+    assert (rows["steps"] == rows["epoch"] * 2).all()  # test-16: 8 patches, batch 4
+    assert {"similarity_delta", "c_t", "authenticity"} <= set(rows.columns)
 
 
 @pytest.mark.slow

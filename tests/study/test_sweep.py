@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import nbformat
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -32,7 +33,8 @@ def _sweep(tmp_path: Path, **extra) -> Path:
     nbformat.write(nb, str(tmp_path / "exp.ipynb"))
     spec = {"name": "aug", "notebook": str(tmp_path / "exp.ipynb"), "seeds": [0, 1, 2],
             "grid": {"augment": [False, True]}, "by": ["augment"],
-            "metrics": ["memorized_fraction", "copy_fraction"]} | extra
+            "metrics": ["memorized_fraction", "copy_fraction"], "question": "Does augmentation lower memorization?",
+            "expected": "falls"} | extra
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec))
     return tmp_path / "s.yaml"
 
@@ -48,6 +50,15 @@ def test_sweep_runs_grid_and_aggregates(tmp_path: Path) -> None:
     assert agg["memorized_fraction_mean"].tolist() == pytest.approx([0.61, 0.31])
     html = out["summary"].read_text()
     assert "fixed-detector" in html and html.count("plotly-graph-div") == 2 and "falls" in html
+    # paired by seed: every seed's augment=True value is 0.3 below its augment=False value
+    assert agg["memorized_fraction_diff_mean"].tolist() == pytest.approx([0.0, -0.3])
+    assert agg["memorized_fraction_diff_ci_low"].iloc[1] == pytest.approx(-0.3)
+    # 2 settings x 3 seeds: 8 within-seed permutations, two of them reach |rho| = 1
+    assert agg["memorized_fraction_trend_rho"].tolist() == [-1.0, -1.0]
+    assert agg["memorized_fraction_trend_p"].iloc[0] == pytest.approx(2 / 8)
+    trends = pd.read_csv(out["trend"]).set_index("metric")
+    assert trends.loc["memorized_fraction", "verdict"] == "not seen"  # p = 0.25: three seeds cannot tell
+    assert "Verdict" in html and "Does augmentation lower memorization?" in html and "not seen" in html
 
 
 @pytest.mark.slow
@@ -70,6 +81,8 @@ def test_bad_sweep_files(tmp_path: Path) -> None:
         load_sweep(tmp_path / "bad.yaml")
     with pytest.raises(ConfigError, match="unknown sweep key"):
         load_sweep(_sweep(tmp_path, colour="red"))
+    with pytest.raises(ConfigError, match="expected must be 'rises' or 'falls'"):
+        load_sweep(_sweep(tmp_path, expected="up"))
 
 
 def test_cell_ids_are_stable_and_distinct() -> None:
@@ -202,3 +215,68 @@ def test_executor_settings_come_from_the_file_and_the_command_line(tmp_path: Pat
         ExecutorConfig.from_dict({"queue": "x"})
     with pytest.raises(ConfigError, match="executor kind 'pbs'"):
         ExecutorConfig.from_dict({"kind": "pbs"})
+
+
+# --- the four sweep files of the study, end to end at tiny scale ---------------------------------------------
+
+SWEEPS = Path(__file__).resolve().parents[2] / "notebooks" / "sweeps"
+
+#: per sweep: the settings at tiny scale (test-16 preset, 8 phantom training patches)
+TINY_SETTINGS = {
+    "augmentation": {"augment_settings": [False, True]},
+    "training_size": {"train_sizes": [4, 8]},
+    "model_size": {"model_sizes": {"narrow": [8, 16], "wide": [16, 32]}},
+    "overtraining": {"epochs": [1, 2, "final"],
+                     "ldm": {"autoencoder.loop.steps": 2, "diffusion.loop.epochs": 3,
+                             "diffusion.loop.snapshot_epochs": [1, 2]}},
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_env(tmp_path_factory) -> dict:
+    """Phantom data and a runs folder shared by the four sweeps (one detector for all of them)."""
+    from memostudy.data.phantom import write_phantom_dataset
+    from tests.study.conftest import TINY_DETECTOR
+
+    root = tmp_path_factory.mktemp("sweeps")
+    data = write_phantom_dataset(root / "phantoms", n_train=8, n_validation=8, size=16)
+    return {"root": root, "fixed": {"preset": "test-16", "data": str(data), "detector": TINY_DETECTOR, "n_boot": 50,
+                                    "runs_dir": str(root / "runs"), "num_samples": 4,
+                                    # equal compute at tiny scale: 6 diffusion steps whatever the training set
+                                    "ldm": {"autoencoder.loop.steps": 2, "diffusion.loop.steps": 6,
+                                            "diffusion.loop.snapshot_epochs": []}}}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(TINY_SETTINGS))
+def test_each_sweep_file_runs_end_to_end_at_tiny_scale(tiny_env, name) -> None:
+    file_spec = load_sweep(SWEEPS / f"{name}.yaml")
+    assert len(file_spec.seeds) >= 5 and file_spec.expected in ("rises", "falls") and file_spec.question
+    fixed = file_spec.fixed | tiny_env["fixed"] | TINY_SETTINGS[name]
+    spec = load_sweep(SWEEPS / f"{name}.yaml", {"seeds": [0, 1], "fixed": fixed, "reference": None})
+    out = run_sweep(spec, reports_dir=tiny_env["root"] / "reports", progress=False)
+    table, agg = pd.read_csv(out["table"]), pd.read_csv(out["aggregate"])
+    col = spec.by[0]
+    assert len(agg) == 2 if name != "overtraining" else len(agg) == 3
+    assert sorted(table["seed"].unique()) == [0, 1] and (agg["n_seeds"] == 2).all()
+    # equal compute: every setting of a seed took the same number of diffusion steps (over-training: rising)
+    steps = table.groupby(col)["steps"].unique()
+    if name == "overtraining":
+        assert list(agg["epoch"]) == [1, 2, 3] and table.groupby("epoch")["steps"].first().tolist() == [2, 4, 6]
+    else:
+        assert table["steps"].nunique() == 1 and table["steps"].iloc[0] == 6, steps
+    assert (table["autoencoder_steps"] == 2).all()
+    # continuous statistics in every row, within their ranges
+    assert table["similarity_delta"].between(-1, 1).all() and table["authenticity"].between(0, 1).all()
+    assert np.isfinite(table["c_t"]).all()
+    assert ((table["similarity_delta_lo"] <= table["similarity_delta"]) &
+            (table["similarity_delta"] <= table["similarity_delta_hi"])).all()
+    # paired differences (0 for the reference setting) and the trend test in the aggregate table
+    for m in spec.metrics:
+        assert agg[f"{m}_diff_mean"].iloc[0] == 0 and agg[f"{m}_trend_p"].between(0, 1).all()
+    trends = pd.read_csv(out["trend"])
+    assert list(trends["metric"]) == spec.metrics
+    assert set(trends["verdict"].fillna("")) <= {"seen", "not seen", "opposite", ""}
+    assert (trends.loc[trends["metric"] == "memorized_fraction", "verdict"] != "").all()
+    html = out["summary"].read_text()
+    assert "Verdict" in html and spec.question in html and "permutation p" in html
