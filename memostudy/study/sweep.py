@@ -259,6 +259,9 @@ def _paired_and_trend(spec: SweepSpec, table: pd.DataFrame, agg: pd.DataFrame,
     trend table (metric, rho, p, seeds, settings, exact, verdict)."""
     order = setting_order(table, column)
     agg = agg.set_index(column).reindex(pd.Index(order, dtype=object)).rename_axis(column).reset_index()
+    if spec.reference is not None and spec.reference not in order:
+        raise ConfigError(f"sweep {spec.name}: reference setting {spec.reference!r} is not among the settings "
+                          f"{order}; set `reference` to one of them (then --aggregate-only)")
     diffs = paired_differences(table, column, spec.metrics, reference=spec.reference)
     agg = agg.merge(diffs, on=column, how="left")
     rows = []

@@ -39,7 +39,7 @@ def test_a_finished_ldm_is_reused_and_an_unfinished_one_resumed(tiny_result, tmp
     assert train_or_resume(tiny_result.ldm_config, root, progress=False) == tiny_result.run_dir
     # the same config in another work folder: trained there (the call is recorded, not run)
     calls = []
-    monkeypatch.setattr(cache, "train_ldm", lambda cfg, run_dir, progress: calls.append(run_dir))
+    monkeypatch.setattr(cache, "train_ldm", lambda cfg, run_dir, progress, on_snapshot=None: calls.append(run_dir))
     other = train_or_resume(tiny_result.ldm_config, tmp_path, progress=False)
     assert calls == [other] and other.name == tiny_result.run_dir.name and other.parent == tmp_path / "ldm"
     # interrupted there (the folder exists, no DONE marker): resumed in the same folder

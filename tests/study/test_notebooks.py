@@ -180,35 +180,3 @@ def test_a_failing_notebook_leaves_a_partial_report_and_exits_non_zero(env, caps
     assert json.loads((run_dir / "run.json").read_text())["status"] == "failed"
     assert "unknown preset" in (run_dir / "report.html").read_text()
     assert (run_dir / "notebook.ipynb").exists()
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("sweep, tiny, n_settings", [
-    ("augmentation", {"augment_settings": [False, True]}, 2),
-    ("training_size", {"train_sizes": [4, 8]}, 2),
-    ("overtraining", {"epochs": [2, "final"]}, 2),
-    ("model_size", {"model_sizes": {"narrow": [8, 16], "wide": [16, 32]}}, 2),
-])
-def test_each_sweep_file_runs_at_tiny_scale_and_aggregates_over_seeds(env, sweep, tiny, n_settings):
-    from memostudy.study.sweep import load_sweep, run_sweep
-
-    path = NOTEBOOKS / "sweeps" / f"{sweep}.yaml"
-    real = load_sweep(path)
-    assert len(real.seeds) >= 3  # the real sweep: at least 3 seeds per setting
-    spec = load_sweep(path, {"seeds": [0, 1], "fixed": env["base"] | tiny})
-    out = run_sweep(spec, reports_dir=env["root"] / "sweeps", progress=False)
-    table, agg = pd.read_csv(out["table"]), pd.read_csv(out["aggregate"])
-    assert len(table) == 2 * n_settings and sorted(set(table["seed"])) == [0, 1]
-    assert len(agg) == n_settings and (agg["n_seeds"] == 2).all()
-    for m in spec.metrics:
-        assert (agg[f"{m}_ci_low"] <= agg[f"{m}_mean"] + 1e-12).all()
-        means = table.groupby(spec.by)[m].mean().sort_index()
-        assert np.allclose(agg.sort_values(spec.by)[f"{m}_mean"].to_numpy(float), means.to_numpy(float), equal_nan=True)
-    assert table["detector"].nunique() == 1  # one detector for the whole sweep
-    html = out["summary"].read_text()
-    assert "Memorization measured with" in html and "95th percentile" in html
-    # a second run finds every cell done and only aggregates again
-    before = {p: p.stat().st_mtime for p in (env["root"] / "sweeps" / "sweeps" / spec.name).glob("*/run.json")}
-    run_sweep(spec, reports_dir=env["root"] / "sweeps", progress=False)
-    after = {p: p.stat().st_mtime for p in (env["root"] / "sweeps" / "sweeps" / spec.name).glob("*/run.json")}
-    assert before == after and len(before) == 2
