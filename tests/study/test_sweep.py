@@ -283,7 +283,7 @@ def test_each_sweep_file_runs_end_to_end_at_tiny_scale(tiny_env, name) -> None:
     assert "Memorization measured with" in html and "95th percentile" in html and table["detector"].nunique() == 1
     for m in spec.metrics:  # the aggregate's means are the per-setting means of the table
         means = table.groupby(col)[m].mean()
-        assert np.allclose(agg.set_index(col)[f"{m}_mean"].loc[means.index], means, equal_nan=True)
+        assert np.allclose(agg.set_index(col)[f"{m}_mean"].reindex(means.index), means, equal_nan=True)
     # a second run finds every cell done and only aggregates again
     cells = tiny_env["root"] / "reports" / "sweeps" / spec.name
     before = {p: p.stat().st_mtime for p in cells.glob("*/run.json")}
