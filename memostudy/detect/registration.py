@@ -8,7 +8,7 @@ shifts of a few voxels; this module registers each query to its shortlisted trai
 
 1. **Coarse start** (torch, one batched ``grid_sample``): the query, mirrored or not, is turned by each
    rotation of a fixed set (the 24 proper rotations of the cube plus ``extra_rotations`` drawn uniformly
-   from SO(3) with a fixed seed) and shifted by each of ``{-t, 0, t}^3`` (``t`` = ``coarse_shift`` x side),
+   from SO(3) with a fixed seed) and shifted by 0 or +-t along each axis (``t`` = ``coarse_shift`` x side),
    at ``coarse_size``^3 after smoothing; the Pearson correlation with every shortlisted training volume
    ranks the (training volume, mirror, rotation, shift) combinations and the best ``starts`` are registered.
 2. **Rigid** (``Euler3DTransform``) then **affine** (``AffineTransform``), optionally a coarse **B-spline**
@@ -64,12 +64,13 @@ class RegisterConfig:
         extra_rotations: rotations drawn from SO(3) (fixed seed) added to the 24 of the cube for the coarse
             start, so that the start is near any angle.
         coarse_size: side of the volumes in the coarse search (after smoothing and resampling).
-        coarse_shift: shift step of the coarse search, as a fraction of the side (``{-t, 0, t}`` per axis).
+        coarse_shift: shift of the coarse search, as a fraction of the side (none, and +-t along each axis).
         stages: registration stages from :data:`STAGES`, run in that order ("rigid" must be first).
         iterations: optimiser iterations per resolution level and stage.
         shrink: shrink factor per resolution level (coarse to fine).
         smoothing: Gaussian smoothing sigma (voxels) per resolution level.
         metric: "correlation" (normalised cross-correlation) or "mattes" (Mattes mutual information).
+        sampling: fraction of the fixed image's voxels the metric samples (random, fixed seed).
         bspline_mesh: B-spline control grid (mesh cells per axis) of the "bspline" stage.
         sigma: Gaussian smoothing (voxels) of both volumes before the local correlation (damps noise).
         window: side of the local correlation's boxes (voxels, odd).
@@ -79,14 +80,15 @@ class RegisterConfig:
 
     shortlist: int = 5
     starts: int = 2
-    extra_rotations: int = 48
-    coarse_size: int = 12
+    extra_rotations: int = 600
+    coarse_size: int = 10
     coarse_shift: float = 0.125
     stages: tuple[str, ...] = ("rigid", "affine")
     iterations: int = 40
     shrink: tuple[int, ...] = (1,)
     smoothing: tuple[float, ...] = (0.0,)
     metric: str = "correlation"
+    sampling: float = 0.25
     bspline_mesh: int = 2
     sigma: float = 0.75
     window: int = 5
@@ -105,6 +107,8 @@ class RegisterConfig:
                               f"got {self.shrink} and {self.smoothing}")
         if min(self.shortlist, self.starts, self.iterations, self.threads, self.bspline_mesh) < 1:
             raise ConfigError("registration shortlist, starts, iterations, threads and bspline_mesh must be >= 1")
+        if not 0 < self.sampling <= 1:
+            raise ConfigError(f"registration sampling must be in (0, 1], got {self.sampling}")
         if self.window < 3 or self.window % 2 == 0:
             raise ConfigError(f"registration window must be odd and >= 3, got {self.window}")
         if self.coarse_size < 4 or not 0 <= self.coarse_shift < 0.5:
@@ -223,7 +227,9 @@ class _CoarseSearch:
         self.rots = _rotations(cfg.extra_rotations)
         side = np.array(shape[-3:][::-1], dtype=np.float64)
         f = cfg.coarse_shift
-        self.shifts = np.array([(a, b, c) for a in (-f, 0, f) for b in (-f, 0, f) for c in (-f, 0, f)]) * side
+        # no shift and +-f along each axis (7): the rotations need the budget more than the shifts, which the
+        # smoothing makes forgiving and the rigid stage refines
+        self.shifts = np.concatenate([np.zeros((1, 3)), np.eye(3) * f, -np.eye(3) * f]) * side
         s = _half_extent(shape)
         # the query is moved into the training volume's frame: p_query = R^T (p_train - c - t) + c; in normalised
         # coordinates u = (p - c) / s: u_query = S^-1 R^T S u_train - S^-1 R^T t
@@ -279,7 +285,9 @@ def _method(cfg: RegisterConfig, iterations: int) -> Any:
         reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
     else:
         reg.SetMetricAsCorrelation()
-    reg.SetMetricSamplingStrategy(reg.NONE)
+    # a fixed random quarter of the voxels: ~4x cheaper per iteration, deterministic (seeded)
+    reg.SetMetricSamplingStrategy(reg.RANDOM)
+    reg.SetMetricSamplingPercentage(cfg.sampling, 0)
     reg.SetInterpolator(sitk.sitkLinear)
     reg.SetShrinkFactorsPerLevel(list(cfg.shrink))
     reg.SetSmoothingSigmasPerLevel(list(cfg.smoothing))
