@@ -8,7 +8,7 @@ of the reference's nearest-training scores (metrics.calibrate_threshold / is_cop
 
 "registered" (memostudy.detect.registration, SimpleITK; seconds per query) is measured on a smaller set:
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_families.py --detectors pixel,registered \
-        --per-cell 10 --n 40 --kinds mixed
+        --per-cell 8 --n 40 --kinds mixed
 it also prints how often the true source is in its shortlist (a miss there cannot be recovered), how often its
 nearest training volume is the source, and seconds per registered pair.
 

@@ -33,6 +33,7 @@ def _moved(volume: torch.Tensor, angle_deg: float, shift_dhw: tuple[float, float
     return torch.from_numpy(out)[None].float()
 
 
+@pytest.mark.slow  # ~2-8 s: registrations on shared cores
 def test_rotated_and_shifted_copy_is_found_with_its_angle_and_shift() -> None:
     base = _blobs(4, 0)
     copy = _moved(base[2], 35.0, (2.0, -1.0, 0.0))
@@ -47,6 +48,7 @@ def test_rotated_and_shifted_copy_is_found_with_its_angle_and_shift() -> None:
     assert set(res.shortlists[0].tolist()) >= {2}
 
 
+@pytest.mark.slow  # ~2-6 s
 def test_partial_and_contrast_copies_score_above_novel() -> None:
     base = _blobs(4, 1)
     other = _blobs(2, 2)
