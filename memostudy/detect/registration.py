@@ -9,15 +9,21 @@ shifts of a few voxels; this module registers each query to its shortlisted trai
 1. **Coarse start** (torch, one batched ``grid_sample``): the query, mirrored or not, is turned by each
    rotation of a fixed set (the 24 proper rotations of the cube plus ``extra_rotations`` drawn uniformly
    from SO(3) with a fixed seed) and shifted by 0 or +-t along each axis (``t`` = ``coarse_shift`` x side),
-   at ``coarse_size``^3 after smoothing; the Pearson correlation with every shortlisted training volume
-   ranks the (training volume, mirror, rotation, shift) combinations and the best ``starts`` are registered.
-2. **Rigid** (``Euler3DTransform``) then **affine** (``AffineTransform``), optionally a coarse **B-spline**
-   (``BSplineTransform`` on a ``bspline_mesh``^3 grid), each multi-resolution (shrink ``shrink``, smoothing
-   ``smoothing``) with the correlation metric (normalised cross-correlation: blind to intensity scale and
-   offset) or Mattes mutual information (``metric="mattes"``: blind to any monotone contrast curve), as in
-   the ITK registration framework (Avants et al. 2011; Mattes et al. 2003). The synthetic volume is the
-   fixed image; the training volume moves onto its grid.
-3. **Score** (:func:`local_ncc_score`): the median over the synthetic volume's voxels of the local
+   at ``coarse_size``^3 after smoothing; its best Pearson correlation with *every* training volume (one
+   matrix product) gives each its best start. The shortlist is the ``shortlist`` best of this search plus
+   the cheap searches' candidates (:func:`memostudy.detect.alignment.candidates`: oriented pixel correlation
+   and the 32-d embedding), which cannot find copies turned by arbitrary angles.
+2. **Rigid** (``Euler3DTransform``, regular-step gradient descent) for the ``starts`` best shortlisted
+   training volumes, each from its best coarse start; then **affine** (``AffineTransform``) and optionally a
+   coarse **B-spline** (``BSplineTransform`` on a ``bspline_mesh``^3 grid, L-BFGS-B) for the best rigid match
+   only. Each stage runs the resolution levels ``shrink`` / ``smoothing`` (default one level at full
+   resolution: on 8 demo-ct copies per family a 2-level pyramid at 32^3 was no better and cost more) with the
+   correlation metric (normalised cross-correlation: blind to intensity scale and offset) or Mattes mutual
+   information (``metric="mattes"``: blind to any monotone contrast curve) on a fixed random ``sampling``
+   fraction of the voxels, as in the ITK v4 registration framework (Avants et al. 2014, Front. Neuroinform.;
+   Mattes et al. 2003, IEEE TMI). The synthetic volume is the fixed image; the training volume moves onto
+   its grid.
+3. **Score** (:func:`local_ncc_score`): the median over the synthetic volume's informative voxels of the local
    normalised cross-correlation (``window``^3 boxes) between the synthetic volume and the registered training
    volume, voxels outside the overlap counting 0. Why this score: the definition asks whether *half of the
    synthetic voxels* show the training anatomy, and the median of a per-voxel agreement map is exactly the
@@ -30,6 +36,13 @@ shifts of a few voxels; this module registers each query to its shortlisted trai
 The score is higher = more similar, at most 1; like every detector here its threshold is calibrated on real
 reference volumes scored the same way. :func:`register_pair` returns the score with the :class:`Change` found
 (mirror, rotation angle, shift, affine scales, B-spline displacement), which the audit shows as evidence.
+
+Limits (README, "Audit synthetic data from any model"): smooth CT texture correlates locally between unrelated
+patches, so after a registration that may turn and stretch freely, novel volumes also reach high local
+correlations; and the coarse search samples SO(3) at ~600 rotations, so an arbitrary angle starts up to ~20-30
+degrees off, which the rigid stage does not always recover from. Cost: about 0.5-1 s per registered pair at
+32^3 on one thread (contended), so this detector is for a shortlist, not a whole set, and is not in
+:data:`memostudy.detect.registry.DETECTORS` by default.
 """
 
 from __future__ import annotations
