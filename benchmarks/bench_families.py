@@ -42,6 +42,7 @@ parser.add_argument("--work", default=None, help="folder for the detector and fa
 parser.add_argument("--detectors", default="contrastive,pixel", help="comma-separated: contrastive, pixel, registered")
 parser.add_argument("--per-cell", type=int, default=40, help="copies per family and strength")
 parser.add_argument("--n", type=int, default=60, help="reference, novel and fill patches each")
+parser.add_argument("--stages", default="rigid,affine", help="registration stages of 'registered' (add bspline)")
 parser.add_argument("--kinds", default=",".join(GENERATOR_KINDS), help="generator-like kinds of novel volumes")
 args = parser.parse_args()
 DETS = args.detectors.split(",")
@@ -90,7 +91,7 @@ def contrastive(x: torch.Tensor) -> np.ndarray:
     return set_nearest(query_vectors(det, x), b_train, "pearson")[0].values.numpy()
 
 
-REG = RegisterConfig()
+REG = RegisterConfig(stages=tuple(args.stages.split(",")))
 reg_runs: dict[int, Registered] = {}  # id of the query tensor -> its registration result
 
 
