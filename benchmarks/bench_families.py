@@ -6,6 +6,12 @@ Small scale on demo-ct: 60 training patches (lung2), 60 reference + 60 novel + 6
 of the reference's nearest-training scores (metrics.calibrate_threshold / is_copy). No tuning.
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_families.py [--work DIR]
 
+"registered" (memostudy.detect.registration, SimpleITK; seconds per query) is measured on a smaller set:
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_families.py --detectors pixel,registered \
+        --per-cell 8 --n 40 --kinds mixed
+it also prints how often the true source is in its shortlist (a miss there cannot be recovered), how often its
+nearest training volume is the source, and seconds per registered pair.
+
 Prints sensitivity per family and strength and specificity per kind of novel volume; writes them to
 ``DIR/families.json``. About 10 minutes on 2 cores (the detector trains on the 60 patches).
 """
@@ -21,17 +27,27 @@ import pandas as pd
 import torch
 
 from memostudy.data.patches import load_patches
+from memostudy.detect.alignment import AlignConfig, candidates
 from memostudy.detect.baseline import pixel_nearest
 from memostudy.detect.calibration import copy_decisions, matched_smoothness, noise_std, roughness
-from memostudy.detect.detector import DetectorConfig, train_detector
+from memostudy.detect.detector import DetectorConfig, embed, train_detector
 from memostudy.detect.families import COPY_FAMILIES, FAMILY_TABLE, GENERATOR_KINDS, generator_like, make_copies
 from memostudy.detect.matching import base_vectors, query_vectors
 from memostudy.detect.metrics import calibrate_threshold, is_copy
+from memostudy.detect.registration import RegisterConfig, Registered, registered_nearest
 from memostudy.detect.similarity import set_nearest
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--work", default=None, help="folder for the detector and families.json (default: a temporary one)")
+parser.add_argument("--detectors", default="contrastive,pixel", help="comma-separated: contrastive, pixel, registered")
+parser.add_argument("--per-cell", type=int, default=40, help="copies per family and strength")
+parser.add_argument("--n", type=int, default=60, help="reference, novel and fill patches each")
+parser.add_argument("--stages", default="rigid,affine", help="registration stages of 'registered' (add bspline)")
+parser.add_argument("--kinds", default=",".join(GENERATOR_KINDS), help="generator-like kinds of novel volumes")
 args = parser.parse_args()
+DETS = args.detectors.split(",")
+KINDS = tuple(args.kinds.split(","))
+N, PER = args.n, args.per_cell
 WORK = Path(args.work or tempfile.mkdtemp(prefix="bench-families-"))
 WORK.mkdir(parents=True, exist_ok=True)
 torch.set_num_threads(1)
@@ -41,36 +57,51 @@ train_all = load_patches("demo-ct", "train").volumes
 held = load_patches("demo-ct", "validation").volumes
 train = train_all[torch.from_numpy(np.sort(rng.choice(len(train_all), 60, replace=False)))]
 perm = torch.from_numpy(rng.permutation(len(held)))
-reference, novel, fill = held[perm[:60]], held[perm[60:120]], held[perm[120:180]]
+reference, novel, fill = held[perm[:N]], held[perm[N:2 * N]], held[perm[2 * N:3 * N]]
 print(f"data: train {tuple(train.shape)} reference {len(reference)} novel {len(novel)} fill {len(fill)}", flush=True)
 
 # copies
 copies, meta, gen_seconds = [], [], {}
 for fi, fam in enumerate(COPY_FAMILIES):
     for s in (1, 2, 3):
-        src = np.sort(rng.choice(len(train), 40, replace=False))
+        src = np.sort(rng.choice(len(train), PER, replace=False))
         t = time.perf_counter()
         copies.append(make_copies(train[torch.from_numpy(src)], fam, s, seed=100 * fi + s, others=fill))
         gen_seconds[f"{fam}/{s}"] = (time.perf_counter() - t) / len(src)
         meta += [(fam, s, FAMILY_TABLE[fam].levels[s].inside, int(i)) for i in src]
 copies = torch.cat(copies)
-genlike = {k: generator_like(novel, k, seed=7 + i) for i, k in enumerate(GENERATOR_KINDS)}
-print(f"copies made in {sum(gen_seconds.values()) * 40:.1f} s; ms per 32^3 volume: "
+genlike = {k: generator_like(novel, k, seed=7 + i) for i, k in enumerate(GENERATOR_KINDS) if k in KINDS}
+print(f"copies made in {sum(gen_seconds.values()) * PER:.1f} s; ms per 32^3 volume: "
       + ", ".join(f"{k} {v * 1e3:.0f}" for k, v in gen_seconds.items()), flush=True)
 print("median roughness / noise std: " + ", ".join(f"{k} {roughness(v).median():.3f} / {noise_std(v).median():.4f}"
       for k, v in {"train": train, "reference": reference, "novel": novel, **genlike}.items()), flush=True)
 
 # detector (defaults), validation loss on the reference as run_validation does
-t = time.perf_counter()
-det = train_detector(train, reference, DetectorConfig(), out_dir=WORK / "det")
-t_train = time.perf_counter() - t
-print(f"detector trained in {t_train:.0f} s (best epoch {det.best_epoch})", flush=True)
-
-b_train = base_vectors(det, train)
+t_train = 0.0
+if "contrastive" in DETS:
+    t = time.perf_counter()
+    det = train_detector(train, reference, DetectorConfig(), out_dir=WORK / "det")
+    t_train = time.perf_counter() - t
+    print(f"detector trained in {t_train:.0f} s (best epoch {det.best_epoch})", flush=True)
+    b_train = base_vectors(det, train)
+    e_train = embed(det, train)
 
 
 def contrastive(x: torch.Tensor) -> np.ndarray:
     return set_nearest(query_vectors(det, x), b_train, "pearson")[0].values.numpy()
+
+
+REG = RegisterConfig(stages=tuple(args.stages.split(",")))
+reg_runs: dict[int, Registered] = {}  # id of the query tensor -> its registration result
+
+
+def registered(x: torch.Tensor) -> np.ndarray:
+    # shortlist: oriented pixel top-k (+ 32-d embedding top-k when the contrastive detector is trained) + coarse search
+    emb = (embed(det, x), e_train) if "contrastive" in DETS else (None, None)
+    shortlist = candidates(x, train, AlignConfig(shortlist=REG.shortlist), *emb)
+    res = registered_nearest(x, train, shortlist, REG, progress=True)
+    reg_runs[id(x)] = res
+    return res.nearest.values.numpy()
 
 
 def pixel(x: torch.Tensor) -> np.ndarray:
@@ -80,7 +111,7 @@ def pixel(x: torch.Tensor) -> np.ndarray:
 # matched-smoothness references (one per generator-like kind, matched to that set alone)
 matched = {k: matched_smoothness(reference, v) for k, v in genlike.items()}
 rows, spec_rows, fdr_rows = [], [], []
-for name, score in (("contrastive", contrastive), ("pixel", pixel)):
+for name, score in ((d, {"contrastive": contrastive, "pixel": pixel, "registered": registered}[d]) for d in DETS):
     t = time.perf_counter()
     ref = score(reference)
     cop = score(copies)
@@ -91,19 +122,29 @@ for name, score in (("contrastive", contrastive), ("pixel", pixel)):
     thr = calibrate_threshold(ref, 95.0)
     hit = is_copy(cop, thr)
     df = pd.DataFrame(meta, columns=["family", "strength", "inside", "source"]).assign(hit=hit, score=cop)
+    if name == "registered":
+        res = reg_runs[id(copies)]
+        df["in_shortlist"] = [int(src) in set(sl.tolist()) for src, sl in zip(df.source, res.shortlists)]
+        df["top1"] = res.nearest.indices.numpy() == df.source.to_numpy()
+        reg_seconds = {k: round(r.seconds_per_pair, 2) for k, r in (("copies", res), ("reference", reg_runs[id(reference)]),
+                                                                     ("novel", reg_runs[id(novel)]))}
     for (fam, s), g in df.groupby(["family", "strength"], sort=False):
         rows.append({"detector": name, "family": fam, "strength": s, "inside": bool(g.inside.iloc[0]),
-                     "sensitivity": g.hit.mean(), "median_score": g.score.median()})
+                     "sensitivity": g.hit.mean(), "median_score": g.score.median(),
+                     **({"shortlist_recall": g.in_shortlist.mean(), "top1": g.top1.mean()} if name == "registered" else {})})
     inside = df[df.inside]
     rows.append({"detector": name, "family": "all-inside", "strength": 0, "inside": True,
                  "sensitivity": inside.hit.mean(), "median_score": inside.score.median()})
     spec = {"detector": name, "threshold": thr.value, "seconds_scoring": round(secs, 1),
             "plain": 1 - is_copy(nov, thr).mean()}
-    for k in GENERATOR_KINDS:
+    for k in genlike:
         spec[k] = 1 - is_copy(gl[k], thr).mean()
         spec[f"{k}@matched"] = 1 - is_copy(gl[k], calibrate_threshold(mref[k], 95.0)).mean()
     spec_rows.append(spec)
     # conformal p-values + BH on one synthetic set: all inside copies + plain and mixed generator-like novel
+    if "mixed" not in gl:
+        print(f"{name} scored in {secs:.0f} s", flush=True)
+        continue
     syn = np.concatenate([inside.score.to_numpy(), nov, gl["mixed"]])
     truth = np.r_[np.ones(len(inside), bool), np.zeros(len(nov) + len(gl["mixed"]), bool)]
     for label, r in (("plain ref", ref), ("matched ref (mixed)", mref["mixed"])):
@@ -118,13 +159,18 @@ for name, score in (("contrastive", contrastive), ("pixel", pixel)):
 tab = pd.DataFrame(rows)
 wide = tab.pivot_table(index=["family", "strength", "inside"], columns="detector", values="sensitivity", sort=False)
 pd.set_option("display.width", 200)
-print("\nSensitivity at the 95th-percentile threshold (40 copies per cell):")
+print(f"\nSensitivity at the 95th-percentile threshold ({PER} copies per cell):")
 print(wide.round(3).to_string())
-print("\nSpecificity on novel volumes (60 each); '@matched' = threshold from the reference blurred to that set's smoothness:")
+if "registered" in DETS:
+    reg_tab = tab[tab.detector == "registered"][["family", "strength", "inside", "sensitivity", "shortlist_recall", "top1"]]
+    print("\nregistered: shortlist recall (true source among the registered candidates) and top-1 source hit:")
+    print(reg_tab.round(3).to_string(index=False))
+    print(f"registered seconds per pair (contended): {reg_seconds}")
+print(f"\nSpecificity on novel volumes ({N} each); '@matched' = threshold from the reference blurred to that set's smoothness:")
 print(pd.DataFrame(spec_rows).round(3).to_string(index=False))
-print("\nOne synthetic set = all inside copies + 60 plain + 60 generator-like (mixed) novel; BH at q=0.05 vs 95th-pct rule:")
+print(f"\nOne synthetic set = all inside copies + {N} plain + {N} generator-like (mixed) novel; BH at q=0.05 vs 95th-pct rule:")
 print(pd.DataFrame(fdr_rows).round(3).to_string(index=False))
 print("\nmatched reference per kind: " + "; ".join(f"{k} sigma {m.sigma:.2f} noise {m.noise:.3f} (rough {m.reference_roughness:.3f}->{m.matched_roughness:.3f} target {m.synthetic_roughness:.3f})" for k, m in matched.items()))
 print(f"\ntotal {time.perf_counter() - T0:.0f} s (detector training {t_train:.0f} s)")
-json.dump({"sensitivity": rows, "specificity": spec_rows, "fdr": fdr_rows, "gen_seconds": gen_seconds},
+json.dump({"args": vars(args), "sensitivity": rows, "specificity": spec_rows, "fdr": fdr_rows, "gen_seconds": gen_seconds},
           open(WORK / "families.json", "w"), default=float, indent=1)

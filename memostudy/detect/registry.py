@@ -12,7 +12,10 @@ its own threshold, calibrated on real reference volumes scored the same way):
 - ``"aligned"``: the aligned pixel correlation (:mod:`memostudy.detect.alignment`) on a shortlist from the
   32-d embedding and the oriented pixel correlation;
 - ``"combined"``: a copy for either "contrastive" or "aligned": the higher of the two reference
-  percentile ranks (:func:`memostudy.detect.metrics.combine_nearest`), so it needs the reference set.
+  percentile ranks (:func:`memostudy.detect.metrics.combine_nearest`), so it needs the reference set;
+- ``"registered"`` (optional, not in :data:`DETECTORS`: seconds per query): the shortlist of "aligned"
+  verified by rigid then affine registration with SimpleITK, scored by the median local correlation over
+  the synthetic volume's voxels (:mod:`memostudy.detect.registration`).
 
 :class:`Searches` runs them for named query sets against one training set, each search once, sharing
 the vectors and embeddings the detectors have in common.
@@ -20,6 +23,7 @@ the vectors and embeddings the detectors have in common.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,10 +35,13 @@ from memostudy.detect.baseline import pixel_nearest
 from memostudy.detect.detector import Detector, embed
 from memostudy.detect.matching import CompareConfig, base_vectors, query_vectors
 from memostudy.detect.metrics import combine_nearest
+from memostudy.detect.registration import RegisterConfig, registered_nearest
 from memostudy.detect.similarity import Nearest, nearest, set_nearest
 
 #: every detector, in the order results are reported
 DETECTORS = ("contrastive", "contrastive-32d", "pixel", "pixel-oriented", "aligned", "combined")
+#: detectors run only when asked for by name (their cost is seconds per query)
+OPTIONAL_DETECTORS = ("registered",)
 #: the name of the training set among :class:`Searches`' volume sets
 TRAIN = "train"
 
@@ -51,6 +58,7 @@ class Searches:
         compare: how the contrastive detector compares volumes.
         metric: similarity of vectors, "pearson" or "msd" (the pixel detectors are always Pearson).
         align: settings of the aligned correlation.
+        register: settings of the registered correlation (``"registered"``; its shortlist size too).
         reference: the name of the query set of real reference volumes ("combined" ranks against it).
         batch_size: volumes per detector forward pass.
         progress: progress bars for the aligned correlation.
@@ -62,6 +70,7 @@ class Searches:
     compare: CompareConfig = field(default_factory=CompareConfig)
     metric: str = "pearson"
     align: AlignConfig = field(default_factory=AlignConfig)
+    register: RegisterConfig = field(default_factory=RegisterConfig)
     reference: str = "reference"
     batch_size: int = 64
     progress: bool = False
@@ -78,7 +87,7 @@ class Searches:
 
     def _search(self, name: str, query: str, reverse: bool) -> Nearest:
         if name not in _SEARCH:
-            raise ValueError(f"unknown detector {name!r}; choose from {', '.join(DETECTORS)}")
+            raise ValueError(f"unknown detector {name!r}; choose from {', '.join(DETECTORS + OPTIONAL_DETECTORS)}")
         if query not in self.queries:
             raise ValueError(f"unknown query set {query!r}; have {', '.join(self.queries)}")
         return self._once((name, query, reverse), lambda: _SEARCH[name](self, query, reverse))
@@ -131,6 +140,24 @@ def _aligned(s: Searches, query: str, reverse: bool) -> Nearest:
     return aligned_nearest(q, base, shortlist, s.align, progress=s.progress)
 
 
+def _registered(s: Searches, query: str, reverse: bool) -> Nearest:
+    # the synthetic (query-set) volume is always the fixed image: the score counts its voxels
+    a, b = _pair(query, reverse)
+    q, base = s.volumes(a), s.volumes(b)
+    k = dataclasses.replace(s.align, shortlist=s.register.shortlist)
+    shortlist = candidates(q, base, k, s.embedding(a), s.embedding(b))
+    found = registered_nearest(q, base, shortlist, s.register, progress=s.progress,
+                               score_on="base" if reverse else "query")
+    s._cache[("registered-changes", query, reverse)] = found.changes
+    return found.nearest
+
+
+def registered_changes(s: Searches, query: str, reverse: bool = False) -> list[Any]:
+    """The :class:`~memostudy.detect.registration.Change` per volume of the ``"registered"`` search (run first)."""
+    s._search("registered", query, reverse)
+    return s._cache[("registered-changes", query, reverse)]
+
+
 def _combined(s: Searches, query: str, reverse: bool) -> Nearest:
     refs = (s.nearest("contrastive", s.reference), s.nearest("aligned", s.reference))
     return combine_nearest(refs, (s._search("contrastive", query, reverse), s._search("aligned", query, reverse)))
@@ -139,4 +166,5 @@ def _combined(s: Searches, query: str, reverse: bool) -> Nearest:
 _SEARCH: dict[str, Callable[[Searches, str, bool], Nearest]] = {
     "contrastive": _contrastive, "contrastive-32d": _embedding_32d, "pixel": _pixel(False),
     "pixel-oriented": _pixel(True), "aligned": _aligned, "combined": _combined,
+    "registered": _registered,
 }

@@ -86,3 +86,20 @@ def test_each_search_runs_once_and_names_are_checked(setup):
     with pytest.raises(ValueError, match="unknown query set"):
         s.nearest("pixel", "synthetic")
     assert DETECTORS == ("contrastive", "contrastive-32d", "pixel", "pixel-oriented", "aligned", "combined")
+
+
+@pytest.mark.slow
+def test_registered_is_optional_and_its_pieces(setup):
+    from memostudy.detect.registration import RegisterConfig, registered_nearest
+    from memostudy.detect.registry import OPTIONAL_DETECTORS, registered_changes
+
+    det, train, query, reference = setup
+    assert "registered" in OPTIONAL_DETECTORS and "registered" not in DETECTORS  # off unless asked for
+    reg = RegisterConfig(shortlist=2, starts=1, extra_rotations=24, iterations=10)
+    s = Searches(det, train, {"query": query, "reference": reference}, CompareConfig(), "pearson", ALIGN, reg)
+    shortlist = candidates(query, train, AlignConfig(max_shift=2, shortlist=2, subvoxel=(0.0,), blurs=(0.0,)),
+                           embed(det, query), embed(det, train))
+    direct = registered_nearest(query, train, shortlist, reg)
+    _same(s.nearest("registered", "query"), direct.nearest)
+    assert registered_changes(s, "query") == direct.changes
+    assert len(s.reverse("registered", "query").values) == len(train)
