@@ -1,6 +1,7 @@
 """The contrastive copy detector: an encoder that maps a volume to a 32-d embedding in which views
 of one volume (flips, 90-degree rotations, shifts, blur, intensity changes, noise — see
-:mod:`memostudy.detect.views`) lie close together and different volumes lie apart.
+:mod:`memostudy.detect.views`; or, with ``DetectorConfig.view_families``, changes of the broad copy
+definition of :mod:`memostudy.detect.families`) lie close together and different volumes lie apart.
 
 Architecture as in the papers: the autoencoder's encoder design (MONAI ``AutoencoderKL``'s
 ``Encoder``: residual blocks, GroupNorm, strided downsampling) down to 4 x 4 x 4 x 8, flatten, two

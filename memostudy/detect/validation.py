@@ -416,16 +416,17 @@ def validate_detector(detector: Detector, train: torch.Tensor, held_out: torch.T
 
 def headline(table: pd.DataFrame, specificity: pd.DataFrame) -> pd.DataFrame:
     """One row per detector: seen and held-out sensitivity over every copy inside the definition, and
-    specificity on plain and generator-like novel volumes (held out: mean over the fold detectors)."""
+    specificity on plain and generator-like novel volumes (held out: mean over the fold detectors). Columns
+    detector, sensitivity_seen, specificity_seen, specificity_generator_seen and the same ``_held_out``."""
     rows = []
     for d, g in table[table["family"] == "all-inside"].groupby("detector", sort=False):
         by = g.set_index("scored")
         row = {"detector": d}
         for scored in ("seen", "held-out"):
             if scored in by.index:
-                r = by.loc[scored]
-                row |= {f"sensitivity_{scored}": r["sensitivity"], f"specificity_{scored}": r["specificity"],
-                        f"specificity_generator_{scored}": r["specificity_generator"]}
+                r, s = by.loc[scored], scored.replace("-", "_")
+                row |= {f"sensitivity_{s}": r["sensitivity"], f"specificity_{s}": r["specificity"],
+                        f"specificity_generator_{s}": r["specificity_generator"]}
         rows.append(row)
     return pd.DataFrame(rows)
 
