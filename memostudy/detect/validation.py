@@ -295,7 +295,7 @@ def summarise(scores: pd.DataFrame, family_fold: dict[str, str], percentile: flo
     Args:
         scores: as :attr:`DetectorValidation.scores`.
         family_fold: family -> the fold whose detector scores it held out (:data:`SEEN` for a family the
-            validated detector's views never contain).
+            validated detector's views never contain); a family missing here gets no held-out rows.
         percentile: threshold percentile of each (detector, fold)'s reference similarities.
 
     Returns:
@@ -380,7 +380,11 @@ def validate_detector(detector: Detector, train: torch.Tensor, held_out: torch.T
     if held_out_detector is None:
         def held_out_detector(_name: str, c: DetectorConfig) -> Detector:
             return train_detector(train, gt.reference, c)
-    family_fold = {f: SEEN for f in cfg.families} | {f: name for name, fams in plan.items() for f in fams}
+    # a family the views never contain is held out for the validated detector itself; one they contain is held
+    # out only by its fold's detector (none with folds="none": then it has no held-out figure)
+    views = set(detector.config.view_families)
+    family_fold = ({f: SEEN for f in cfg.families if f not in views}
+                   | {f: name for name, fams in plan.items() for f in fams})
     fam = np.array(gt.copy_family)
     runs: list[tuple[str, Detector, np.ndarray]] = [(SEEN, detector, np.ones(len(fam), bool))]
     folds: dict[str, tuple[tuple[str, ...], DetectorConfig]] = {}

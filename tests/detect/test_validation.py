@@ -134,6 +134,17 @@ def test_held_out_scoring_uses_a_detector_trained_without_the_family(volumes):
     assert set(res.table["family"]) == {"all", "all-inside", "rigid", "blur", "noise", "contrast"}
 
 
+def test_without_folds_families_in_the_views_get_no_held_out_figure(volumes):
+    train, held = volumes
+    cfg = DetectorConfig(channels=(8, 16), input_pool=2, hidden=32, standardise=False, view_families=("blur", "noise"))
+    res = validate_detector(_untrained(cfg), train, held,
+                            ValidationConfig(**FAST | {"folds": "none"}, families=("blur", "contrast"), strengths=(1,)),
+                            held_out_detector=lambda *_: pytest.fail("folds none trains nothing"))
+    held_rows = res.table[res.table["scored"] == "held-out"]
+    assert set(held_rows["family"]) == {"all", "all-inside", "contrast"}  # blur was in the views: seen only
+    assert set(res.table[res.table["scored"] == "seen"]["family"]) == {"all", "all-inside", "blur", "contrast"}
+
+
 def test_classic_views_train_no_held_out_detector(volumes):
     train, held = volumes
     res = validate_detector(_untrained(TINY), train, held, ValidationConfig(**FAST),  # every family
