@@ -20,20 +20,21 @@ import yaml
 from memostudy.errors import ConfigError
 
 T = TypeVar("T")
+#: field metadata: leave the field out of :func:`to_dict` while it holds its default, so adding a setting
+#: keeps the dict (and every hash of it naming a cached model) of configs that do not use it unchanged
+OMIT_DEFAULT = {"omit_default": True}
 
 
 def to_dict(cfg: Any, omit_defaults: bool = True) -> dict[str, Any]:
-    """Return a plain, YAML-safe dict of a (nested) dataclass; tuples become lists; fields marked
-    ``omit_if_default`` are left out while they hold their default."""
+    """Return a plain, YAML-safe dict of a (nested) dataclass; tuples become lists. Fields marked
+    :data:`OMIT_DEFAULT` are left out while they hold their default, unless ``omit_defaults`` is False."""
     if not dataclasses.is_dataclass(cfg):
         raise TypeError(f"expected a dataclass instance, got {type(cfg).__name__}")
 
     def plain(v: Any) -> Any:
         if dataclasses.is_dataclass(v):
-            # a field added later with metadata {"omit_if_default": True} is left out while it holds its
-            # default, so the hashes and resume checks of configs written before it existed still match
             return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)
-                    if not (omit_defaults and f.metadata.get("omit_if_default") and getattr(v, f.name) == f.default)}
+                    if not (omit_defaults and _omitted(v, f))}
         if isinstance(v, (list, tuple)):
             return [plain(x) for x in v]
         if isinstance(v, dict):
@@ -43,6 +44,14 @@ def to_dict(cfg: Any, omit_defaults: bool = True) -> dict[str, Any]:
         return v
 
     return plain(cfg)
+
+
+def _omitted(obj: Any, f: dataclasses.Field) -> bool:
+    """True when field ``f`` of ``obj`` is marked :data:`OMIT_DEFAULT` and holds its default."""
+    if not f.metadata.get("omit_default"):
+        return False
+    default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    return getattr(obj, f.name) == default
 
 
 def _coerce(value: Any, typ: Any, name: str) -> Any:

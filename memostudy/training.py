@@ -42,7 +42,7 @@ import torch
 from tqdm.auto import tqdm
 
 from memostudy import distributed
-from memostudy.config import to_dict
+from memostudy.config import OMIT_DEFAULT, to_dict
 from memostudy.errors import ConfigError, RunExistsError
 from memostudy.seeds import Stream, generator
 
@@ -129,7 +129,7 @@ class LoopConfig:
 
     epochs: int = 10
     # left out of saved configs while None, so models cached before the field existed keep their hash
-    steps: int | None = field(default=None, metadata={"omit_if_default": True})
+    steps: int | None = field(default=None, metadata=OMIT_DEFAULT)
     batch_size: int = 4
     lr: float = 1e-4
     checkpoint_every: int = 100

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from memostudy.config import (
+    OMIT_DEFAULT,
     apply_overrides,
     from_dict,
     load_yaml,
@@ -95,3 +96,16 @@ def test_a_field_omitted_at_its_default_can_still_be_overridden() -> None:
     cfg = preset("test-16", {"diffusion.loop.steps": 7})
     assert cfg.diffusion.loop.steps == 7 and cfg.autoencoder.loop.steps is None
     assert "steps" not in to_dict(cfg)["autoencoder"]["loop"] and to_dict(cfg)["diffusion"]["loop"]["steps"] == 7
+
+@dataclass
+class _WithOptional:
+    a: int = 1
+    views: tuple[str, ...] = field(default=(), metadata=OMIT_DEFAULT)
+
+
+def test_a_field_marked_omit_default_leaves_the_dict_only_while_at_its_default():
+    assert to_dict(_WithOptional()) == {"a": 1}  # so hashes of configs that never set it stay as they were
+    assert to_dict(_WithOptional(views=("x",))) == {"a": 1, "views": ["x"]}
+    assert to_dict(_WithOptional(), omit_defaults=False) == {"a": 1, "views": []}
+    assert apply_overrides(_WithOptional(), {"views": "x,y"}).views == ("x", "y")  # still settable from a command line
+    assert from_dict(_WithOptional, {"a": 2}).views == ()

@@ -1,6 +1,7 @@
 """The contrastive copy detector: an encoder that maps a volume to a 32-d embedding in which views
 of one volume (flips, 90-degree rotations, shifts, blur, intensity changes, noise — see
-:mod:`memostudy.detect.views`) lie close together and different volumes lie apart.
+:mod:`memostudy.detect.views`; or, with ``DetectorConfig.view_families``, changes of the broad copy
+definition of :mod:`memostudy.detect.families`) lie close together and different volumes lie apart.
 
 Architecture as in the papers: the autoencoder's encoder design (MONAI ``AutoencoderKL``'s
 ``Encoder``: residual blocks, GroupNorm, strided downsampling) down to 4 x 4 x 4 x 8, flatten, two
@@ -41,9 +42,16 @@ import pandas as pd
 import torch
 from torch import nn
 
-from memostudy.config import from_dict, provenance, to_dict
+from memostudy.config import OMIT_DEFAULT, from_dict, provenance, to_dict
 from memostudy.detect.similarity import normalise
-from memostudy.detect.views import ViewParams, orient, orientations, random_view, shape_preserving
+from memostudy.detect.views import (
+    ViewParams,
+    orient,
+    orientations,
+    random_orientation,
+    random_view,
+    shape_preserving,
+)
 from memostudy.errors import ConfigError, DataError
 from memostudy.seeds import Stream, initial_weights
 
@@ -79,7 +87,16 @@ class DetectorConfig:
         num_res_blocks: residual blocks per level.
         norm_num_groups: GroupNorm groups; must divide every entry of ``channels``.
         view_strength: strength of the generator-like changes in the training views (0 = random
-            orientations only, 1 = :class:`~memostudy.detect.views.ViewParams` defaults).
+            orientations only, 1 = :class:`~memostudy.detect.views.ViewParams` defaults); used by the
+            classic views only (``view_families`` empty).
+        view_families: empty (the default) = the classic views of :mod:`memostudy.detect.views` (an
+            orientation, then shift, blur, intensity and noise each with probability 1/2). Otherwise the
+            families of the broad copy definition the views are drawn from
+            (:data:`memostudy.detect.families.COPY_FAMILIES`): each view is a random orientation, then
+            one of these families at strength 1 or 2 (:func:`memostudy.detect.families.random_family_view`).
+            The held-out validation trains detectors with some families left out of this list; being
+            part of the config, it keys their training folders. Left out of the config's dict while empty,
+            so the hashes naming cached detectors of the classic views are those of before it existed.
         epochs: passes over the training volumes.
         lr: Adam learning rate.
         batch_size: volumes per step (each gives two views).
@@ -98,6 +115,7 @@ class DetectorConfig:
     standardise: bool = True
     hidden: int = 256
     view_strength: float = 1.0
+    view_families: tuple[str, ...] = field(default=(), metadata=OMIT_DEFAULT)
     num_res_blocks: int = 1
     norm_num_groups: int = 8
     epochs: int = 30
@@ -120,6 +138,14 @@ class DetectorConfig:
                 raise ConfigError(f"detector.{name} must be > 0, got {getattr(self, name)}")
         if self.view_strength < 0:
             raise ConfigError(f"detector.view_strength must be >= 0, got {self.view_strength}")
+        from memostudy.detect.families import COPY_FAMILIES
+
+        bad = [f for f in self.view_families if f not in COPY_FAMILIES]
+        if bad or len(set(self.view_families)) != len(self.view_families):
+            raise ConfigError(f"detector.view_families must be distinct names among {', '.join(COPY_FAMILIES)} "
+                              f"(empty = the classic views), got {tuple(self.view_families)}")
+        if tuple(self.view_families) == ("combined",):
+            raise ConfigError("detector.view_families: 'combined' needs at least one other family to combine")
         if self.batch_size < 2:
             raise ConfigError(f"detector.batch_size must be >= 2 (other volumes are the negatives), got {self.batch_size}")
         if not self.channels or any(c % self.norm_num_groups for c in self.channels):
@@ -213,10 +239,19 @@ class ContrastiveTask:
     def modules(self) -> dict[str, nn.Module]:
         return {"detector": self.net}
 
+    def view(self, batch: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """One random view of each volume of ``batch`` (B, 1, D, H, W): the classic views, or a random
+        orientation then a change of the broad definition when ``cfg.view_families`` names families."""
+        if self.cfg.view_families:
+            from memostudy.detect.families import random_family_view
+
+            return random_family_view(random_orientation(batch, generator), generator, tuple(self.cfg.view_families))
+        return random_view(batch, generator, self.views)
+
     def loss(self, batch: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Contrastive loss of two random views of each volume; views drawn from ``generator``, or from
         torch's global RNG (which :func:`memostudy.training.fit` reseeds every step, so resuming is exact)."""
-        v1, v2 = random_view(batch, generator, self.views), random_view(batch, generator, self.views)
+        v1, v2 = self.view(batch, generator), self.view(batch, generator)
         z = self.net(torch.cat([v1, v2]))
         if len(batch) < 2:  # a lone volume (last batch of an epoch) has no negatives: contributes nothing
             return (z * 0).sum()

@@ -162,8 +162,10 @@ def _linear_mode(nd: int) -> str:
     return "trilinear" if nd == 3 else "bilinear"
 
 
-def _volume_fn(family: str, strength: int, spatial: tuple[int, ...], rng: np.random.RandomState) -> VolumeFn:
-    """The change of ``family`` at ``strength`` for volumes of shape ``(1, *spatial)``, seeded from ``rng``."""
+def _volume_fn(family: str, strength: int, spatial: tuple[int, ...], rng: np.random.RandomState,
+               pool: tuple[str, ...] | None = None) -> VolumeFn:
+    """The change of ``family`` at ``strength`` for volumes of shape ``(1, *spatial)``, seeded from ``rng``;
+    "combined" draws its changes from ``pool`` (default: every other family)."""
     from monai.transforms import (
         Rand3DElastic,
         RandAdjustContrast,
@@ -214,11 +216,14 @@ def _volume_fn(family: str, strength: int, spatial: tuple[int, ...], rng: np.ran
     if family == "partial":
         return lambda x, o: _partial(x, o, p["keep"], rng)
     if family == "combined":
-        pool = list(_COMBINE_ORDER) if nd == 3 else [f for f in _COMBINE_ORDER if f != "elastic"]
+        allowed = _COMBINE_ORDER if pool is None else pool
+        pool = [f for f in _COMBINE_ORDER if f in allowed and (nd == 3 or f != "elastic")]
+        if not pool:
+            raise ValueError(f"family 'combined' needs other families to combine, got pool {tuple(allowed)}")
         fns = {f: _volume_fn(f, strength, spatial, rng) for f in pool}
 
         def combined(x: torch.Tensor, o: torch.Tensor | None) -> torch.Tensor:
-            chosen = set(rng.choice(len(pool), size=p["k"], replace=False).tolist())
+            chosen = set(rng.choice(len(pool), size=min(p["k"], len(pool)), replace=False).tolist())
             for i, f in enumerate(pool):
                 if i in chosen:
                     x = fns[f](x, o).clamp(-1, 1)
@@ -328,4 +333,49 @@ def generator_like(volumes: torch.Tensor, kind: str = "mixed", seed: int = 0) ->
     out = torch.empty(volumes.shape, dtype=torch.float32)
     for i in range(len(volumes)):
         out[i] = _plain(t(volumes[i].float())).clamp(-1, 1)
+    return out
+
+
+#: strengths a training view is drawn at: those inside the definition (1 and 2 for every family)
+VIEW_STRENGTHS: tuple[int, ...] = (1, 2)
+
+
+def random_family_view(volumes: torch.Tensor, g: torch.Generator | None, families: tuple[str, ...]) -> torch.Tensor:
+    """A contrastive training view drawn from the broad copy definition: per volume one family of
+    ``families`` (uniform) at one strength inside the definition (:data:`VIEW_STRENGTHS`, uniform), applied
+    as :func:`make_copies` applies it; "combined" composes up to 3 of the *other* ``families`` only, so a view
+    never shows a family left out of ``families``. "partial" takes its new content from another volume of the
+    batch.
+
+    Per volume this is MONAI's transforms on one volume (1-30 ms at 32^3 on one thread, see the module
+    docstring), so a training step costs more than with :func:`memostudy.detect.views.random_view`.
+
+    Args:
+        volumes: (N, 1, D, H, W) float32 in [-1, 1] (N >= 2 when ``families`` holds "partial" or "combined").
+        g: draws one seed per volume (torch's global RNG when None, as the training loop replays on resume).
+        families: names of :data:`COPY_FAMILIES`, non-empty.
+
+    Returns:
+        (N, 1, D, H, W) float32 in [-1, 1].
+    """
+    bad = [f for f in families if f not in FAMILY_TABLE]
+    if bad or not families:
+        raise ValueError(f"view families must be among {', '.join(COPY_FAMILIES)}, got {bad or 'none'}")
+    spatial = tuple(volumes.shape[2:])
+    n = len(volumes)
+    pool = tuple(f for f in families if f != "combined")
+    names = tuple(f for f in families if f != "combined" or pool)
+    if not names:
+        raise ValueError("view family 'combined' needs at least one other family to combine")
+    seeds = torch.randint(0, 2**31 - 1, (n,), generator=g).tolist()
+    out = torch.empty(volumes.shape, dtype=torch.float32)
+    for i, seed in enumerate(seeds):
+        rng = np.random.RandomState(seed)
+        fam = names[rng.randint(len(names))]
+        strength = VIEW_STRENGTHS[rng.randint(len(VIEW_STRENGTHS))]
+        other = volumes[(i + 1 + rng.randint(n - 1)) % n].float() if n > 1 else None
+        if other is None and fam in ("partial", "combined"):
+            out[i] = volumes[i].float()  # a lone volume has no other content: left as it is
+            continue
+        out[i] = _volume_fn(fam, strength, spatial, rng, pool)(volumes[i].float(), other).clamp(-1, 1)
     return out

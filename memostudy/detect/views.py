@@ -3,9 +3,12 @@
 A *view* of a volume is the volume after a change that should not make it "a different patient":
 one of the 48 axis-aligned orientations of a cube (every axis permutation times every set of axis
 flips), or a change a generator makes to a copy — a small shift, blur, intensity scaling/offset,
-noise. The detector is trained so that views of one volume embed close together, and the
-detector validation (:mod:`memostudy.detect.validation`) makes known copies with the same
-families.
+noise. The detector is trained so that views of one volume embed close together. These are the
+*classic* views (the default); a detector can instead draw its views from the broad copy definition
+(``DetectorConfig.view_families``, :func:`memostudy.detect.families.random_family_view`). The detector
+validation (:mod:`memostudy.detect.validation`) makes its copies with the broad families, so the classic
+views are scored on changes they were not trained on; :func:`apply_family` (these families as copies)
+remains for the audit benchmark and the tests.
 
 Everything works on batches ``(N, 1, D, H, W)`` float32 in [-1, 1] with an explicit
 ``torch.Generator``, so a seed fixes every view. Plain batched torch ops are used instead of MONAI's

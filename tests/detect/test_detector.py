@@ -213,3 +213,23 @@ def test_standardise_makes_the_embedding_intensity_invariant(tmp_path):
     del ckpt["config"]["standardise"]
     torch.save(ckpt, path)
     assert load_detector(path).config.standardise is False
+
+
+def test_view_families_config_and_views():
+    from memostudy.config import to_dict
+
+    assert "view_families" not in to_dict(DetectorConfig())  # cached detectors of the classic views keep their hash
+    with pytest.raises(ConfigError, match="view_families"):
+        DetectorConfig(view_families=("flip",)).validate()
+    with pytest.raises(ConfigError, match="combine"):
+        DetectorConfig(view_families=("combined",)).validate()
+    cfg = apply_overrides(DetectorConfig(**TINY), {"view_families": "noise"})
+    assert cfg.view_families == ("noise",) and to_dict(cfg)["view_families"] == ["noise"]
+    task = ContrastiveTask(DetectorNet(cfg), cfg)
+    x = phantom_volumes(4, 16, seed=0)
+    v = task.view(x, torch.Generator().manual_seed(0))
+    # an orientation, then Gaussian noise of std 0.05 or 0.1: the voxel values differ from every orientation's
+    # only by that noise (orientations permute values, so sorted values compare across them)
+    d = (v.flatten(1).sort(1).values - x.flatten(1).sort(1).values).std(1)
+    assert ((d > 0.005) & (d < 0.12)).all()
+    assert torch.equal(v, task.view(x, torch.Generator().manual_seed(0)))

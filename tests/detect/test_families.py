@@ -149,3 +149,21 @@ def test_generator_like_is_smoother_or_noisier(vols) -> None:
     assert noise_std(generator_like(vols, "noisy", 0)).median() > max(0.04, 3 * float(base_noise))
     with pytest.raises(ValueError, match="generator-like kind"):
         generator_like(vols, "sharp", 0)
+
+
+def test_family_views_draw_only_the_given_families(vols) -> None:
+    from memostudy.detect.families import random_family_view
+
+    g = torch.Generator().manual_seed(0)
+    # contrast only: a monotone intensity curve keeps every voxel's rank, so the rank correlation stays ~1
+    v = random_family_view(vols, g, ("contrast",))
+    rank = lambda t: t.flatten(1).argsort(1).argsort(1).float()  # noqa: E731
+    assert (_corr(rank(v), rank(vols)) > 0.95).all()
+    # partial only: part of each view is another volume of the batch, voxel for voxel
+    p = random_family_view(vols, g, ("partial",))
+    for i in range(len(vols)):
+        kept = (p[i] == vols[i]).float().mean()
+        assert 0.5 <= kept < 0.95
+        assert any(((p[i] == vols[j]) & (p[i] != vols[i])).any() for j in range(len(vols)) if j != i)
+    with pytest.raises(ValueError, match="combine"):
+        random_family_view(vols, g, ("combined",))
