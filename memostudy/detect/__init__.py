@@ -13,4 +13,6 @@ deformation, resampling, contrast, bias, blur, noise, partial overlap) and gener
 MONAI's random transforms; :mod:`.calibration` gives conformal p-values, Benjamini-Hochberg decisions and a
 reference degraded to the synthetic set's smoothness (the assessment reports both beside the percentile rule);
 :mod:`.evidence` is what each flagged copy is reported with (training volume, score, p-value, the change found).
+:mod:`.registration` verifies a shortlist by SimpleITK registration (rigid, affine, optional B-spline) and reports
+the change found; it is the optional detector "registered", off by default (it did not beat the pixel baseline).
 """
