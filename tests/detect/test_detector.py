@@ -103,7 +103,12 @@ def test_orientation_pooling_is_exactly_invariant(trained):
 def test_checkpoint_holds_architecture_and_weights_only(trained, tmp_path):
     _, det = trained
     ckpt = torch.load(save_detector(det, tmp_path / "detector.pt"), weights_only=True)
-    assert set(ckpt["config"]) == {f.name for f in dataclasses.fields(DetectorConfig)}
+    # every field, but those marked OMIT_DEFAULT while at their default (view_families: the classic views)
+    at_default = {f.name for f in dataclasses.fields(DetectorConfig) if f.metadata.get("omit_default")
+                  and getattr(det.config, f.name) == getattr(DetectorConfig(), f.name)}
+    assert at_default == {"view_families"}
+    assert set(ckpt["config"]) == {f.name for f in dataclasses.fields(DetectorConfig)} - at_default
+    assert load_detector(tmp_path / "detector.pt").config == det.config
     assert not set(ckpt["config"]) & {"representation", "search_shift", "orientation_pooling"}
 
 
