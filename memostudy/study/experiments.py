@@ -18,7 +18,7 @@ import plotly.graph_objects as go
 
 from memostudy.study.config import MemorizationConfig
 from memostudy.study.memorization import MemorizationResult, run_memorization
-from memostudy.study.quality import sample_quality
+from memostudy.study.quality import reference_quality, sample_quality
 
 
 def run_settings(base: MemorizationConfig, settings: dict[str, dict[str, Any]]) -> dict[str, MemorizationResult]:
@@ -60,12 +60,14 @@ def overtraining_rows(result: MemorizationResult, n_pairs: int = 64) -> list[dic
     train / validation loss at that epoch, MS-SSIM diversity of the samples and the Fréchet distance
     of their detector embeddings to the reference volumes."""
     losses = result.losses("diffusion")
+    reference = reference_quality(result, n_pairs=n_pairs)
     rows = []
     for row in result.rows():
         ck = row["checkpoint"]
         epoch = int(row["epoch"])
+        quality = sample_quality(result, ck, n_pairs=n_pairs, reference=reference)
         rows.append(row | {"train_loss": _loss_at(losses, epoch, "train_loss"),
-                           "val_loss": _loss_at(losses, epoch, "val_loss")} | sample_quality(result, ck, n_pairs=n_pairs))
+                           "val_loss": _loss_at(losses, epoch, "val_loss")} | quality)
     return sorted(rows, key=lambda r: r["epoch"])
 
 

@@ -19,7 +19,7 @@ from memostudy.study.experiments import (
     settings_rows,
 )
 from memostudy.study.memorization import run_memorization
-from memostudy.study.quality import sample_quality
+from memostudy.study.quality import reference_quality, sample_quality
 from memostudy.study.tables import detector_table
 
 
@@ -56,6 +56,9 @@ def test_sample_quality_of_the_reference_itself_shows_no_difference(tiny_result)
     assert q["frechet_embedding"] == pytest.approx(0.0, abs=1e-6)
     other = sample_quality(tiny_result, "final", n_pairs=8)
     assert other["frechet_embedding"] > 1e-3 and 0 <= other["ms_ssim"] <= 1
+    # the reference part computed once per run gives the same figures as computing it per checkpoint
+    once = reference_quality(tiny_result, n_pairs=8)
+    assert sample_quality(tiny_result, "final", n_pairs=8, reference=once) == pytest.approx(other)
 
 
 def test_loss_at_takes_the_last_recorded_value() -> None:
