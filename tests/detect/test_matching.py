@@ -38,7 +38,6 @@ def test_shift_grid():
 
 
 def test_2d_latent_search_finds_a_turned_and_shifted_copy():
-    from memostudy.detect.similarity import set_nearest
     from memostudy.detect.views import orient, orientations
 
     torch.manual_seed(0)
