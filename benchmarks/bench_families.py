@@ -12,6 +12,10 @@ of the reference's nearest-training scores (metrics.calibrate_threshold / is_cop
 it also prints how often the true source is in its shortlist (a miss there cannot be recovered), how often its
 nearest training volume is the source, and seconds per registered pair.
 
+2D images work the same way (``--data`` a prepared 2D data set, e.g. demo-ct-2d: every family, the detector and the
+pixel baseline in 2D; "registered" is 3D only):
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_families.py --data demo-ct-2d
+
 Prints sensitivity per family and strength and specificity per kind of novel volume; writes them to
 ``DIR/families.json``. About 10 minutes on 2 cores (the detector trains on the 60 patches).
 """
@@ -38,6 +42,7 @@ from memostudy.detect.registration import RegisterConfig, Registered, registered
 from memostudy.detect.similarity import set_nearest
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+parser.add_argument("--data", default="demo-ct", help="prepared data set (3D volumes or 2D images), train and validation splits")
 parser.add_argument("--work", default=None, help="folder for the detector and families.json (default: a temporary one)")
 parser.add_argument("--detectors", default="contrastive,pixel", help="comma-separated: contrastive, pixel, registered")
 parser.add_argument("--per-cell", type=int, default=40, help="copies per family and strength")
@@ -53,8 +58,8 @@ WORK.mkdir(parents=True, exist_ok=True)
 torch.set_num_threads(1)
 T0 = time.perf_counter()
 rng = np.random.default_rng(0)
-train_all = load_patches("demo-ct", "train").volumes
-held = load_patches("demo-ct", "validation").volumes
+train_all = load_patches(args.data, "train").volumes
+held = load_patches(args.data, "validation").volumes
 train = train_all[torch.from_numpy(np.sort(rng.choice(len(train_all), 60, replace=False)))]
 perm = torch.from_numpy(rng.permutation(len(held)))
 reference, novel, fill = held[perm[:N]], held[perm[N:2 * N]], held[perm[2 * N:3 * N]]
@@ -71,7 +76,7 @@ for fi, fam in enumerate(COPY_FAMILIES):
         meta += [(fam, s, FAMILY_TABLE[fam].levels[s].inside, int(i)) for i in src]
 copies = torch.cat(copies)
 genlike = {k: generator_like(novel, k, seed=7 + i) for i, k in enumerate(GENERATOR_KINDS) if k in KINDS}
-print(f"copies made in {sum(gen_seconds.values()) * PER:.1f} s; ms per 32^3 volume: "
+print(f"copies made in {sum(gen_seconds.values()) * PER:.1f} s; ms per {'x'.join(map(str, train.shape[2:]))} volume: "
       + ", ".join(f"{k} {v * 1e3:.0f}" for k, v in gen_seconds.items()), flush=True)
 print("median roughness / noise std: " + ", ".join(f"{k} {roughness(v).median():.3f} / {noise_std(v).median():.4f}"
       for k, v in {"train": train, "reference": reference, "novel": novel, **genlike}.items()), flush=True)

@@ -1,6 +1,6 @@
 """``memostudy validate-detector``: sensitivity of the copy detectors on known copies of training patches
 under the broad copy definition (per family and strength, seen and held out of the detector's training
-views) and specificity on novel and generator-like held-out patches."""
+views) and specificity on novel and generator-like held-out patches; 3D patches and 2D images alike."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("validate-detector",
                        help="measure the copy detectors on known copies (per family and strength, held out of the "
                             "detector's training views) vs novel and generator-like real patches")
-    p.add_argument("data", help="prepared data set name (e.g. demo-ct) or folder; uses its train and validation splits")
+    p.add_argument("data", help="prepared data set name (e.g. demo-ct, or a 2D one such as demo-ct-2d) or folder; uses "
+                                "its train and validation splits")
     p.add_argument("--out", required=True,
                    help="output folder (validation.csv, sensitivity.csv, specificity.csv, validation.md, "
                         "validation.json, validation.html; detectors under held_out/)")

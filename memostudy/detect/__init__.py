@@ -15,4 +15,9 @@ reference degraded to the synthetic set's smoothness (the assessment reports bot
 :mod:`.evidence` is what each flagged copy is reported with (training volume, score, p-value, the change found).
 :mod:`.registration` verifies a shortlist by SimpleITK registration (rigid, affine, optional B-spline) and reports
 the change found; it is the optional detector "registered", off by default (it did not beat the pixel baseline).
+
+Every module but :mod:`.registration` (3D only) takes 3D volumes ``(N, 1, D, H, W)`` and 2D images ``(N, 1, H, W)``
+alike and reads the spatial rank from the tensors: a square has 8 orientations (the dihedral group D4) where a
+cube has 48, the detector's encoder is 2D when it was trained on images (``DetectorConfig.spatial_dims``, set from
+the training data and kept in its checkpoint), shifts and changes have one entry per spatial axis.
 """

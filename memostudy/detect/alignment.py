@@ -10,10 +10,11 @@ those changes explicitly, at the cost of a search:
    embeddings are given) and the ``shortlist`` nearest by pixel correlation searched over every
    orientation, both after smoothing (:func:`candidates`).
 2. **Align**: the centre of the query (``max_shift`` voxels cut from each face), smoothed with
-   ``sigma`` and turned to each of its shape-preserving orientations (48 for a cube), is slid over each
-   smoothed candidate at every integer shift up to ``max_shift`` voxels per axis; the score is the
-   normalised cross-correlation (Pearson correlation over the overlap), which ignores intensity scale
-   and offset. One ``conv3d`` per query covers all candidates, orientations and shifts.
+   ``sigma`` and turned to each of its shape-preserving orientations (48 for a cube, 8 for a square
+   image), is slid over each smoothed candidate at every integer shift up to ``max_shift`` voxels per axis;
+   the score is the normalised cross-correlation (Pearson correlation over the overlap), which ignores
+   intensity scale and offset. One ``conv3d`` (``conv2d`` for images ``(N, 1, H, W)``) per query covers all
+   candidates, orientations and shifts.
 3. **Refine**: for the best candidate and orientation, the candidate is also resampled at the
    ``subvoxel`` offsets and blurred with each of ``blurs`` more sigma, and the best correlation of all is kept,
    so sub-voxel shifts and blurred copies match their source as closely as a shifted or blurred
@@ -59,40 +60,44 @@ class AlignConfig:
     blurs: tuple[float, ...] = (0.0, 0.75, 1.5)
 
     def validate(self, shape: tuple[int, ...] | torch.Size | None = None) -> AlignConfig:
-        """Check the settings (and, given a volume shape ``(..., D, H, W)``, that the shifts fit it)."""
+        """Check the settings (and, given a batch shape ``(N, C, D, H, W)`` or ``(N, C, H, W)``, that the shifts fit it)."""
         if self.sigma < 0 or any(b < 0 for b in self.blurs) or not self.blurs:
             raise ConfigError(f"alignment sigma and blurs must be >= 0 (and blurs not empty), got {self.sigma}, {self.blurs}")
         if self.max_shift < 0 or self.shortlist < 1 or not self.subvoxel:
             raise ConfigError(f"alignment needs max_shift >= 0, shortlist >= 1 and at least one subvoxel offset, "
                               f"got {self.max_shift}, {self.shortlist}, {self.subvoxel}")
-        if shape is not None and 2 * self.max_shift >= min(shape[-3:]):
-            raise ConfigError(f"alignment max_shift {self.max_shift} is too large for volumes of {tuple(shape[-3:])}: "
+        if shape is not None and 2 * self.max_shift >= min(shape[2:] if len(shape) in (4, 5) else shape[-3:]):
+            sides = tuple(shape[2:] if len(shape) in (4, 5) else shape[-3:])
+            raise ConfigError(f"alignment max_shift {self.max_shift} is too large for volumes of {sides}: "
                               f"it must be less than half the smallest side")
         return self
 
 
 def smooth(volumes: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Gaussian smoothing of ``(N, C, D, H, W)`` with MONAI's separable filter (a copy when ``sigma`` is 0)."""
+    """Gaussian smoothing of ``(N, C, D, H, W)`` (or images ``(N, C, H, W)``) with MONAI's separable filter
+    (a copy when ``sigma`` is 0)."""
     if sigma <= 0:
         return volumes.float().clone()
     from monai.networks.layers import GaussianFilter
 
     with torch.no_grad():
-        return GaussianFilter(3, float(sigma))(volumes.float())
+        return GaussianFilter(volumes.dim() - 2, float(sigma))(volumes.float())
 
 
 def oriented_top_k(query: torch.Tensor, base: torch.Tensor, k: int, chunk: int = 256) -> torch.Tensor:
     """(Nq, k) indices of the base volumes most correlated voxel for voxel with some orientation of
-    each query (the shape-preserving ones), best first; memory is one ``chunk x Nb`` block."""
+    each query (the shape-preserving ones), best first; memory is one ``chunk x Nb`` block. Volumes
+    ``(N, C, D, H, W)`` or images ``(N, C, H, W)``."""
     k = min(k, len(base))
-    table = orientations()
+    nd = query.dim() - 2
+    table = orientations(nd)
     b = standardise(base.reshape(len(base), -1))
     out = torch.empty(len(query), k, dtype=torch.int64)
     with torch.no_grad():
         for q0 in range(0, len(query), chunk):
             q = query[q0:q0 + chunk]
             best = None
-            for i in shape_preserving(query.shape):
+            for i in shape_preserving(query.shape, nd):
                 s = standardise(orient(q, table[i]).reshape(len(q), -1)) @ b.T
                 best = s if best is None else torch.maximum(best, s)
             out[q0:q0 + len(q)] = best.topk(k, dim=1).indices  # type: ignore[union-attr]
@@ -117,32 +122,36 @@ def candidates(query: torch.Tensor, base: torch.Tensor, cfg: AlignConfig,
     return torch.cat(picks, dim=1)
 
 
-def _kernels(volume: torch.Tensor, m: int) -> torch.Tensor:
-    """The centre of one ``(C, D, H, W)`` volume (``m`` voxels cut per face) in each shape-preserving
-    orientation, each centred and scaled to unit norm: ``(n_orientations, C, d, h, w)``."""
-    d, h, w = volume.shape[-3:]
-    crop = volume[..., m:d - m, m:h - m, m:w - m]
-    table = orientations()
-    k = torch.stack([orient(crop, table[i]) for i in shape_preserving(volume.shape)])
-    k = k - k.mean(dim=(1, 2, 3, 4), keepdim=True)
-    return k / k.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1, 1)
+def _kernels(volume: torch.Tensor, m: int, nd: int = 3) -> torch.Tensor:
+    """The centre of one ``(C, D, H, W)`` volume (or ``(C, H, W)`` image, ``nd`` = 2; ``m`` voxels cut per
+    face) in each shape-preserving orientation, each centred and scaled to unit norm: ``(n_orientations, C,
+    d, h, w)`` (or ``(n, C, h, w)``)."""
+    crop = volume[(..., *(slice(m, n - m) for n in volume.shape[-nd:]))]
+    table = orientations(nd)
+    k = torch.stack([orient(crop, table[i]) for i in shape_preserving(volume.shape, nd)])
+    k = k - k.mean(dim=tuple(range(1, k.dim())), keepdim=True)
+    return k / k.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (k.dim() - 1)))
 
 
 def _ncc(x: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
     """Normalised cross-correlation of each kernel (zero mean, unit norm) with every window of each
-    volume of ``x``: ``(N, C, D, H, W)`` x ``(K, C, d, h, w)`` -> ``(N, K, D-d+1, H-h+1, W-w+1)`` in [-1, 1]."""
-    size = kernels.shape[-3:]
+    volume of ``x``: ``(N, C, D, H, W)`` x ``(K, C, d, h, w)`` -> ``(N, K, D-d+1, H-h+1, W-w+1)`` in [-1, 1]
+    (images: ``(N, C, H, W)`` x ``(K, C, h, w)`` -> ``(N, K, H-h+1, W-w+1)``)."""
+    nd = x.dim() - 2
+    size = kernels.shape[-nd:]
+    conv, avg = (F.conv3d, F.avg_pool3d) if nd == 3 else (F.conv2d, F.avg_pool2d)
     n = float(kernels[0].numel())
-    num = F.conv3d(x, kernels)
-    mean = F.avg_pool3d(x, size, stride=1).sum(1, keepdim=True) / x.shape[1]
-    sq = F.avg_pool3d(x * x, size, stride=1).sum(1, keepdim=True) / x.shape[1]
+    num = conv(x, kernels)
+    mean = avg(x, size, stride=1).sum(1, keepdim=True) / x.shape[1]
+    sq = avg(x * x, size, stride=1).sum(1, keepdim=True) / x.shape[1]
     return num / (n * (sq - mean * mean)).clamp_min(1e-12).sqrt()
 
 
 def _resampled(volume: torch.Tensor, offsets: tuple[float, ...]) -> torch.Tensor:
-    """One ``(1, C, D, H, W)`` volume translated by every combination of ``offsets`` per axis
-    (:func:`memostudy.detect.views.translate`): ``(len(offsets) ** 3, C, D, H, W)``."""
-    shifts = torch.tensor(list(itertools.product(offsets, repeat=3)), dtype=torch.float32)
+    """One ``(1, C, D, H, W)`` volume (or ``(1, C, H, W)`` image) translated by every combination of
+    ``offsets`` per axis (:func:`memostudy.detect.views.translate`): ``(len(offsets) ** 3, C, D, H, W)``
+    (``len(offsets) ** 2`` images)."""
+    shifts = torch.tensor(list(itertools.product(offsets, repeat=volume.dim() - 2)), dtype=torch.float32)
     return translate(volume.expand(len(shifts), *volume.shape[1:]).contiguous(), shifts)
 
 
@@ -156,81 +165,99 @@ class Alignment:
     Attributes:
         correlation: normalised cross-correlation after alignment (higher = more similar, at most 1).
         base_index: the base volume aligned.
-        orientation: index into :func:`memostudy.detect.views.orientations` of the orientation applied to the
-            base volume (0 = as it lies).
-        shift: (3,) content shift in voxels per (D, H, W) axis, applied after the orientation (sub-voxel when a
-            ``subvoxel`` offset won; within ``max_shift`` plus the largest offset).
+        orientation: index into :func:`memostudy.detect.views.orientations` (of the volumes' rank: 48 for 3D,
+            8 for 2D) of the orientation applied to the base volume (0 = as it lies).
+        shift: (3,) content shift in voxels per (D, H, W) axis ((2,) per (H, W) axis for images), applied after
+            the orientation (sub-voxel when a ``subvoxel`` offset won; within ``max_shift`` plus the largest
+            offset).
         blur: extra Gaussian sigma (voxels) applied to the base volume (0 = none).
     """
 
     correlation: float
     base_index: int
     orientation: int
-    shift: tuple[float, float, float]
+    shift: tuple[float, ...]
     blur: float
 
     def change(self) -> dict[str, Any]:
         """The change as plain JSON values: ``kind`` "orientation+shift", ``orientation`` (index),
         ``permutation`` and ``flips`` (of that orientation: axes taken in this order, then reversed where
-        True), ``shift_voxels`` (D, H, W) and ``blur_sigma``."""
-        o = orientations()[self.orientation]
+        True; 3 axes (D, H, W) for volumes, 2 (H, W) for images), ``shift_voxels`` (per axis) and
+        ``blur_sigma``."""
+        o = orientations(len(self.shift))[self.orientation]
         return {"kind": "orientation+shift", "orientation": self.orientation, "permutation": list(o.perm),
                 "flips": [bool(f) for f in o.flips], "shift_voxels": [round(float(v), 3) for v in self.shift],
                 "blur_sigma": float(self.blur)}
 
     def apply(self, volume: torch.Tensor) -> torch.Tensor:
-        """The base volume ``(C, D, H, W)`` or ``(1, C, D, H, W)`` moved as found, to lie on the query
-        (border values repeated where the shift uncovers the edge); same shape as given."""
+        """The base volume ``(C, D, H, W)`` or ``(1, C, D, H, W)`` (image ``(C, H, W)`` or ``(1, C, H, W)``)
+        moved as found, to lie on the query (border values repeated where the shift uncovers the edge); same
+        shape as given."""
         return apply_change(volume, self.change())
+
+
+def _change_dims(change: dict[str, Any], volume: torch.Tensor) -> int:
+    """The spatial rank a change is for: the length of its ``permutation`` or ``shift_voxels``; without
+    them, 2 for a ``(C, H, W)`` image and 3 otherwise."""
+    for key in ("permutation", "shift_voxels", "flips"):
+        if key in change:
+            return len(change[key])
+    return 2 if volume.dim() == 3 else 3
 
 
 def apply_change(volume: torch.Tensor, change: dict[str, Any]) -> torch.Tensor:
     """Apply a change of :meth:`Alignment.change` (``orientation``, ``shift_voxels``, ``blur_sigma``) to a
-    ``(C, D, H, W)`` or ``(1, C, D, H, W)`` volume: orient, move the content, blur. Keys it does not know
-    are ignored; a change without ``orientation`` and ``shift_voxels`` leaves the volume as it is."""
-    v = volume.float().unsqueeze(0) if volume.dim() == 4 else volume.float()
+    ``(C, D, H, W)`` or ``(1, C, D, H, W)`` volume, or a ``(C, H, W)`` or ``(1, C, H, W)`` image (the rank is
+    that of the change's ``permutation`` / ``shift_voxels``): orient, move the content, blur. Keys it does not
+    know are ignored; a change without ``orientation`` and ``shift_voxels`` leaves the volume as it is."""
+    nd = _change_dims(change, volume)
+    single = volume.dim() == nd + 1
+    v = volume.float().unsqueeze(0) if single else volume.float()
     if "orientation" in change:
-        v = orient(v, orientations()[int(change["orientation"])])
+        v = orient(v, orientations(nd)[int(change["orientation"])])
     if "shift_voxels" in change:
         v = translate(v, -torch.tensor([list(change["shift_voxels"])], dtype=torch.float32))
     if float(change.get("blur_sigma", 0.0)) > 0:
         v = smooth(v, float(change["blur_sigma"]))
-    return v[0] if volume.dim() == 4 else v
+    return v[0] if single else v
 
 
 @functools.cache
-def _inverse(index: int) -> int:
-    """Index of the orientation that undoes orientation ``index`` of :func:`orientations`."""
-    table = orientations()
-    x = torch.arange(27.0).reshape(3, 3, 3)
+def _inverse(index: int, spatial_dims: int = 3) -> int:
+    """Index of the orientation that undoes orientation ``index`` of :func:`orientations` (of ``spatial_dims``)."""
+    table = orientations(spatial_dims)
+    x = torch.arange(float(3 ** spatial_dims)).reshape((3,) * spatial_dims)
     y = orient(x, table[index])
     return next(r for r, o in enumerate(table) if torch.equal(orient(y, o), x))
 
 
 def _alignment(corr: float, base_index: int, query_orientation: int, t: torch.Tensor, blur: float) -> Alignment:
     """The :class:`Alignment` of a match found as ``orient(query, O)(y) ~= base(y + t)``: the base is turned
-    by ``R = O^-1`` and, for ``R(v)(y) = v(A y + c)`` with ``A`` a signed permutation, moved by ``-A^-1 t``."""
-    r = _inverse(query_orientation)
-    o = orientations()[r]
-    shift = tuple(0.0 - (-1.0 if o.flips[k] else 1.0) * float(t[o.perm[k]]) for k in range(3))
-    return Alignment(float(corr), int(base_index), r, shift, float(blur))  # type: ignore[arg-type]
+    by ``R = O^-1`` and, for ``R(v)(y) = v(A y + c)`` with ``A`` a signed permutation, moved by ``-A^-1 t``
+    (``t`` has one entry per spatial axis: 3 for volumes, 2 for images)."""
+    nd = len(t)
+    r = _inverse(query_orientation, nd)
+    o = orientations(nd)[r]
+    shift = tuple(0.0 - (-1.0 if o.flips[k] else 1.0) * float(t[o.perm[k]]) for k in range(nd))
+    return Alignment(float(corr), int(base_index), r, shift, float(blur))
 
 
 def _align_one(query_s: torch.Tensor, base: torch.Tensor, cand: torch.Tensor, cand_s: torch.Tensor,
                cfg: AlignConfig) -> Alignment:
-    """The best alignment of one smoothed query ``(C, D, H, W)`` with the candidates ``cand`` (indices) of
-    ``base``, given smoothed as ``cand_s`` ``(len(cand), C, D, H, W)``, as described in the module docstring."""
-    m = cfg.max_shift
-    kept = shape_preserving(query_s.shape)
-    kernels = _kernels(query_s, m)
-    r = _ncc(cand_s, kernels)  # (candidates, orientations, 2m+1, 2m+1, 2m+1)
+    """The best alignment of one smoothed query ``(C, D, H, W)`` (or image ``(C, H, W)``) with the candidates
+    ``cand`` (indices) of ``base``, given smoothed as ``cand_s`` ``(len(cand), C, D, H, W)``, as described in
+    the module docstring."""
+    m, nd = cfg.max_shift, cand_s.dim() - 2
+    kept = shape_preserving(query_s.shape, nd)
+    kernels = _kernels(query_s, m, nd)
+    r = _ncc(cand_s, kernels)  # (candidates, orientations, 2m+1, 2m+1[, 2m+1])
     size = r.shape[2:]
     per, pos = r.flatten(2).max(2)
     flat = int(per.argmax())
     c, o = flat // per.shape[1], flat % per.shape[1]
     best = int(cand[c])
     t = torch.tensor(_unravel(int(pos[c, o]), size), dtype=torch.float32) - m
-    offsets = torch.tensor(list(itertools.product(cfg.subvoxel, repeat=3)), dtype=torch.float32)
+    offsets = torch.tensor(list(itertools.product(cfg.subvoxel, repeat=nd)), dtype=torch.float32)
     moved = _resampled(base[best:best + 1].float(), cfg.subvoxel)
     variants = torch.cat([smooth(moved, (cfg.sigma ** 2 + b ** 2) ** 0.5) for b in cfg.blurs])
     refined = _ncc(variants, kernels[o:o + 1]).flatten(1)  # (blurs x offsets, positions)
@@ -242,10 +269,13 @@ def _align_one(query_s: torch.Tensor, base: torch.Tensor, cand: torch.Tensor, ca
     return _alignment(float(per.max()), best, kept[o], t, 0.0)
 
 
-def _unravel(i: int, size: torch.Size | tuple[int, ...]) -> tuple[int, int, int]:
-    """The (D, H, W) position of flat index ``i`` in a grid of ``size``."""
-    d, h, w = size[-3:]
-    return i // (h * w), (i // w) % h, i % w
+def _unravel(i: int, size: torch.Size | tuple[int, ...]) -> tuple[int, ...]:
+    """The (D, H, W) (or (H, W)) position of flat index ``i`` in a grid of ``size``."""
+    out = []
+    for n in reversed(tuple(size)):
+        out.append(i % n)
+        i //= n
+    return tuple(reversed(out))
 
 
 def aligned_search(query: torch.Tensor, base: torch.Tensor, shortlist: torch.Tensor, cfg: AlignConfig = AlignConfig(),
@@ -254,8 +284,8 @@ def aligned_search(query: torch.Tensor, base: torch.Tensor, shortlist: torch.Ten
     that aligns them.
 
     Args:
-        query: (Nq, C, D, H, W) volumes.
-        base: (Nb, C, D, H, W) volumes of the same shape.
+        query: (Nq, C, D, H, W) volumes, or (Nq, C, H, W) images.
+        base: (Nb, C, ...) volumes of the same shape.
         shortlist: (Nq, M) base indices to try per query (e.g. from :func:`candidates`).
         cfg: the alignment settings.
         progress: show a progress bar over the queries.

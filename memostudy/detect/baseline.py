@@ -15,7 +15,7 @@ import torch
 
 from memostudy.detect.similarity import Nearest, nearest
 from memostudy.detect.views import orient, shape_preserving
-from memostudy.detect.views import orientations as cube_orientations
+from memostudy.detect.views import orientations as axis_orientations
 
 
 def flatten(volumes: torch.Tensor) -> torch.Tensor:
@@ -28,15 +28,15 @@ def pixel_nearest(query: torch.Tensor, base: torch.Tensor, chunk: int | None = N
     """For each query volume, its most correlated base volume in voxel space.
 
     Args:
-        query: (Nq, 1, D, H, W) volumes.
-        base: (Nb, 1, D, H, W) volumes of the same shape.
+        query: (Nq, 1, D, H, W) volumes, or (Nq, 1, H, W) images.
+        base: (Nb, 1, ...) volumes of the same shape.
         chunk: query volumes per block; default: as many as fit ``block_mb``.
         base_chunk: base volumes per block; default: as many as fit ``block_mb``. When the whole
             base fits one block it is standardised once instead of once per query block.
         block_mb: memory for the prepared copy of one block of volumes (256 MiB = 2048 volumes of
             32^3, 256 of 64^3), which bounds the extra memory at about twice this.
         orientations: also try every flip/90-degree rotation of each query volume that keeps its shape
-            and keep the highest correlation (ties go to the earliest orientation, the identity first).
+            (48 for a cube, 8 for a square) and keep the highest correlation (ties go to the earliest orientation, the identity first).
 
     Returns:
         :class:`~memostudy.detect.similarity.Nearest`: ``values`` (Nq,) max Pearson correlation in [-1, 1]
@@ -53,8 +53,9 @@ def pixel_nearest(query: torch.Tensor, base: torch.Tensor, chunk: int | None = N
     best = search(query)
     if not orientations:
         return best
-    table = cube_orientations()
-    for k in shape_preserving(query.shape)[1:]:  # index 0, the identity, is done
+    nd = query.dim() - 2
+    table = axis_orientations(nd)
+    for k in shape_preserving(query.shape, nd)[1:]:  # index 0, the identity, is done
         res = search(orient(query, table[k]).contiguous())
         better = res.values > best.values
         best = Nearest(torch.where(better, res.values, best.values), torch.where(better, res.indices, best.indices))

@@ -28,6 +28,7 @@ architecture and the weights.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import math
@@ -97,6 +98,11 @@ class DetectorConfig:
             The held-out validation trains detectors with some families left out of this list; being
             part of the config, it keys their training folders. Left out of the config's dict while empty,
             so the hashes naming cached detectors of the classic views are those of before it existed.
+        spatial_dims: 3 for volumes ``(N, 1, D, H, W)``, 2 for images ``(N, 1, H, W)`` (the encoder's
+            convolutions, pooling and head follow it). :func:`train_detector` sets it from the training data,
+            so it is never chosen by hand; it is saved in the checkpoint, so :func:`load_detector` rebuilds a
+            2D detector as 2D. Left out of the config's dict at 3, so the hashes naming cached 3D detectors are
+            those of before 2D existed.
         epochs: passes over the training volumes.
         lr: Adam learning rate.
         batch_size: volumes per step (each gives two views).
@@ -116,6 +122,7 @@ class DetectorConfig:
     hidden: int = 256
     view_strength: float = 1.0
     view_families: tuple[str, ...] = field(default=(), metadata=OMIT_DEFAULT)
+    spatial_dims: int = field(default=3, metadata=OMIT_DEFAULT)
     num_res_blocks: int = 1
     norm_num_groups: int = 8
     epochs: int = 30
@@ -146,6 +153,8 @@ class DetectorConfig:
                               f"(empty = the classic views), got {tuple(self.view_families)}")
         if tuple(self.view_families) == ("combined",):
             raise ConfigError("detector.view_families: 'combined' needs at least one other family to combine")
+        if self.spatial_dims not in (2, 3):
+            raise ConfigError(f"detector.spatial_dims must be 2 (images) or 3 (volumes), got {self.spatial_dims}")
         if self.batch_size < 2:
             raise ConfigError(f"detector.batch_size must be >= 2 (other volumes are the negatives), got {self.batch_size}")
         if not self.channels or any(c % self.norm_num_groups for c in self.channels):
@@ -155,7 +164,7 @@ class DetectorConfig:
 
 
 def standardise(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Each volume of ``(B, C, D, H, W)`` minus its mean, over its standard deviation (a constant
+    """Each volume of ``(B, C, D, H, W)`` (or image of ``(B, C, H, W)``) minus its mean, over its standard deviation (a constant
     volume becomes zeros rather than NaN)."""
     dims = tuple(range(1, x.dim()))
     mean = x.mean(dim=dims, keepdim=True)
@@ -165,26 +174,29 @@ def standardise(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
 
 class DetectorNet(nn.Module):
     """[avg-pool input] -> Encoder (MONAI AutoencoderKL design) -> pool to latent_size^3 -> flatten
-    -> Linear -> BatchNorm -> SiLU -> Linear.
+    -> Linear -> BatchNorm -> SiLU -> Linear; in 2D (``cfg.spatial_dims == 2``) the same with 2D convolutions
+    and pooling, down to latent_size^2.
 
-    ``forward``: (B, 1, D, H, W) -> (B, embedding_dim), not normalised (use :func:`embed`).
+    ``forward``: (B, 1, D, H, W) or (B, 1, H, W) -> (B, embedding_dim), not normalised (use :func:`embed`).
     """
 
     def __init__(self, cfg: DetectorConfig) -> None:
         super().__init__()
         from monai.networks.nets.autoencoderkl import Encoder
 
-        levels = len(cfg.channels)
+        levels, nd = len(cfg.channels), cfg.spatial_dims
+        self.spatial_dims = nd
         self.standardise = cfg.standardise
-        self.input_pool = nn.AvgPool3d(cfg.input_pool) if cfg.input_pool > 1 else nn.Identity()
-        self.encoder = Encoder(spatial_dims=3, in_channels=1, channels=tuple(cfg.channels),
+        avg_pool = nn.AvgPool3d if nd == 3 else nn.AvgPool2d
+        self.input_pool = avg_pool(cfg.input_pool) if cfg.input_pool > 1 else nn.Identity()
+        self.encoder = Encoder(spatial_dims=nd, in_channels=1, channels=tuple(cfg.channels),
                                out_channels=cfg.latent_channels, num_res_blocks=(cfg.num_res_blocks,) * levels,
                                norm_num_groups=cfg.norm_num_groups, norm_eps=1e-6,
                                attention_levels=(False,) * levels, with_nonlocal_attn=False)
-        self.pool = nn.AdaptiveAvgPool3d(cfg.latent_size)
+        self.pool = (nn.AdaptiveAvgPool3d if nd == 3 else nn.AdaptiveAvgPool2d)(cfg.latent_size)
         self.head = nn.Sequential(
             nn.Flatten(),
-            nn.Linear(cfg.latent_channels * cfg.latent_size**3, cfg.hidden),
+            nn.Linear(cfg.latent_channels * cfg.latent_size**nd, cfg.hidden),
             # BatchNorm in the projection head (as in SimCLR) keeps the embeddings from drifting to
             # one common direction, which otherwise collapses NT-Xent here within tens of steps
             nn.BatchNorm1d(cfg.hidden),
@@ -193,7 +205,11 @@ class DetectorNet(nn.Module):
         )
 
     def latent(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 1, D, H, W) -> (B, latent_channels, s, s, s), s = latent_size: the encoder's map before the head."""
+        """(B, 1, D, H, W) -> (B, latent_channels, s, s, s), s = latent_size (2D: (B, 1, H, W) -> (B,
+        latent_channels, s, s)): the encoder's map before the head."""
+        if x.dim() != self.spatial_dims + 2:
+            raise DataError(f"this detector is {self.spatial_dims}D: it takes (B, 1{', D' if self.spatial_dims == 3 else ''}, "
+                            f"H, W) batches, got {tuple(x.shape)}; train a detector on data of this shape")
         if self.standardise:
             x = standardise(x)
         return self.pool(self.encoder(self.input_pool(x)))
@@ -281,9 +297,9 @@ def train_detector(train: torch.Tensor, val: torch.Tensor | None, cfg: DetectorC
     loop (:func:`memostudy.training.fit`): per-epoch validation loss, a snapshot per epoch, resumable.
 
     Args:
-        train: (N, 1, D, H, W) float32 training volumes, in [-1, 1] (N >= 2).
-        val: (M, 1, D, H, W) validation volumes for the per-epoch validation loss, or None.
-        cfg: the detector config (default :class:`DetectorConfig`).
+        train: (N, 1, D, H, W) float32 training volumes, or (N, 1, H, W) images, in [-1, 1] (N >= 2).
+        val: validation volumes of the same shape for the per-epoch validation loss, or None.
+        cfg: the detector config (default :class:`DetectorConfig`); its ``spatial_dims`` is set from ``train``.
         out_dir: if given, the loop's files go to ``out_dir/detector_training/`` (a killed run resumes
             from there) and the chosen weights to ``out_dir/detector.pt``; otherwise a temporary folder.
             The folder is keyed on its inputs (:func:`inputs_sha256` of ``train`` and ``val``, and ``cfg``): one
@@ -299,9 +315,10 @@ def train_detector(train: torch.Tensor, val: torch.Tensor | None, cfg: DetectorC
     """
     from memostudy.training import LoopConfig, RunFolder, fit, load_checkpoint
 
-    cfg = (cfg or DetectorConfig()).validate()
-    if train.dim() != 5 or train.shape[1] != 1:
-        raise DataError(f"training volumes must be (N, 1, D, H, W), got {tuple(train.shape)}")
+    if train.dim() not in (4, 5) or train.shape[1] != 1:
+        raise DataError(f"training volumes must be (N, 1, D, H, W) or images (N, 1, H, W), got {tuple(train.shape)}")
+    # the encoder's rank follows the data (3D configs, and so their hashes, stay as they were)
+    cfg = dataclasses.replace(cfg or DetectorConfig(), spatial_dims=train.dim() - 2).validate()
     if len(train) < 2:
         raise DataError(f"the detector needs at least 2 training volumes (other volumes are the negatives), got {len(train)}")
     with initial_weights(Stream.DETECTOR_INIT, cfg.seed):
@@ -391,10 +408,10 @@ def embed(detector: Detector | nn.Module, volumes: torch.Tensor, batch_size: int
 
     Args:
         detector: a :class:`Detector` (or its net).
-        volumes: (N, 1, D, H, W) float32.
+        volumes: (N, 1, D, H, W) float32, or (N, 1, H, W) for a 2D detector.
         batch_size: volumes per forward pass.
         orientation_pooling: average the normalised embeddings over every orientation that keeps the
-            volume shape (48 for a cube), so the embedding is exactly invariant to flips and 90-degree
+            volume shape (48 for a cube, 8 for a square), so the embedding is exactly invariant to flips and 90-degree
             rotations (costs 48 forward passes per volume); see
             :attr:`memostudy.detect.matching.CompareConfig.orientation_pooling`.
 
@@ -409,8 +426,9 @@ def embed(detector: Detector | nn.Module, volumes: torch.Tensor, batch_size: int
         for i in range(0, len(volumes), batch_size):
             x = volumes[i:i + batch_size].float()
             if orientation_pooling:
-                table = orientations()
-                out.append(torch.stack([normalise(net(orient(x, table[k]))) for k in shape_preserving(x.shape)]).mean(0))
+                nd = x.dim() - 2
+                table = orientations(nd)
+                out.append(torch.stack([normalise(net(orient(x, table[k]))) for k in shape_preserving(x.shape, nd)]).mean(0))
             else:
                 out.append(net(x))
     return normalise(torch.cat(out)) if out else torch.empty(0, getattr(net.head[-1], "out_features", 0))

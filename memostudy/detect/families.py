@@ -20,9 +20,10 @@ copy. The window change (``ScaleIntensityRange`` with a drawn window) and ``part
 are the only parameters drawn here. Every output is clipped to [-1, 1], the range of the inputs and of
 generated volumes.
 
-Shapes: ``(N, 1, D, H, W)``; the spatial rank comes from the shape, so ``(N, 1, H, W)`` works for every
-family but ``elastic`` (MONAI's ``Rand2DElastic`` takes a control-point spacing and needs its own calibration;
-``combined`` leaves elastic out in 2D).
+Shapes: ``(N, 1, D, H, W)`` volumes or ``(N, 1, H, W)`` 2D images; the spatial rank comes from the shape, and
+every family works in both at the same strengths (rigid: one rotation angle in 2D, drawn in the same range;
+elastic: ``Rand2DElastic`` calibrated to the 3D family's RMS displacement in pixels, see its entry; the others
+are MONAI transforms that take either rank).
 
 Cost per 32^3 volume, one thread (OMP_NUM_THREADS=1) on a shared 2-core machine, measured on 40 demo-ct
 patches per family and strength: rigid 5-8 ms, elastic 21-31 ms (the Gaussian smoothing of the
@@ -84,12 +85,15 @@ FAMILY_TABLE: Mapping[str, Family] = MappingProxyType({
          3: _lv({"angle_deg": 180.0, "translate": 3 / 8}, False, "any angle, shift <= 3/8 side: past the limit")}),
     "elastic": Family(
         "Rand3DElastic: a random displacement field smoothed by a Gaussian of sigma 3-4 voxels, times a "
-        "magnitude; RMS displacement per axis measured on 32^3 (3D only)",
-        {1: _lv({"sigma": (3.0, 4.0), "magnitude": (60.0, 100.0)}, True, "RMS displacement ~1 voxel"),
-         2: _lv({"sigma": (3.0, 4.0), "magnitude": (140.0, 180.0)}, True,
-                "RMS displacement ~2 voxels (limit chosen here for 'slight' deformation of a 32^3 patch)"),
-         3: _lv({"sigma": (3.0, 4.0), "magnitude": (280.0, 360.0)}, False,
-                "RMS displacement ~4 voxels, up to ~14: past the limit")}),
+        "magnitude; RMS displacement per axis measured on 32^3. 2D images: Rand2DElastic, random offsets on a "
+        "grid of control points 8 pixels apart, interpolated, times ``magnitude_2d``, calibrated to the same RMS "
+        "displacement in pixels (measured on 64^2: 1.1, 1.9 and 3.8)",
+        {1: _lv({"sigma": (3.0, 4.0), "magnitude": (60.0, 100.0), "spacing_2d": 8, "magnitude_2d": (1.0, 2.0)},
+                True, "RMS displacement ~1 voxel"),
+         2: _lv({"sigma": (3.0, 4.0), "magnitude": (140.0, 180.0), "spacing_2d": 8, "magnitude_2d": (2.0, 3.0)},
+                True, "RMS displacement ~2 voxels (limit chosen here for 'slight' deformation of a 32^3 patch)"),
+         3: _lv({"sigma": (3.0, 4.0), "magnitude": (280.0, 360.0), "spacing_2d": 8, "magnitude_2d": (4.0, 6.0)},
+                False, "RMS displacement ~4 voxels, up to ~14: past the limit")}),
     "lowres": Family(
         "RandSimulateLowResolution: nearest-neighbour downsampling by a zoom factor, then linear upsampling",
         {1: _lv({"zoom": (0.7, 0.85)}, True, "70-85 % of the resolution"),
@@ -167,6 +171,7 @@ def _volume_fn(family: str, strength: int, spatial: tuple[int, ...], rng: np.ran
     """The change of ``family`` at ``strength`` for volumes of shape ``(1, *spatial)``, seeded from ``rng``;
     "combined" draws its changes from ``pool`` (default: every other family)."""
     from monai.transforms import (
+        Rand2DElastic,
         Rand3DElastic,
         RandAdjustContrast,
         RandAffine,
@@ -185,9 +190,11 @@ def _volume_fn(family: str, strength: int, spatial: tuple[int, ...], rng: np.ran
                                translate_range=tuple(p["translate"] * s for s in spatial), padding_mode="border"), rng)
         return lambda x, _o: _plain(t(x))
     if family == "elastic":
-        if nd != 3:
-            # Rand2DElastic takes a control-point spacing and a magnitude in other units: calibrate it first
-            raise ValueError("family 'elastic' is 3D only for now (Rand3DElastic); 2D needs Rand2DElastic calibrated")
+        if nd == 2:
+            # Rand2DElastic's magnitude multiplies offsets at control points: calibrated to the 3D RMS displacement
+            t2 = _seeded(Rand2DElastic(spacing=(p["spacing_2d"],) * 2, magnitude_range=p["magnitude_2d"], prob=1.0,
+                                       padding_mode="border"), rng)
+            return lambda x, _o: _plain(t2(x))
         t = _seeded(Rand3DElastic(sigma_range=p["sigma"], magnitude_range=p["magnitude"], prob=1.0,
                                   padding_mode="border"), rng)
         return lambda x, _o: _plain(t(x))
@@ -217,7 +224,7 @@ def _volume_fn(family: str, strength: int, spatial: tuple[int, ...], rng: np.ran
         return lambda x, o: _partial(x, o, p["keep"], rng)
     if family == "combined":
         allowed = _COMBINE_ORDER if pool is None else pool
-        pool = [f for f in _COMBINE_ORDER if f in allowed and (nd == 3 or f != "elastic")]
+        pool = [f for f in _COMBINE_ORDER if f in allowed]
         if not pool:
             raise ValueError(f"family 'combined' needs other families to combine, got pool {tuple(allowed)}")
         fns = {f: _volume_fn(f, strength, spatial, rng) for f in pool}
@@ -351,12 +358,13 @@ def random_family_view(volumes: torch.Tensor, g: torch.Generator | None, familie
     docstring), so a training step costs more than with :func:`memostudy.detect.views.random_view`.
 
     Args:
-        volumes: (N, 1, D, H, W) float32 in [-1, 1] (N >= 2 when ``families`` holds "partial" or "combined").
+        volumes: (N, 1, D, H, W) or (N, 1, H, W) float32 in [-1, 1] (N >= 2 when ``families`` holds "partial"
+            or "combined").
         g: draws one seed per volume (torch's global RNG when None, as the training loop replays on resume).
         families: names of :data:`COPY_FAMILIES`, non-empty.
 
     Returns:
-        (N, 1, D, H, W) float32 in [-1, 1].
+        float32 in [-1, 1], the input's shape.
     """
     bad = [f for f in families if f not in FAMILY_TABLE]
     if bad or not families:

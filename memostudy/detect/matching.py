@@ -56,8 +56,8 @@ class CompareConfig:
             that tells a novel volume from a copy: on demo-ct's validation the latent search reaches a
             higher sensitivity at specificity 0.95 (README, "Detector validation").
         search_shift: with ``"latent"``, training (base) volumes are also encoded shifted by every
-            combination of {-s, 0, +s} voxels per axis (27 shifts), and the best match counts; 0 = no
-            shift search.
+            combination of {-s, 0, +s} voxels per axis (27 shifts; 9 for 2D images), and the best match
+            counts; 0 = no shift search.
         orientation_pooling: wherever the 32-d embedding is used (``"embedding"``, the aligned
             detector's shortlist, "contrastive-32d"): average the normalised embeddings over every
             orientation that keeps the volume shape (48 for a cube), so it is exactly invariant to
@@ -103,44 +103,47 @@ def configs_from_overrides(overrides: dict[str, Any] | None,
     return det.validate(), cmp.validate()
 
 
-def shift_grid(step: float) -> list[tuple[float, float, float]]:
-    """The shifts a base volume is encoded at: every (d, h, w) in {-step, 0, step}^3, no shift first;
-    just ``[(0, 0, 0)]`` when ``step`` is 0."""
+def shift_grid(step: float, spatial_dims: int = 3) -> list[tuple[float, ...]]:
+    """The shifts a base volume is encoded at: every (d, h, w) in {-step, 0, step}^3 (27; for 2D images
+    every (h, w) in {-step, 0, step}^2, 9), no shift first; just the zero shift when ``step`` is 0."""
     if step == 0:
-        return [(0.0, 0.0, 0.0)]
+        return [(0.0,) * spatial_dims]
     s = float(step)
-    return list(itertools.product((0.0, -s, s), repeat=3))  # type: ignore[arg-type]
+    return list(itertools.product((0.0, -s, s), repeat=spatial_dims))
 
 
 def latent_vectors(detector: Detector, volumes: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
     """(N, 1, D, H, W) -> (N, F): the encoder's latent map of each volume (pooled to ``latent_size^3``),
-    flattened; F = latent_channels x latent_size^3."""
+    flattened; F = latent_channels x latent_size^3 (2D: (N, 1, H, W), F = latent_channels x latent_size^2)."""
     net = detector.net.eval()
     out = []
     with torch.no_grad():
         for i in range(0, len(volumes), batch_size):
             out.append(net.latent(volumes[i:i + batch_size].float()).flatten(1))
-    return torch.cat(out) if out else torch.empty(0, detector.config.latent_channels * detector.config.latent_size**3)
+    cfg = detector.config
+    return torch.cat(out) if out else torch.empty(0, cfg.latent_channels * cfg.latent_size**cfg.spatial_dims)
 
 
 def query_vectors(detector: Detector, volumes: torch.Tensor, compare: CompareConfig | None = None,
                   batch_size: int = 64) -> torch.Tensor:
-    """The vectors of volumes that are looked up (synthetic, reference, copies): (K, N, F), one slice
-    per shape-preserving orientation (identity first) with ``"latent"``; (1, N, 32) with ``"embedding"``
-    (``compare`` default: :class:`CompareConfig`)."""
+    """The vectors of volumes (``(N, 1, D, H, W)``, or images ``(N, 1, H, W)``) that are looked up
+    (synthetic, reference, copies): (K, N, F), one slice per shape-preserving orientation (identity first;
+    K = 48 for cubes, 8 for squares) with ``"latent"``; (1, N, 32) with ``"embedding"`` (``compare`` default:
+    :class:`CompareConfig`)."""
     compare = compare or CompareConfig()
     if compare.representation == "embedding":
         return embed(detector, volumes, batch_size, compare.orientation_pooling).unsqueeze(0)
-    table = orientations()
+    nd = volumes.dim() - 2
+    table = orientations(nd)
     return torch.stack([latent_vectors(detector, orient(volumes, table[k]).contiguous(), batch_size)
-                        for k in shape_preserving(volumes.shape)])
+                        for k in shape_preserving(volumes.shape, nd)])
 
 
 def base_vectors(detector: Detector, volumes: torch.Tensor, compare: CompareConfig | None = None,
                  batch_size: int = 64) -> torch.Tensor:
-    """The vectors of the volumes searched (training): (J, N, F), one slice per shift of
-    :func:`shift_grid` (no shift first) with ``"latent"``; (1, N, 32) with ``"embedding"``
-    (``compare`` default: :class:`CompareConfig`).
+    """The vectors of the volumes searched (training, ``(N, 1, D, H, W)`` or images ``(N, 1, H, W)``):
+    (J, N, F), one slice per shift of :func:`shift_grid` (no shift first; J = 27 in 3D, 9 in 2D) with
+    ``"latent"``; (1, N, 32) with ``"embedding"`` (``compare`` default: :class:`CompareConfig`).
 
     Raises:
         ConfigError: ``search_shift`` is not smaller than half the smallest volume side.
@@ -148,12 +151,13 @@ def base_vectors(detector: Detector, volumes: torch.Tensor, compare: CompareConf
     cfg = compare or CompareConfig()
     if cfg.representation == "embedding":
         return embed(detector, volumes, batch_size, cfg.orientation_pooling).unsqueeze(0)
-    if volumes.dim() == 5 and 2 * cfg.search_shift >= min(volumes.shape[2:]):
+    nd = volumes.dim() - 2
+    if 2 * cfg.search_shift >= min(volumes.shape[2:]):
         raise ConfigError(f"compare.search_shift {cfg.search_shift} is too large for volumes of "
                           f"{tuple(volumes.shape[2:])}; use less than half the smallest side")
     out = []
-    for s in shift_grid(cfg.search_shift):
-        moved = volumes if s == (0.0, 0.0, 0.0) else translate(volumes.float(), torch.tensor([s] * len(volumes)))
+    for s in shift_grid(cfg.search_shift, nd):
+        moved = volumes if not any(s) else translate(volumes.float(), torch.tensor([s] * len(volumes)))
         out.append(latent_vectors(detector, moved, batch_size))
     return torch.stack(out)
 

@@ -30,6 +30,11 @@ training similarity, once with the validated detector ("seen") and once per fold
 detector (the detectors without training views score the same in both columns; any detector may use the
 contrastive one, e.g. for a shortlist, so each is re-run). The threshold of each (detector, contrastive
 detector) pair is the ``percentile`` of its reference volumes' nearest-training similarities.
+
+2D images ``(N, 1, H, W)`` (a prepared 2D data set) are validated the same way, with the same families,
+strengths, folds and scoring: every step takes its spatial rank from the tensors (the detector's encoder is
+2D, orientations are the 8 of a square, shifts are per (H, W)). "registered" is 3D only and not in the
+line-up.
 """
 
 from __future__ import annotations
@@ -121,7 +126,8 @@ class ValidationConfig:
 
 @dataclass
 class GroundTruth:
-    """The volumes of a detector validation (shapes ``(N, 1, D, H, W)``, float32 in [-1, 1]).
+    """The volumes of a detector validation (shapes ``(N, 1, D, H, W)``, or ``(N, 1, H, W)`` for 2D images;
+    float32 in [-1, 1]).
 
     Attributes:
         reference: (Nr, ...) held-out volumes for the threshold.
@@ -359,8 +365,9 @@ def validate_detector(detector: Detector, train: torch.Tensor, held_out: torch.T
 
     Args:
         detector: the trained contrastive detector being validated.
-        train: (N, 1, D, H, W) the volumes the copies are made of (the detector's training set).
-        held_out: (M, 1, D, H, W) real volumes never in train (split into reference and novel).
+        train: (N, 1, D, H, W) the volumes the copies are made of (the detector's training set), or 2D images
+            (N, 1, H, W) with a 2D detector.
+        held_out: (M, 1, ...) real volumes of the same shape never in train (split into reference and novel).
         cfg: validation settings.
         pixel: also validate the pixel-correlation baseline ("pixel", and "pixel-oriented" when
             ``cfg.pixel_orientations``).
@@ -469,7 +476,7 @@ def run_validation(data: str, det_cfg: DetectorConfig | None = None, cfg: Valida
     trained once each into ``out_dir/held_out/<fold>/`` (keyed on their config, so a rerun reuses them).
 
     Args:
-        data: prepared data set name or folder.
+        data: prepared data set name or folder (3D patches, or 2D images: the same layout, loaded as (N, 1, H, W)).
         det_cfg: the :class:`~memostudy.detect.detector.DetectorConfig` to train with (default settings
             when None); unused with ``detector_path`` (whose config the held-out detectors then take).
         cfg: validation settings (with how the detector compares volumes, ``cfg.compare``).

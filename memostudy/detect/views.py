@@ -2,7 +2,8 @@
 
 A *view* of a volume is the volume after a change that should not make it "a different patient":
 one of the 48 axis-aligned orientations of a cube (every axis permutation times every set of axis
-flips), or a change a generator makes to a copy — a small shift, blur, intensity scaling/offset,
+flips; for a 2D image the 8 of a square, the dihedral group D4: 4 rotations by 90 degrees, each mirrored or
+not), or a change a generator makes to a copy — a small shift, blur, intensity scaling/offset,
 noise. The detector is trained so that views of one volume embed close together. These are the
 *classic* views (the default); a detector can instead draw its views from the broad copy definition
 (``DetectorConfig.view_families``, :func:`memostudy.detect.families.random_family_view`). The detector
@@ -10,7 +11,8 @@ validation (:mod:`memostudy.detect.validation`) makes its copies with the broad 
 views are scored on changes they were not trained on; :func:`apply_family` (these families as copies)
 remains for the audit benchmark and the tests.
 
-Everything works on batches ``(N, 1, D, H, W)`` float32 in [-1, 1] with an explicit
+Everything works on batches ``(N, 1, D, H, W)`` or ``(N, 1, H, W)`` (2D images: the spatial rank is
+``batch.dim() - 2``, no global switch) float32 in [-1, 1] with an explicit
 ``torch.Generator``, so a seed fixes every view. Plain batched torch ops are used instead of MONAI's
 ``RandAffine``/``RandGaussianSmooth``: those draw their parameters per sample with numpy inside a
 Python loop over the batch and cost more than the detector's own step on 2 CPU cores; the batched
@@ -25,6 +27,7 @@ them on resume: the LDM's augmentation, kept as it is because cached LDM runs de
 
 from __future__ import annotations
 
+import functools
 import itertools
 from dataclasses import dataclass
 
@@ -39,62 +42,81 @@ COPY_FAMILIES = FAMILIES[1:]
 
 @dataclass(frozen=True)
 class Orientation:
-    """One of the 48 axis-aligned orientations of a cube.
+    """One axis-aligned orientation: of a cube (48, 3D) or of a square (8, 2D: the dihedral group D4).
 
     Attributes:
-        perm: permutation of the three spatial axes (0, 1, 2) = (D, H, W).
+        perm: permutation of the spatial axes: (0, 1, 2) = (D, H, W) in 3D, (0, 1) = (H, W) in 2D.
         flips: which of the (permuted) axes are reversed.
     """
 
-    perm: tuple[int, int, int]
-    flips: tuple[bool, bool, bool]
+    perm: tuple[int, ...]
+    flips: tuple[bool, ...]
+
+    @property
+    def spatial_dims(self) -> int:
+        return len(self.perm)
 
     @property
     def det(self) -> int:
         """+1 for a proper rotation, -1 for a reflection."""
-        inversions = sum(1 for i in range(3) for j in range(i + 1, 3) if self.perm[i] > self.perm[j])
+        n = len(self.perm)
+        inversions = sum(1 for i in range(n) for j in range(i + 1, n) if self.perm[i] > self.perm[j])
         return (-1) ** (inversions + sum(self.flips))
 
     @property
     def is_identity(self) -> bool:
-        return self.perm == (0, 1, 2) and not any(self.flips)
+        return self.perm == tuple(range(len(self.perm))) and not any(self.flips)
 
 
-def orientations() -> list[Orientation]:
-    """The 48 cube orientations in a fixed order; index 0 is the identity.
+@functools.cache
+def _table(spatial_dims: int) -> tuple[Orientation, ...]:
+    if spatial_dims not in (2, 3):
+        raise ValueError(f"orientations exist for 2 or 3 spatial dimensions, got {spatial_dims}")
+    return tuple(Orientation(tuple(p), tuple(f)) for p in itertools.permutations(range(spatial_dims))
+                 for f in itertools.product([False, True], repeat=spatial_dims))
 
-    Order: permutations of (0, 1, 2) in ``itertools.permutations`` order, and for each the 8 flip
-    patterns in ``itertools.product([False, True], repeat=3)`` order.
+
+def orientations(spatial_dims: int = 3) -> list[Orientation]:
+    """The axis-aligned orientations in a fixed order; index 0 is the identity. 48 for a cube
+    (``spatial_dims=3``), 8 for a square (``spatial_dims=2``: the 4 rotations by multiples of 90 degrees and
+    their mirror images, the dihedral group D4).
+
+    Order: permutations of the axes in ``itertools.permutations`` order, and for each the flip patterns in
+    ``itertools.product([False, True], repeat=spatial_dims)`` order (the 3D order, and so every stored 3D
+    orientation index, is that of before 2D existed).
     """
-    return [Orientation(tuple(p), tuple(f))  # type: ignore[arg-type]
-            for p in itertools.permutations(range(3)) for f in itertools.product([False, True], repeat=3)]
+    return list(_table(spatial_dims))
 
 
-def flip_indices() -> list[int]:
-    """Indices (into :func:`orientations`) of the 7 pure flips: axes kept in order, >= 1 axis reversed."""
-    return [i for i, o in enumerate(orientations()) if o.perm == (0, 1, 2) and any(o.flips)]
+def flip_indices(spatial_dims: int = 3) -> list[int]:
+    """Indices (into :func:`orientations`) of the pure flips: axes kept in order, >= 1 axis reversed
+    (7 in 3D, 3 in 2D)."""
+    ident = tuple(range(spatial_dims))
+    return [i for i, o in enumerate(orientations(spatial_dims)) if o.perm == ident and any(o.flips)]
 
 
-def rotation_indices() -> list[int]:
-    """Indices of the 23 non-identity proper rotations (multiples of 90 degrees about the axes)."""
-    return [i for i, o in enumerate(orientations()) if o.det == 1 and not o.is_identity]
+def rotation_indices(spatial_dims: int = 3) -> list[int]:
+    """Indices of the non-identity proper rotations by multiples of 90 degrees (23 in 3D, 3 in 2D)."""
+    return [i for i, o in enumerate(orientations(spatial_dims)) if o.det == 1 and not o.is_identity]
 
 
 def orient(volume: torch.Tensor, o: Orientation) -> torch.Tensor:
-    """Apply one orientation to ``(..., D, H, W)``; non-cubic volumes change shape under a permutation."""
-    lead = volume.dim() - 3
+    """Apply one orientation to the last ``o.spatial_dims`` axes of ``(..., D, H, W)`` or ``(..., H, W)``;
+    non-cubic (non-square) volumes change shape under a permutation."""
+    lead = volume.dim() - len(o.perm)
     out = volume.permute(*range(lead), *(lead + p for p in o.perm))
     dims = [lead + i for i, f in enumerate(o.flips) if f]
     return out.flip(dims) if dims else out
 
 
 def orient_batch(volumes: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """Apply orientation ``index[i]`` (into :func:`orientations`) to volume ``i`` of ``(N, C, D, H, W)``.
+    """Apply orientation ``index[i]`` (into :func:`orientations` of the batch's rank) to volume ``i`` of
+    ``(N, C, D, H, W)`` or ``(N, C, H, W)``.
 
     Every index must keep the volume shape (see :func:`shape_preserving`). Samples sharing an orientation are done in
     one call, so the Python loop is over at most 48 orientations, not over samples.
     """
-    table = orientations()
+    table = orientations(volumes.dim() - 2)
     out = torch.empty_like(volumes)
     for k in torch.unique(index).tolist():
         sel = (index == k).nonzero().flatten()
@@ -137,9 +159,9 @@ def _uniform(n: int, lo: float, hi: float, g: torch.Generator | None) -> torch.T
 
 
 def shift(volumes: torch.Tensor, g: torch.Generator | None, p: ViewParams = ViewParams()) -> torch.Tensor:
-    """Translate each volume by its own random sub-voxel shift (border values repeated)."""
-    n = volumes.shape[0]
-    vox = (torch.rand(n, 3, generator=g) * 2 - 1) * p.max_shift
+    """Translate each volume (or image) by its own random sub-voxel shift (border values repeated)."""
+    n, nd = volumes.shape[0], volumes.dim() - 2
+    vox = (torch.rand(n, nd, generator=g) * 2 - 1) * p.max_shift
     # make the largest component at least min_shift so every view really moves
     big = vox.abs().argmax(1)
     rows = torch.arange(n)
@@ -148,16 +170,26 @@ def shift(volumes: torch.Tensor, g: torch.Generator | None, p: ViewParams = View
 
 
 def translate(volumes: torch.Tensor, vox: torch.Tensor) -> torch.Tensor:
-    """Volume ``i`` of ``(N, C, D, H, W)`` sampled at its voxel coordinates plus ``vox[i]`` (``(N, 3)``,
-    per (D, H, W) axis, sub-voxel allowed): trilinear, border values repeated, one batched call."""
+    """Volume ``i`` of ``(N, C, D, H, W)`` (or image ``i`` of ``(N, C, H, W)``) sampled at its voxel coordinates
+    plus ``vox[i]`` (``(N, 3)`` per (D, H, W) axis, or ``(N, 2)`` per (H, W) axis; sub-voxel allowed):
+    trilinear (bilinear), border values repeated, one batched call."""
     n, sizes = volumes.shape[0], volumes.shape[2:]
-    theta = torch.zeros(n, 3, 4)
-    theta[:, 0, 0] = theta[:, 1, 1] = theta[:, 2, 2] = 1.0
-    # affine_grid's coordinates are (x, y, z) = (W, H, D); one voxel is 2/size in normalised units
-    for c, axis in enumerate((2, 1, 0)):
-        theta[:, c, 3] = vox[:, axis] * 2.0 / sizes[axis]
+    nd = len(sizes)
+    if vox.shape != (n, nd):
+        raise ValueError(f"shifts must be (N, {nd}) for volumes {tuple(volumes.shape)}, got {tuple(vox.shape)}")
+    theta = torch.zeros(n, nd, nd + 1)
+    for a in range(nd):
+        theta[:, a, a] = 1.0
+    # affine_grid's coordinates run last axis first, (x, y, z) = (W, H, D); one voxel is 2/size in normalised units
+    for c, axis in enumerate(reversed(range(nd))):
+        theta[:, c, nd] = vox[:, axis] * 2.0 / sizes[axis]
     grid = F.affine_grid(theta, list(volumes.shape), align_corners=False)
     return F.grid_sample(volumes, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def _per_volume(values: torch.Tensor, volumes: torch.Tensor) -> torch.Tensor:
+    """(N,) values shaped to broadcast over ``(N, C, ...)``."""
+    return values.view(len(values), *([1] * (volumes.dim() - 1)))
 
 
 def blur(volumes: torch.Tensor, g: torch.Generator | None, p: ViewParams = ViewParams()) -> torch.Tensor:
@@ -169,37 +201,41 @@ def blur(volumes: torch.Tensor, g: torch.Generator | None, p: ViewParams = ViewP
     out = torch.empty_like(volumes)
     for k in torch.unique(pick).tolist():
         sel = (pick == k).nonzero().flatten()
-        out[sel] = GaussianFilter(3, float(levels[k]))(volumes[sel])
+        out[sel] = GaussianFilter(volumes.dim() - 2, float(levels[k]))(volumes[sel])
     return out
 
 
 def intensity(volumes: torch.Tensor, g: torch.Generator | None, p: ViewParams = ViewParams()) -> torch.Tensor:
     """``v * a + b`` with per-volume a in ``p.scale`` and b in ``p.offset``, clipped to [-1, 1]."""
     n = volumes.shape[0]
-    a = _uniform(n, *p.scale, g).view(n, 1, 1, 1, 1)
-    b = _uniform(n, *p.offset, g).view(n, 1, 1, 1, 1)
+    a = _per_volume(_uniform(n, *p.scale, g), volumes)
+    b = _per_volume(_uniform(n, *p.offset, g), volumes)
     return (volumes * a + b).clamp(-1, 1)
 
 
 def noise(volumes: torch.Tensor, g: torch.Generator | None, p: ViewParams = ViewParams()) -> torch.Tensor:
     """Add Gaussian noise with a per-volume standard deviation drawn from ``p.noise_std``."""
     n = volumes.shape[0]
-    std = _uniform(n, *p.noise_std, g).view(n, 1, 1, 1, 1)
+    std = _per_volume(_uniform(n, *p.noise_std, g), volumes)
     return volumes + std * torch.randn(volumes.shape, generator=g)
 
 
-def shape_preserving(shape: tuple[int, ...] | torch.Size) -> list[int]:
-    """Indices of the orientations that keep a ``(..., D, H, W)`` shape: all 48 for a cube; for a
-    non-cubic volume only those permuting axes of equal length (16 for 256 x 256 x 32)."""
-    sizes = tuple(shape[-3:])
-    return [i for i, o in enumerate(orientations()) if tuple(sizes[a] for a in o.perm) == sizes]
+def shape_preserving(shape: tuple[int, ...] | torch.Size, spatial_dims: int = 3) -> list[int]:
+    """Indices of the orientations (:func:`orientations` of ``spatial_dims``) that keep the shape of the last
+    ``spatial_dims`` axes of ``shape``: all 48 for a cube (8 for a square); for a non-cubic volume only those
+    permuting axes of equal length (16 for 256 x 256 x 32; 4 for a non-square image). Pass ``spatial_dims``
+    as ``batch.dim() - 2`` for a batch: ``(N, 1, H, W)`` and a volume ``(1, D, H, W)`` have the same rank."""
+    sizes = tuple(shape[-spatial_dims:])
+    return [i for i, o in enumerate(orientations(spatial_dims)) if tuple(sizes[a] for a in o.perm) == sizes]
 
 
 def random_orientation(volumes: torch.Tensor, g: torch.Generator | None, choices: list[int] | None = None) -> torch.Tensor:
-    """Each volume in one orientation drawn from ``choices`` (indices; default all 48), keeping only
-    those that preserve the volume shape (:func:`shape_preserving`)."""
-    keep = set(shape_preserving(volumes.shape))
-    pool = torch.tensor([i for i in (choices if choices is not None else range(48)) if i in keep] or [0])
+    """Each volume of ``(N, C, D, H, W)`` (or image of ``(N, C, H, W)``) in one orientation drawn from
+    ``choices`` (indices into :func:`orientations` of its rank; default all 48, or 8 in 2D), keeping only
+    those that preserve the shape (:func:`shape_preserving`)."""
+    nd = volumes.dim() - 2
+    keep = set(shape_preserving(volumes.shape, nd))
+    pool = torch.tensor([i for i in (choices if choices is not None else range(len(orientations(nd)))) if i in keep] or [0])
     return orient_batch(volumes, pool[torch.randint(0, len(pool), (volumes.shape[0],), generator=g)])
 
 
@@ -207,24 +243,27 @@ def apply_family(volumes: torch.Tensor, family: str, g: torch.Generator | None, 
     """Apply one transform family to every volume of a batch (parameters drawn per volume).
 
     Args:
-        volumes: (N, 1, D, H, W) float32 in [-1, 1]; cubic for "flip"/"rot90"/"mixed" permutations.
-        family: one of :data:`FAMILIES`. "flip" = one of the 7 pure flips; "rot90" = one of the 23
-            non-identity 90-degree rotations; "orientation" = any of the 47 non-identity orientations
-            (flips, rotations and rotation-reflections); "mixed" = an orientation as for "orientation", then
-            shift, blur, intensity and noise each with probability 1/2 at half strength.
+        volumes: (N, 1, D, H, W) or (N, 1, H, W) float32 in [-1, 1]; cubic (square) for
+            "flip"/"rot90"/"mixed" permutations.
+        family: one of :data:`FAMILIES`. "flip" = one of the pure flips (7 in 3D, 3 in 2D); "rot90" = one of
+            the non-identity 90-degree rotations (23 in 3D, 3 in 2D); "orientation" = any non-identity
+            orientation (47 in 3D, 7 in 2D: flips, rotations and rotation-reflections); "mixed" = an
+            orientation as for "orientation", then shift, blur, intensity and noise each with probability 1/2
+            at half strength.
         g: random generator (fixes every drawn parameter).
 
     Returns:
-        (N, 1, D, H, W) float32 (roughly in [-1, 1]; noise can leave it slightly).
+        float32 of the input's shape (roughly in [-1, 1]; noise can leave it slightly).
     """
+    nd = volumes.dim() - 2
     if family == "identity":
         return volumes.clone()
     if family == "flip":
-        return random_orientation(volumes, g, flip_indices())
+        return random_orientation(volumes, g, flip_indices(nd))
     if family == "rot90":
-        return random_orientation(volumes, g, rotation_indices())
+        return random_orientation(volumes, g, rotation_indices(nd))
     if family == "orientation":
-        return random_orientation(volumes, g, list(range(1, 48)))
+        return random_orientation(volumes, g, list(range(1, len(orientations(nd)))))
     if family == "shift":
         return shift(volumes, g, p)
     if family == "blur":
@@ -234,7 +273,7 @@ def apply_family(volumes: torch.Tensor, family: str, g: torch.Generator | None, 
     if family == "noise":
         return noise(volumes, g, p)
     if family == "mixed":
-        return _random_changes(random_orientation(volumes, g, list(range(1, 48))), g, p.scaled(0.5))
+        return _random_changes(random_orientation(volumes, g, list(range(1, len(orientations(nd))))), g, p.scaled(0.5))
     raise ValueError(f"unknown transform family {family!r}; choose one of {', '.join(FAMILIES)}")
 
 
@@ -250,15 +289,15 @@ def _random_changes(volumes: torch.Tensor, g: torch.Generator | None, p: ViewPar
 
 
 def random_view(volumes: torch.Tensor, g: torch.Generator | None, p: ViewParams = ViewParams()) -> torch.Tensor:
-    """A training view: a random one of the 48 orientations, then each generator-like change
-    (shift, blur, intensity, noise) with probability 1/2 at the strength of ``p``
+    """A training view: a random one of the orientations (48 of a cube, 8 of a square), then each
+    generator-like change (shift, blur, intensity, noise) with probability 1/2 at the strength of ``p``
     (no changes when ``p`` is ``ViewParams().scaled(0)``).
 
     Args:
-        volumes: (N, 1, D, H, W) float32 in [-1, 1], cubic.
+        volumes: (N, 1, D, H, W) or (N, 1, H, W) float32 in [-1, 1].
 
     Returns:
-        (N, 1, D, H, W) float32.
+        float32 of the input's shape.
     """
     out = random_orientation(volumes, g)
     return out if p.max_shift == 0 and p.noise_std[1] == 0 else _random_changes(out, g, p)

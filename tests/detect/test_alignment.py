@@ -7,7 +7,15 @@ import pytest
 import torch
 
 from memostudy.data.phantom import phantom_volumes
-from memostudy.detect.alignment import AlignConfig, _ncc, aligned_nearest, candidates, embedding_top_k, oriented_top_k
+from memostudy.detect.alignment import (
+    AlignConfig,
+    _ncc,
+    aligned_nearest,
+    candidates,
+    embedding_top_k,
+    oriented_top_k,
+    smooth,
+)
 from memostudy.detect.baseline import pixel_nearest
 from memostudy.detect.views import ViewParams, blur, shift
 from memostudy.errors import ConfigError
@@ -99,3 +107,34 @@ def test_alignment_reports_the_orientation_and_shift_that_made_the_copy(orientat
     assert nn.indices.tolist() == [2] and nn.values[0] == pytest.approx(a.correlation, abs=1e-6)
     same = (found[0].base_index, found[0].orientation, found[0].shift, found[0].blur)
     assert same == (a.base_index, a.orientation, a.shift, a.blur)  # one pair or a batch: rounding may differ
+
+
+@pytest.mark.parametrize(("orientation", "shift_voxels"), [(2, (2.0, -1.0)), (5, (-2.0, 0.0)), (7, (1.0, 2.0))])
+def test_2d_alignment_reports_the_d4_orientation_and_shift_that_made_the_copy(orientation, shift_voxels):
+    from memostudy.detect.alignment import align_pairs, aligned_search, apply_change
+    from memostudy.detect.views import orient, orientations, translate
+
+    train = _fields(4, 16, seed=0)[:, :, 8].contiguous()  # 2D images (4, 1, 16, 16)
+    copy = translate(orient(train[[2]], orientations(2)[orientation]), -torch.tensor([shift_voxels]))
+    cfg = AlignConfig(subvoxel=(0.0,), blurs=(0.0,))
+    (a,) = align_pairs(copy, train, [(0, 2)], cfg)
+    assert (a.base_index, a.orientation, a.shift) == (2, orientation, shift_voxels) and a.correlation > 0.999
+    change = a.change()
+    assert change["flips"] == list(orientations(2)[orientation].flips) and len(change["permutation"]) == 2
+    c = 3
+    assert torch.allclose(apply_change(train[2], change)[..., c:-c, c:-c], copy[0, ..., c:-c, c:-c], atol=1e-5)
+    nn, found = aligned_search(copy, train, candidates(copy, train, AlignConfig(shortlist=2)), cfg)
+    assert nn.indices.tolist() == [2] and (found[0].orientation, found[0].shift) == (orientation, shift_voxels)
+
+
+def test_2d_refinement_finds_blur_and_subpixel_shift_and_pixel_baseline_searches_d4():
+    from memostudy.detect.alignment import align_pairs
+    from memostudy.detect.views import translate
+
+    train = _fields(4, 16, seed=1)[:, :, 8].contiguous()
+    copy = smooth(translate(train[[1]], torch.tensor([[0.5, 0.0]])), 1.5)
+    (a,) = align_pairs(copy, train, [(0, 1)], AlignConfig())
+    assert a.blur > 0 and a.shift[1] == 0.0 and abs(abs(a.shift[0]) - 0.5) < 1e-6 and a.correlation > 0.99
+    flipped = train[[3]].flip(3)  # mirrored left-right: the plain baseline misses it, the D4 search does not
+    assert pixel_nearest(flipped, train, orientations=True).values[0] > 0.999
+    assert pixel_nearest(flipped, train).values[0] < 0.9

@@ -182,3 +182,22 @@ def test_bad_fdr_and_smoothness_settings():
         AssessConfig(fdr=0).validate()
     with pytest.raises(ConfigError, match="reference_smoothness"):
         AssessConfig(reference_smoothness="blurred").validate()
+
+
+@pytest.mark.slow
+def test_2d_assessment_finds_mirrored_copies_and_reports_their_change():
+    torch.manual_seed(0)
+    cfg = DetectorConfig(channels=(8, 16), hidden=32, spatial_dims=2).validate()
+    det = Detector(DetectorNet(cfg).eval(), cfg)
+    train = phantom_volumes(6, 16, seed=0)[:, :, 8].contiguous()  # 2D images (6, 1, 16, 16)
+    synthetic = torch.cat([train[:2].flip(3), phantom_volumes(3, 16, seed=7)[:, :, 8]])
+    reference = phantom_volumes(5, 16, seed=3)[:, :, 8].contiguous()
+    a = assess(train, reference, synthetic, det, [f"t{i}" for i in range(6)], [f"r{i}" for i in range(5)],
+               [f"s{i}" for i in range(5)], cfg=AssessConfig(n_boot=50, align=FAST_ALIGN, aligned=True))
+    assert set(a.summary.detectors) == {"contrastive", "pixel", "aligned", "combined"}
+    # the mirrored copies meet their sources exactly under the latent search over the 8 orientations of a square
+    assert a.synthetic_table["nearest_train_id"][:2].tolist() == ["t0", "t1"]
+    assert a.synthetic_table["aligned_similarity"][:2].min() > 0.999
+    found = {(e.synthetic_id, e.detector): e.change for e in a.evidence}
+    change = found[("s0", "aligned")]  # flagged: above every reference image
+    assert change["flips"] == [False, True] and change["permutation"] == [0, 1] and change["shift_voxels"] == [0.0, 0.0]

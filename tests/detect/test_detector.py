@@ -106,7 +106,7 @@ def test_checkpoint_holds_architecture_and_weights_only(trained, tmp_path):
     # every field, but those marked OMIT_DEFAULT while at their default (view_families: the classic views)
     at_default = {f.name for f in dataclasses.fields(DetectorConfig) if f.metadata.get("omit_default")
                   and getattr(det.config, f.name) == getattr(DetectorConfig(), f.name)}
-    assert at_default == {"view_families"}
+    assert at_default == {"view_families", "spatial_dims"}  # a 3D detector's config is that of before 2D
     assert set(ckpt["config"]) == {f.name for f in dataclasses.fields(DetectorConfig)} - at_default
     assert load_detector(tmp_path / "detector.pt").config == det.config
     assert not set(ckpt["config"]) & {"representation", "search_shift", "orientation_pooling"}
@@ -238,3 +238,56 @@ def test_view_families_config_and_views():
     d = (v.flatten(1).sort(1).values - x.flatten(1).sort(1).values).std(1)
     assert ((d > 0.005) & (d < 0.12)).all()
     assert torch.equal(v, task.view(x, torch.Generator().manual_seed(0)))
+
+
+#: the dict of the default config before 2D images existed (main at c5086fb): the training folders and cached
+#: detectors of 3D runs are keyed on it, so it must not change
+CONFIG_3D = {"loss": "ntxent", "temperature": 0.1, "margin": 0.5, "embedding_dim": 32, "channels": [16, 32, 32],
+             "latent_channels": 8, "latent_size": 4, "input_pool": 2, "standardise": True, "hidden": 256,
+             "view_strength": 1.0, "num_res_blocks": 1, "norm_num_groups": 8, "epochs": 30, "lr": 0.003,
+             "batch_size": 32, "seed": 0, "select_best": True}
+
+
+def test_a_3d_config_dict_is_unchanged_by_2d_support():
+    from memostudy.config import to_dict
+
+    assert to_dict(DetectorConfig()) == CONFIG_3D and list(to_dict(DetectorConfig())) == list(CONFIG_3D)
+    assert to_dict(DetectorConfig(spatial_dims=2)) == CONFIG_3D | {"spatial_dims": 2}
+    with pytest.raises(ConfigError, match="spatial_dims"):
+        DetectorConfig(spatial_dims=1).validate()
+
+
+def test_2d_net_shapes_and_a_net_refuses_the_other_rank():
+    net = DetectorNet(DetectorConfig(spatial_dims=2, **TINY)).eval()
+    x = torch.zeros(3, 1, 16, 16)
+    assert net.latent(x).shape == (3, 8, 4, 4) and net(x).shape == (3, 32)
+    with pytest.raises(DataError, match="2D"):
+        net(torch.zeros(3, 1, 16, 16, 16))
+    with pytest.raises(DataError, match="3D"):
+        DetectorNet(DetectorConfig(**TINY)).eval()(x)
+
+
+@pytest.mark.slow
+def test_a_2d_detector_trains_saves_loads_and_embeds(tmp_path):
+    from memostudy.config import to_dict
+    from memostudy.detect.matching import CompareConfig, base_vectors, query_vectors
+
+    images = phantom_volumes(8, 16, seed=0)[:, :, 8].contiguous()  # (8, 1, 16, 16) slices
+    cfg = DetectorConfig(epochs=2, view_strength=0.0, **TINY)  # spatial_dims comes from the data
+    det = train_detector(images, None, cfg, out_dir=tmp_path)
+    assert det.config.spatial_dims == 2 and det.net.spatial_dims == 2 and len(det.history) == 2
+    ckpt = torch.load(tmp_path / "detector.pt", weights_only=True)
+    assert ckpt["config"]["spatial_dims"] == 2 and ckpt["config"] == to_dict(det.config)
+    back = load_detector(tmp_path / "detector.pt")
+    assert back.config == det.config and back.net.spatial_dims == 2
+    e = embed(back, images)
+    assert e.shape == (8, 32) and torch.allclose(e, embed(det, images), atol=1e-6)
+    # orientation pooling over the 8 orientations of a square: exactly invariant to D4
+    turned = apply_family(images, "orientation", torch.Generator().manual_seed(0))
+    assert torch.allclose(embed(back, turned), e, atol=1e-5)
+    # the latent search: 8 orientations of each query, 9 shifts of each base image
+    assert query_vectors(back, images).shape == (8, 8, 8 * 4 * 4)
+    assert base_vectors(back, images, CompareConfig(search_shift=2.0)).shape == (9, 8, 8 * 4 * 4)
+    # the 3D training of the same config keeps its config (and so its folder key) as before
+    vols = phantom_volumes(4, 16, seed=1)
+    assert train_detector(vols, None, dataclasses.replace(cfg, epochs=1)).config.spatial_dims == 3

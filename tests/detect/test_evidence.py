@@ -53,3 +53,21 @@ def test_evidence_table_flattens_any_change():
     assert json.loads(df.loc[0, "change_shift_voxels"]) == [1.0, 0.0, 0.0] and df.loc[1, "change_rotation_degrees"] == 12.5
     assert df["bh_copy"].tolist() == [1, 0, 0] and np.isnan(df.loc[2, "change_orientation"])
     assert list(evidence_table([]).columns) == list(EVIDENCE_COLUMNS)
+
+
+def test_a_flagged_2d_copy_reports_the_flip_and_shift_that_made_it():
+    train = _fields(5, 16, seed=0)[:, :, 8].contiguous()  # 2D images (5, 1, 16, 16)
+    flip_w = 1  # orientations(2)[1]: axes in order, the second (W) reversed
+    assert orientations(2)[flip_w].flips == (False, True)
+    copy = translate(orient(train[[3]], orientations(2)[flip_w]), -torch.tensor([[2.0, -1.0]]))
+    synthetic = torch.cat([_fields(2, 16, seed=5)[:, :, 8], copy])
+    s2t = Nearest(torch.tensor([0.2, 0.4, 0.99]), torch.tensor([0, 1, 3]))
+    d = copy_decisions(s2t.values, np.linspace(0.0, 0.5, 99), q=0.05)
+    ev = copy_evidence({"aligned": (s2t, d, np.array([False, False, True]))}, train, synthetic,
+                       [f"t{i}" for i in range(5)], ["a", "b", "c"], AlignConfig(subvoxel=(0.0,), blurs=(0.0,)))
+    (e,) = ev
+    assert (e.synthetic_id, e.train_id) == ("c", "t3")
+    assert e.change["orientation"] == flip_w and e.change["flips"] == [False, True] and e.change["permutation"] == [0, 1]
+    assert e.change["shift_voxels"] == [2.0, -1.0] and e.change["aligned_correlation"] > 0.999
+    row = evidence_table(ev).iloc[0]
+    assert json.loads(row["change_flips"]) == [False, True] and json.loads(row["change_shift_voxels"]) == [2.0, -1.0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -10,6 +11,7 @@ from memostudy.detect.families import (
     COPY_FAMILIES,
     FAMILY_TABLE,
     GENERATOR_KINDS,
+    _volume_fn,
     generator_like,
     keep_mask,
     make_copies,
@@ -121,16 +123,58 @@ def test_bad_arguments_fail_with_a_message(vols, others) -> None:
         make_copies(vols[:, 0], "blur", 1)
 
 
-@pytest.mark.parametrize("family", [f for f in COPY_FAMILIES if f != "elastic"])
-def test_2d_volumes_work_for_every_family_but_elastic(vols, family: str) -> None:
-    slices = vols[:, :, 8]
-    out = make_copies(slices, family, 2, seed=0)
-    assert out.shape == slices.shape and not torch.equal(out, slices)
+@pytest.fixture(scope="module")
+def images(vols) -> torch.Tensor:
+    """2D images (N, 1, H, W): the middle slices of the volumes."""
+    return vols[:, :, 8].contiguous()
 
 
-def test_elastic_is_3d_only(vols) -> None:
-    with pytest.raises(ValueError, match="3D only"):
-        make_copies(vols[:, :, 8], "elastic", 1)
+@pytest.mark.parametrize("family", COPY_FAMILIES)
+@pytest.mark.parametrize("strength", STRENGTHS)
+def test_every_family_works_on_2d_images(images, others, family: str, strength: int) -> None:
+    out = make_copies(images, family, strength, seed=3, others=others[:, :, 8].contiguous())
+    assert out.shape == images.shape and out.dtype == torch.float32
+    assert torch.isfinite(out).all() and out.min() >= -1 and out.max() <= 1
+    assert ((out - images).abs().flatten(1).mean(1) > 1e-3).all()
+    assert torch.equal(out, make_copies(images, family, strength, seed=3, others=others[:, :, 8].contiguous()))
+
+
+@pytest.mark.parametrize("family", COPY_FAMILIES)
+def test_stronger_2d_changes_move_further_from_the_source(images, family: str) -> None:
+    dist = [float((1 - _corr(make_copies(images, family, s, seed=5), images)).mean()) for s in STRENGTHS]
+    assert dist[0] < dist[2], dist
+
+
+def test_2d_elastic_moves_pixels_by_the_3d_family_rms_displacement() -> None:
+    # a coordinate image shows the displacement directly: output - input = where each pixel was taken from
+    coords = torch.stack(torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij"))
+    rms = []
+    for s in STRENGTHS:
+        fn = _volume_fn("elastic", s, (64, 64), np.random.RandomState(s))
+        moved = torch.stack([fn(coords[a:a + 1], None)[0] for a in range(2)])  # one axis per call (each draws a field)
+        rms.append(float((moved - coords)[:, 4:-4, 4:-4].pow(2).mean().sqrt()))
+    assert 0.5 < rms[0] < 1.8 and 1.2 < rms[1] < 2.8 and 2.8 < rms[2] < 5.5, rms  # ~1, ~2, ~4 as in 3D
+
+
+def test_2d_partial_keeps_the_asked_share_of_pixels(images) -> None:
+    other = torch.full((1, 1, 16, 16), 0.9)
+    for s in STRENGTHS:
+        kept = (make_copies(images, "partial", s, seed=s, others=other) == images).flatten(1).float().mean(1)
+        lo, hi = FAMILY_TABLE["partial"].levels[s].params["keep"]
+        assert ((kept >= lo - 0.01) & (kept <= hi + 0.01)).all(), (s, kept)
+
+
+@pytest.mark.parametrize("kind", GENERATOR_KINDS)
+def test_generator_like_2d_images(images, kind: str) -> None:
+    out = generator_like(images, kind, seed=2)
+    assert out.shape == images.shape and not torch.equal(out, images) and (_corr(out, images) > 0.6).all()
+
+
+def test_family_views_work_on_2d_images(images) -> None:
+    from memostudy.detect.families import random_family_view
+
+    v = random_family_view(images, torch.Generator().manual_seed(0), COPY_FAMILIES)
+    assert v.shape == images.shape and not torch.equal(v, images)
 
 
 @pytest.mark.parametrize("kind", GENERATOR_KINDS)

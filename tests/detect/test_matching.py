@@ -33,6 +33,23 @@ def test_shift_grid():
     assert len(grid) == 27 == len(set(grid)) and grid[0] == (0.0, 0.0, 0.0)
     assert {v for s in grid for v in s} == {-2.0, 0.0, 2.0}
     assert shift_grid(0) == [(0.0, 0.0, 0.0)]
+    grid2 = shift_grid(2.0, spatial_dims=2)  # 2D images: 9 shifts per (H, W)
+    assert len(grid2) == 9 == len(set(grid2)) and grid2[0] == (0.0, 0.0) and shift_grid(0, 2) == [(0.0, 0.0)]
+
+
+def test_2d_latent_search_finds_a_turned_and_shifted_copy():
+    from memostudy.detect.views import orient, orientations
+
+    torch.manual_seed(0)
+    cfg = DetectorConfig(**TINY, spatial_dims=2).validate()
+    det = Detector(DetectorNet(cfg).eval(), cfg)
+    train = phantom_volumes(6, 16, seed=0)[:, :, 8].contiguous()
+    q = query_vectors(det, train)
+    assert q.shape == (8, 6, 8 * 4 * 4) and torch.allclose(q[0], latent_vectors(det, train))
+    # a copy turned by a D4 orientation meets its source exactly in one of the query's 8 orientations
+    copies = torch.cat([orient(train[[i]], orientations(2)[k]) for i, k in ((1, 3), (4, 6))])
+    found = set_nearest(query_vectors(det, copies), base_vectors(det, train, CompareConfig(search_shift=0)))[0]
+    assert found.indices.tolist() == [1, 4] and torch.allclose(found.values, torch.ones(2), atol=1e-5)
 
 
 @pytest.mark.slow

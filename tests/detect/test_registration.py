@@ -82,3 +82,9 @@ def test_change_as_dict_and_config_checks() -> None:
         RegisterConfig(stages=("affine",)).validate()
     with pytest.raises(ConfigError, match="window"):
         RegisterConfig(window=4).validate()
+
+
+def test_the_registered_detector_is_3d_only() -> None:
+    images = torch.zeros(2, 1, 16, 16)
+    with pytest.raises(ConfigError, match="3D only"):
+        registered_nearest(images, images)

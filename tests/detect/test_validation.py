@@ -3,6 +3,7 @@ volumes), and the `memostudy validate-detector` command."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -221,6 +222,25 @@ def test_trained_detectors_per_fold_and_table(volumes):
 
 
 @pytest.mark.slow
+def test_cli_validates_a_2d_data_set_with_held_out_folds(tmp_path):
+    data = write_2d_dataset(tmp_path / "ph2d")
+    out = tmp_path / "val2d"
+    args = ["validate-detector", str(data), "--out", str(out), "--copies-per-family", "1", "--no-progress",
+            "--set", "channels=8,16", "--set", "epochs=1", "--set", "batch_size=4", "--set", "hidden=32",
+            "--set", "view_families=rigid,elastic,blur,noise,contrast"]
+    assert main(args) == 0
+    summary = json.loads((out / "validation.json").read_text())
+    assert summary["n_train"] == 8 and summary["n_copies"] == 3 * len(COPY_FAMILIES)
+    assert summary["detector"]["config"]["spatial_dims"] == 2
+    assert set(summary["folds"]) == {"geometry", "resolution", "intensity"}
+    for fold in summary["folds"]:
+        assert torch.load(out / "held_out" / fold / "detector.pt", weights_only=True)["config"]["spatial_dims"] == 2
+    table = pd.read_csv(out / "validation.csv")
+    assert set(table["family"]) == {"all", "all-inside", *COPY_FAMILIES} and set(table["detector"]) == set(DETECTORS)
+    assert set(table[table["scored"] == "held-out"]["fold"]) >= {"geometry", "resolution", "intensity", SEEN}
+
+
+@pytest.mark.slow
 def test_cli_writes_tables_and_trains_each_held_out_detector_once(tmp_path, capsys):
     data = write_phantom_dataset(tmp_path / "ph", n_train=8, n_validation=8, size=16)
     out = tmp_path / "val"
@@ -244,6 +264,33 @@ def test_cli_writes_tables_and_trains_each_held_out_detector_once(tmp_path, caps
     assert not list((out / "held_out" / "resolution").glob("*.aside-*"))
     again = json.loads((out / "validation.json").read_text())
     assert again["thresholds"] == summary["thresholds"]
+
+
+def write_2d_dataset(out, n_train: int = 8, n_validation: int = 8, size: int = 16):
+    """A prepared 2D data set in the 3D layout (``patches/<id>.npy`` float32 (H, W), ``patches.csv``,
+    ``dataset.json`` with ``patch_size [H, W]``, ``COMPLETE``): the middle slices of a phantom data set."""
+    data = write_phantom_dataset(out, n_train=n_train, n_validation=n_validation, size=size)
+    for f in (data / "patches").glob("*.npy"):
+        np.save(f, np.ascontiguousarray(np.load(f)[size // 2]))
+    info = json.loads((data / "dataset.json").read_text())
+    (data / "dataset.json").write_text(json.dumps(info | {"patch_size": [size, size], "spacing": [1.0, 1.0]}))
+    return data
+
+
+def test_2d_images_give_every_family_and_strength_a_counted_copy(volumes):
+    train, held = (v[:, :, 8].contiguous() for v in volumes)  # 2D images (N, 1, 16, 16)
+    cfg2d = dataclasses.replace(TINY, spatial_dims=2)
+    res = validate_detector(_untrained(cfg2d), train, held, ValidationConfig(**FAST | {"pixel_orientations": True}),
+                            held_out_detector=lambda *_: pytest.fail("the classic views contain no family"))
+    t = res.table
+    cells = t[(t["detector"] == "contrastive") & (t["scored"] == "seen") & (t["strength"] > 0)]
+    assert len(cells) == 3 * len(COPY_FAMILIES) and (cells["n_copies"] == 1).all()
+    assert set(res.scores["detector"]) == {"contrastive", "pixel", "pixel-oriented"}
+    # copies that keep their pixels in place (and rigid motion inside the 8 orientations' reach, strength 1)
+    # lie nearest their own source by pixel correlation; a 2D rigid copy at any angle need not
+    px = res.scores[(res.scores["detector"] == "pixel") & (res.scores["kind"] == "copy") & (res.scores["strength"] == 1)]
+    kept = px[px["family"].isin(["lowres", "contrast", "bias", "blur", "noise"])]
+    assert (kept["nearest_train"] == kept["source"]).all()
 
 
 def test_roc_figure_one_curve_per_detector():
