@@ -7,7 +7,9 @@ opened for reading. Writing uses nibabel.
 
 Axis order: a 3D volume is an (X, Y, Z) array and a 2D image an (X, Y) array, the order of MONAI's readers
 (a PNG of ``H`` rows and ``W`` columns is read as (W, H)), so a 2D image is laid out like an axial slice
-``volume[:, :, k]`` of a volume and the viewers show both the same way (transposed: rows are y).
+``volume[:, :, k]`` of a volume and the viewers show both the same way (y upwards). PNG and DICOM files store
+their rows top to bottom, so their rows are reversed on reading (y upwards, as in a 2D NIfTI slice of a RAS
+volume): every 2D image then shows upright. Detectors that search flips are not affected either way.
 
 2D or 3D: the data decide. ``read_volume_folder`` reads 2D images (PNG, 2D NIfTI, single-frame DICOM) as
 well as 3D volumes; a file whose third axis has length 1 (e.g. a NIfTI of shape (X, Y, 1), or what some
@@ -177,7 +179,8 @@ def load_image(path: str | Path, dims: tuple[int, ...] = (3,)):  # -> monai.data
 
 def read_png(path: str | Path) -> tuple[np.ndarray, tuple[float, float]]:
     """Read a grayscale PNG (8- or 16-bit) with SimpleITK as an (X, Y) = (W, H) float32 array of its stored
-    values (0-255 or 0-65535; the audit maps intensities to [-1, 1] as for any folder).
+    values (0-255 or 0-65535; the audit maps intensities to [-1, 1] as for any folder), y upwards (the
+    last row of the file is y = 0; see the module docstring).
 
     Colour: a PNG stored as RGB(A) whose three channels are equal (grey saved as colour, common in exports)
     is read as grey; a colour image with differing channels is refused rather than converted, since no one
@@ -209,7 +212,7 @@ def read_png(path: str | Path) -> tuple[np.ndarray, tuple[float, float]]:
             raise DataError(f"{path}: a colour image ({n} channels that differ); convert it to grayscale first "
                             "(e.g. SimpleITK or ImageMagick `-colorspace Gray`), knowing which grey it should be")
         arr = grey[..., 0]
-    arr = check_volume(path, np.ascontiguousarray(arr.T, dtype=np.float32), (2,))
+    arr = check_volume(path, np.ascontiguousarray(arr[::-1].T, dtype=np.float32), (2,))  # rows reversed: y upwards
     sx, sy = (float(v) for v in img.GetSpacing()[:2])
     return arr, (sx, sy) if sx > 0 and sy > 0 else (1.0, 1.0)
 
@@ -237,6 +240,8 @@ def read_volume(path: str | Path, dims: tuple[int, ...] = (3,)) -> tuple[np.ndar
     img = load_image(path, dims)
     arr = img[0].detach().cpu().numpy()
     n = arr.ndim
+    if n == 2 and path.is_file() and path.name.lower().endswith(".dcm"):
+        arr = np.ascontiguousarray(arr[:, ::-1])  # DICOM rows run top to bottom: y upwards, as for PNG
     pd_ = [float(x) for x in torch.as_tensor(img.pixdim).flatten()[:n]]
     ok = len(pd_) == n and all(np.isfinite(pd_)) and all(p > 0 for p in pd_)
     return arr, tuple(pd_) if ok else (1.0,) * n

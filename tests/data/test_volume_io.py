@@ -60,6 +60,7 @@ def test_an_empty_folder_is_a_clear_error(tmp_path):
 # --- 2D images (issue 21): PNG, 2D NIfTI, single-frame DICOM; (X, Y) = the transpose of the (rows, columns) grid
 
 IMAGE = (np.arange(6 * 5).reshape(6, 5) * 7 % 31).astype(np.uint16)  # 6 rows, 5 columns: read as (X, Y) = (5, 6)
+UPRIGHT = IMAGE[::-1].T  # (X, Y), y upwards: the top row of the file has the largest y
 
 
 def _write_2d(kind: str, path, grid: np.ndarray = IMAGE):
@@ -95,7 +96,9 @@ def test_each_2d_format_is_read_as_an_x_y_image_of_its_stored_values(tmp_path, k
     _write_2d(kind, tmp_path)
     vols, ids, spacing = read_volume_folder(tmp_path)
     assert vols.shape == (1, 1, 5, 6) and len(spacing) == 2 and ids[0].startswith("a.")
-    np.testing.assert_array_equal(vols[0, 0].numpy(), IMAGE.T.astype(np.float32) * scale)
+    # NIfTI stores (X, Y) as written (here IMAGE.T); PNG and DICOM store rows top to bottom and are read y upwards
+    expected = IMAGE.T if kind.startswith("nifti") else UPRIGHT
+    np.testing.assert_array_equal(vols[0, 0].numpy(), expected.astype(np.float32) * scale)
 
 
 def test_a_colour_png_is_refused_naming_the_file(tmp_path):
