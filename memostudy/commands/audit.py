@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
                 print(f"detector: loading {args.detector}")
                 detector = loaded
             else:
-                print(f"detector: training on {len(train)} volume(s), {det_cfg.epochs} epoch(s) (reference = validation)")
+                print(f"detector: training on {len(train)} {_kind(train)}, {det_cfg.epochs} epoch(s) (reference = validation)")
                 detector = load_or_train_detector(train, reference, det_cfg, out_dir=out, progress=True,
                                                   save_to=build / "detector.pt")
             t_train = time.perf_counter() - t0 - t_read
