@@ -209,8 +209,10 @@ def aligned_pairs(assessment: Assessment, train: torch.Tensor, synthetic: torch.
         tv, sv = train[t_at[e.train_id]], synthetic[s_at[e.synthetic_id]]
         moved = apply_change(tv, e.change) if e.change else tv
         what = _change_text(e.change)
-        fig = slice_viewer([sv, moved, tv], [f"synthetic {e.synthetic_id}", f"train {e.train_id} aligned ({what})",
-                                             f"train {e.train_id} as stored"], height_per_row=220)
+        titles = [f"synthetic {e.synthetic_id}", f"train {e.train_id} aligned", f"train {e.train_id} as stored"]
+        if sv.ndim == 4:  # a volume's rows are wide enough to name the change too (2D: it is in the section title)
+            titles[1] += f" ({what})"
+        fig = slice_viewer([sv, moved, tv], titles, height_per_row=220)
         out.append((f"{e.synthetic_id} vs {e.train_id}: {e.detector} score {e.score:.4g}, p = {e.p_value:.3g}, "
                     f"q = {e.q_value:.3g}; change: {what}", fig))
     return out

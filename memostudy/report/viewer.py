@@ -172,6 +172,7 @@ def image_row(images: Sequence[np.ndarray | torch.Tensor], titles: Sequence[str]
                                                f"(window {lo:g} to {hi:g})<extra></extra>"),
                       row=1, col=c + 1)
     fig.update_layout(height=height + 80, margin={"l": 10, "r": 10, "t": 40, "b": 10}, meta={"display_window": [lo, hi]})
+    fig.update_annotations(font_size=11)  # the titles of narrow side-by-side panels
     fig.update_xaxes(showticklabels=False)
     fig.update_yaxes(showticklabels=False)
     for i in range(1, len(imgs) + 1):
