@@ -240,7 +240,7 @@ def read_volume(path: str | Path, dims: tuple[int, ...] = (3,)) -> tuple[np.ndar
     img = load_image(path, dims)
     arr = img[0].detach().cpu().numpy()
     n = arr.ndim
-    if n == 2 and path.is_file() and path.name.lower().endswith(".dcm"):
+    if n == 2 and _reader_for(path) == "PydicomReader":  # a .dcm file, or a folder holding one frame
         arr = np.ascontiguousarray(arr[:, ::-1])  # DICOM rows run top to bottom: y upwards, as for PNG
     pd_ = [float(x) for x in torch.as_tensor(img.pixdim).flatten()[:n]]
     ok = len(pd_) == n and all(np.isfinite(pd_)) and all(p > 0 for p in pd_)
