@@ -334,3 +334,13 @@ def test_2d_images_against_3d_volumes_are_refused_in_one_line(folders_2d, folder
     mixed = {**folders_2d, "reference": folders["reference"]}
     err = _error(mixed, tmp_path, capsys)
     assert "are (16, 16, 16) but --train 2D images are (32, 32)" in err and "all 2D images or all 3D volumes" in err
+
+
+def test_a_colour_png_among_2d_images_is_refused_in_one_line(folders_2d, tmp_path, capsys):
+    import SimpleITK as sitk
+
+    rgb = np.zeros((32, 32, 3), np.uint8)
+    rgb[..., 1] = 100  # green only: a colour image
+    sitk.WriteImage(sitk.GetImageFromArray(rgb, isVector=True), str(folders_2d["synthetic"] / "s99.png"))
+    err = _error(folders_2d, tmp_path, capsys)
+    assert "s99.png: a colour image" in err and not (tmp_path / "out").exists()
