@@ -1,4 +1,8 @@
-"""``memostudy audit``: which synthetic volumes (from any model) are copies of training patients."""
+"""``memostudy audit``: which synthetic volumes (from any model) are copies of training patients.
+
+The folders hold 3D volumes (NIfTI, NRRD, DICOM series) or 2D images (PNG, 2D NIfTI, single-frame DICOM),
+all of one kind and shape (:func:`memostudy.data.volume_io.read_volume_folder`); the detectors work on either
+from the data's shape."""
 
 from __future__ import annotations
 
@@ -7,7 +11,8 @@ import argparse
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``audit`` verb."""
-    p = sub.add_parser("audit", help="find copies of training volumes among synthetic volumes (folders of NIfTI/NRRD)")
+    p = sub.add_parser("audit", help="find copies of training volumes among synthetic volumes (folders of NIfTI/NRRD/DICOM "
+                                    "volumes, or of PNG/NIfTI/DICOM 2D images)")
     p.add_argument("--train", required=True, help="folder of the training volumes the generator saw")
     p.add_argument("--reference", required=True, help="folder of real volumes never trained on (calibrates the threshold)")
     p.add_argument("--synthetic", required=True, help="folder of generated volumes to audit")
@@ -65,12 +70,14 @@ def run(args: argparse.Namespace) -> int:
     for name in ("train", "reference", "synthetic"):
         vols, ids, spacing = read_volume_folder(getattr(args, name))
         sets[name] = (vols, ids)
-        print(f"{name}: {len(ids)} volume(s) of shape {tuple(vols.shape[2:])} from {getattr(args, name)}")
+        kind = "2D image(s)" if vols.ndim == 4 else "volume(s)"
+        print(f"{name}: {len(ids)} {kind} of shape {tuple(vols.shape[2:])} from {getattr(args, name)}")
     shape = sets["train"][0].shape[2:]
     for name in ("reference", "synthetic"):
         if sets[name][0].shape[2:] != shape:
-            raise DataError(f"{getattr(args, name)}: volumes are {tuple(sets[name][0].shape[2:])} but --train volumes are "
-                            f"{tuple(shape)}; crop or resample every folder to one shape (e.g. the patch size of the study)")
+            raise DataError(f"{getattr(args, name)}: {_kind(sets[name][0])} are {tuple(sets[name][0].shape[2:])} but "
+                            f"--train {_kind(sets['train'][0])} are {tuple(shape)}; crop or resample every folder to one "
+                            "shape (e.g. the patch size of the study), all 2D images or all 3D volumes")
     check_intensities({name: (v, ids, getattr(args, name)) for name, (v, ids) in sets.items()})
     _check_reference_apart(args.train, args.reference, sets["train"], sets["reference"])
     (train, reference, synthetic), intensity = scale_intensities(sets["train"][0], sets["reference"][0],
@@ -88,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
                 print(f"detector: loading {args.detector}")
                 detector = loaded
             else:
-                print(f"detector: training on {len(train)} volume(s), {det_cfg.epochs} epoch(s) (reference = validation)")
+                print(f"detector: training on {len(train)} {_kind(train)}, {det_cfg.epochs} epoch(s) (reference = validation)")
                 detector = load_or_train_detector(train, reference, det_cfg, out_dir=out, progress=True,
                                                   save_to=build / "detector.pt")
             t_train = time.perf_counter() - t0 - t_read
@@ -129,6 +136,11 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _kind(vols) -> str:
+    """"2D images" for an (N, 1, H, W) batch, "volumes" for (N, 1, D, H, W)."""
+    return "2D images" if vols.ndim == 4 else "volumes"
+
+
 def _check_reference_apart(train_dir: str, reference_dir: str, train: tuple, reference: tuple) -> None:
     """Refuse a reference set that is the training set (same folder, or the same volumes): the threshold
     would be the training volumes' similarity to themselves (1) and every copy would be missed. Warn in
@@ -136,7 +148,7 @@ def _check_reference_apart(train_dir: str, reference_dir: str, train: tuple, ref
 
     Args:
         train_dir, reference_dir: the folders as given.
-        train, reference: (volumes (N, 1, D, H, W), file names) as read.
+        train, reference: (volumes (N, 1, D, H, W) or images (N, 1, H, W), file names) as read.
     """
     import hashlib
     import sys

@@ -45,7 +45,8 @@ AUDIT_FILES = ("summary.json", "synthetic.csv", "train.csv", "reference.csv", "r
 #: the files whose presence means "complete results" (what every version wrote; older ones had no evidence.csv,
 #: and their results must still not be replaced without --force)
 RESULT_FILES = AUDIT_FILES[:5]
-#: flagged pairs shown aligned in report.html (each a three-row slice viewer of about 150 kB at 32^3)
+#: flagged pairs shown aligned in report.html (each a three-row slice viewer of about 150 kB at 32^3; in 2D three
+#: images side by side)
 MAX_ALIGNED_PAIRS = 6
 
 
@@ -189,11 +190,12 @@ def aligned_pairs(assessment: Assessment, train: torch.Tensor, synthetic: torch.
                   synthetic_ids: list[str], limit: int = MAX_ALIGNED_PAIRS) -> list[tuple[str, go.Figure]]:
     """Slice viewers of the first ``limit`` distinct flagged pairs of the evidence (BH-flagged first, then by
     p-value): the synthetic volume, the training volume moved by the change found
-    (:func:`memostudy.detect.alignment.apply_change`), and the training volume as stored, one window.
+    (:func:`memostudy.detect.alignment.apply_change`), and the training volume as stored, one window. For 2D
+    images the three are side by side (:func:`memostudy.report.viewer.image_row`).
 
     Args:
         assessment: with its :attr:`~memostudy.detect.assessment.Assessment.evidence`.
-        train, synthetic: (N, 1, D, H, W) the volumes as assessed; ids their names.
+        train, synthetic: (N, 1, D, H, W) volumes or (N, 1, H, W) images as assessed; ids their names.
     """
     from memostudy.detect.alignment import apply_change
     from memostudy.report.viewer import slice_viewer
@@ -207,8 +209,10 @@ def aligned_pairs(assessment: Assessment, train: torch.Tensor, synthetic: torch.
         tv, sv = train[t_at[e.train_id]], synthetic[s_at[e.synthetic_id]]
         moved = apply_change(tv, e.change) if e.change else tv
         what = _change_text(e.change)
-        fig = slice_viewer([sv, moved, tv], [f"synthetic {e.synthetic_id}", f"train {e.train_id} aligned ({what})",
-                                             f"train {e.train_id} as stored"], height_per_row=220)
+        titles = [f"synthetic {e.synthetic_id}", f"train {e.train_id} aligned", f"train {e.train_id} as stored"]
+        if sv.ndim == 4:  # a volume's rows are wide enough to name the change too (2D: it is in the section title)
+            titles[1] += f" ({what})"
+        fig = slice_viewer([sv, moved, tv], titles, height_per_row=220)
         out.append((f"{e.synthetic_id} vs {e.train_id}: {e.detector} score {e.score:.4g}, p = {e.p_value:.3g}, "
                     f"q = {e.q_value:.3g}; change: {what}", fig))
     return out
@@ -220,7 +224,8 @@ def _change_text(change: dict[str, Any]) -> str:
         return "not measured"
     parts = []
     if "permutation" in change:
-        flips = [ax for ax, f in zip("DHW", change.get("flips", [])) if f]
+        flips = change.get("flips", [])
+        flips = [ax for ax, f in zip("DHW"[-len(flips):] if flips else "", flips) if f]  # (H, W) for a 2D image
         parts.append(f"axes {tuple(change['permutation'])}" + (f", flipped {''.join(flips)}" if flips else ""))
     if "shift_voxels" in change:
         parts.append("shift " + ", ".join(f"{v:+.1f}" for v in change["shift_voxels"]) + " voxels")
@@ -246,8 +251,8 @@ def write_audit(assessment: Assessment, out_dir: str | Path, extra: dict[str, An
         force: replace earlier results (else :class:`RunExistsError` when complete ones are there).
         build: a build folder from :func:`new_build` that already holds files to move in with the results
             (e.g. the ``detector.pt`` trained by the audit); default a new one.
-        volumes: "train" and "synthetic" -> ((N, 1, D, H, W) volumes as assessed, names): when given, the
-            report shows the first flagged pairs aligned (:func:`aligned_pairs`).
+        volumes: "train" and "synthetic" -> ((N, 1, D, H, W) volumes or (N, 1, H, W) images as assessed, names):
+            when given, the report shows the first flagged pairs aligned (:func:`aligned_pairs`).
 
     Returns:
         file name -> path of every result file written (in ``out_dir``).

@@ -291,6 +291,9 @@ def describe(leaks: list[Leak]) -> str:
 
 
 def _as_volumes(volumes: np.ndarray | torch.Tensor) -> np.ndarray:
+    """(N, D, H, W) float32 from (N, 1, D, H, W) or (N, D, H, W). A batch of 2D images (N, 1, H, W) is read as
+    volumes one slice thick, (N, D=1, H, W): the slice across axis 0 is the image itself, so every scan here
+    works on 2D data sets unchanged."""
     v = volumes.detach().cpu().numpy() if isinstance(volumes, torch.Tensor) else np.asarray(volumes)
     if v.ndim == 5 and v.shape[1] == 1:
         v = v[:, 0]
@@ -671,11 +674,20 @@ def calibrate_similarity(reference: np.ndarray | torch.Tensor, train: np.ndarray
                          window: tuple[float, float] = DEFAULT_WINDOW, threshold: float = SLICE_NCC_THRESHOLD) -> int:
     """``min_frames`` for :func:`find_similar_slices` on a data set: every slice of each real held-out volume of
     ``reference`` is shown alone, as the viewer shows it (8 bits, 3 planes); the most frames any of them
-    collects on one training volume, times 1.25, plus 2 (at least 4), so real non-copies pass."""
-    from memostudy.report.viewer import PLANES, plane_slice, to_gray8
+    collects on one training volume, times 1.25, plus 2 (at least 4), so real non-copies pass.
 
+    2D images ((N, 1, H, W), :func:`_as_volumes`): a viewer shows an image once, so a copy is one frame, and the
+    3D margin would let every single image through. ``min_frames`` is 1 when no held-out image (shown alone, as
+    the viewer shows it) matches a training image above ``threshold``, else 2: then this NCC threshold cannot tell
+    copies from real non-copies on this data set, and only an image shown twice in a figure fails."""
+    from memostudy.report.viewer import PLANES, image_view, plane_slice, to_gray8
+
+    ref = _as_volumes(reference)
+    if ref.shape[1] == 1 and _as_volumes(train).shape[1] == 1:
+        frames = [to_gray8(image_view(v[0]), window) for v in ref]
+        return 2 if similar_counts(best_slice_ncc(frames, train, [window]), threshold) else 1
     most = 0
-    for v in _as_volumes(reference):
+    for v in ref:
         frames = [to_gray8(plane_slice(v, p, k), window) for p in PLANES
                   for k in range(v.shape[{"axial": 2, "coronal": 1, "sagittal": 0}[p]])]
         most = max(most, max(similar_counts(best_slice_ncc(frames, train, [window]), threshold).values(), default=0))

@@ -1,5 +1,8 @@
 """Slice viewers: plotly figures that work in exported static HTML, plus an ipywidgets labeller for JupyterLab.
 
+A 3D volume is shown as three planes with a slider; a 2D image (X, Y) as itself (no slider), several side by
+side, oriented like the axial plane of a volume.
+
 The plotly viewers carry every slice in the figure itself (a slider that restyles the heatmaps),
 so they page through slices in an HTML report opened offline with no kernel. Slices are stored as
 8-bit grey levels of the display window (plotly typed arrays, ``{"dtype": "u1", "bdata": ...}``): one
@@ -24,13 +27,22 @@ PLANES = ("axial", "coronal", "sagittal")
 
 
 def _as_array(v: np.ndarray | torch.Tensor) -> np.ndarray:
+    """A volume (X, Y, Z) or a 2D image (X, Y) from an array with leading singleton axes ((1, X, Y, Z),
+    (1, 1, X, Y, Z), (1, X, Y): a 2D image with its channel axis, as in a batch (N, 1, X, Y))."""
     arr = v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)
     arr = np.asarray(arr, dtype=np.float32)
     while arr.ndim > 3 and arr.shape[0] == 1:
         arr = arr[0]
-    if arr.ndim != 3:
-        raise ValueError(f"a viewer needs a 3D volume, got shape {arr.shape}")
+    if arr.ndim == 3 and arr.shape[0] == 1 and min(arr.shape[1:]) > 1:  # (1, X, Y): not a volume one voxel thick
+        arr = arr[0]
+    if arr.ndim not in (2, 3):
+        raise ValueError(f"a viewer needs a 2D image or a 3D volume, got shape {arr.shape}")
     return arr
+
+
+def image_view(img: np.ndarray) -> np.ndarray:
+    """A 2D image (X, Y) oriented for display like the axial plane of a volume (rows are y)."""
+    return np.ascontiguousarray(img.T)
 
 
 def plane_slice(vol: np.ndarray, plane: str, index: int) -> np.ndarray:
@@ -79,7 +91,8 @@ def slice_viewer(
     window: tuple[float, float] = (-1.0, 1.0),
     height_per_row: int = 260,
 ) -> go.Figure:
-    """Three orthogonal planes per volume, one row per volume, one slider over the slice position.
+    """Three orthogonal planes per volume, one row per volume, one slider over the slice position; for 2D
+    images, the images side by side in one row (no slider).
 
     All volumes share the same intensity window so a training volume and its synthetic copy candidate
     are compared on equal terms. The slider moves every plane of every row to the same relative
@@ -87,8 +100,9 @@ def slice_viewer(
     window (:func:`to_gray8`), as uint8 typed arrays: 1 byte per voxel in the figure's JSON.
 
     Args:
-        volumes: each (X, Y, Z) or (1, X, Y, Z), e.g. float32 in [-1, 1].
-        titles: one label per volume (row).
+        volumes: each (X, Y, Z) or (1, X, Y, Z), e.g. float32 in [-1, 1]; or each a 2D image (X, Y) or
+            (1, X, Y) (all of one kind).
+        titles: one label per volume (row; per image: column).
         window: display range (min, max) shared by every panel; values outside it show as black / white.
 
     Returns:
@@ -97,6 +111,10 @@ def slice_viewer(
     vols = [_as_array(v) for v in volumes]
     titles = list(titles) if titles is not None else [f"volume {i}" for i in range(len(vols))]
     lo, hi = float(window[0]), float(window[1])
+    if {v.ndim for v in vols} == {2}:
+        return image_row(vols, titles, (lo, hi), height_per_row)
+    if {v.ndim for v in vols} != {3}:
+        raise ValueError(f"a viewer shows 2D images or 3D volumes, not both; got shapes {[v.shape for v in vols]}")
     fig = make_subplots(rows=len(vols), cols=3, horizontal_spacing=0.02, vertical_spacing=0.06,
                         subplot_titles=[f"{t} — {p}" for t in titles for p in PLANES])
     n_steps = min(_axis_len(v, p) for v in vols for p in PLANES)
@@ -128,9 +146,44 @@ def slice_viewer(
     return fig
 
 
+def image_row(images: Sequence[np.ndarray | torch.Tensor], titles: Sequence[str] | None = None,
+              window: tuple[float, float] = (-1.0, 1.0), height: int = 260) -> go.Figure:
+    """2D images side by side in one row, one shared window, as 8-bit grey levels (:func:`to_gray8`).
+
+    Args:
+        images: each (X, Y) or (1, X, Y), e.g. float32 in [-1, 1]; shown y upwards like an axial plane.
+        titles: one label per image.
+        window: display range (min, max) shared by every image.
+        height: the row's height in pixels.
+
+    Returns:
+        A plotly Figure, one heatmap per image; ``layout.meta["display_window"]`` records ``window``.
+    """
+    imgs = [_as_array(v) for v in images]
+    if any(v.ndim != 2 for v in imgs):
+        raise ValueError(f"image_row shows 2D images, got shapes {[v.shape for v in imgs]}")
+    titles = list(titles) if titles is not None else [f"image {i}" for i in range(len(imgs))]
+    lo, hi = float(window[0]), float(window[1])
+    fig = make_subplots(rows=1, cols=len(imgs), horizontal_spacing=0.02, subplot_titles=titles)
+    for c, v in enumerate(imgs):
+        fig.add_trace(go.Heatmap(z=to_gray8(image_view(v), (lo, hi)), colorscale="gray", zmin=0, zmax=255,
+                                 showscale=False,
+                                 hovertemplate=f"{titles[c]}<br>x=%{{x}} y=%{{y}}<br>grey level %{{z}} of 255 "
+                                               f"(window {lo:g} to {hi:g})<extra></extra>"),
+                      row=1, col=c + 1)
+    fig.update_layout(height=height + 80, margin={"l": 10, "r": 10, "t": 40, "b": 10}, meta={"display_window": [lo, hi]})
+    fig.update_annotations(font_size=11)  # the titles of narrow side-by-side panels
+    fig.update_xaxes(showticklabels=False)
+    fig.update_yaxes(showticklabels=False)
+    for i in range(1, len(imgs) + 1):
+        fig.update_yaxes(scaleanchor=f"x{i if i > 1 else ''}", row=1, col=i)
+    return fig
+
+
 def pair_viewer(train: np.ndarray | torch.Tensor, synthetic: np.ndarray | torch.Tensor, train_id: str,
                 synthetic_id: str, similarity: float | None = None, window: tuple[float, float] = (-1.0, 1.0)) -> go.Figure:
-    """A training volume above its synthetic copy candidate, same window, one slider (seed 000 Fig. 4)."""
+    """A training volume above its synthetic copy candidate, same window, one slider (seed 000 Fig. 4); two 2D
+    images side by side, training image left."""
     fig = slice_viewer([train, synthetic], [f"train {train_id}", f"synthetic {synthetic_id}"], window=window)
     if similarity is not None:
         fig.update_layout(title=f"{synthetic_id} vs {train_id}: similarity {similarity:.3f}")

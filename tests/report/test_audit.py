@@ -246,3 +246,101 @@ def test_nan_volume(folders, tmp_path, capsys):
 def test_unreadable_file(folders, tmp_path, capsys):
     (folders["train"] / "broken.nii.gz").write_bytes(b"\x1f\x8b garbage")
     assert "broken.nii.gz" in _error(folders, tmp_path, capsys)
+
+
+# --- 2D images (issue 21) --------------------------------------------------------------------------------------
+
+
+def _slices(n: int, seed: int, size: int = 32) -> torch.Tensor:
+    """(n, 1, size, size) middle slices of phantom volumes, in [-1, 1]."""
+    return phantom_volumes(n, size, seed=seed)[:, :, size // 2]
+
+
+def _png_folder(path: Path, images: torch.Tensor, prefix: str) -> Path:
+    """Write (N, 1, X, Y) images in [-1, 1] as 16-bit PNGs (what a user exports), read back y upwards as (X, Y)."""
+    import SimpleITK as sitk
+
+    path.mkdir(parents=True, exist_ok=True)
+    for i, v in enumerate(images):
+        grid = v[0].numpy().T[::-1]  # (X, Y) y upwards -> rows top to bottom, columns x
+        sitk.WriteImage(sitk.GetImageFromArray(np.rint((grid + 1) * 30000).astype(np.uint16)), str(path / f"{prefix}{i:02d}.png"))
+    return path
+
+
+@pytest.fixture()
+def folders_2d(tmp_path: Path) -> dict[str, Path]:
+    train = _slices(8, seed=0)
+    # s00-s02: training images flipped along x; s03: an exact copy; s04-s06: other images
+    synthetic = torch.cat([train[:3].flip(2), train[3:4], _slices(3, seed=7)])
+    return {"train": _png_folder(tmp_path / "2d" / "train", train, "t"),
+            "reference": _png_folder(tmp_path / "2d" / "ref", _slices(6, seed=3), "r"),
+            "synthetic": _png_folder(tmp_path / "2d" / "syn", synthetic, "s")}
+
+
+@pytest.mark.slow
+def test_audit_of_2d_png_folders_finds_exact_and_flipped_copies(folders_2d, tmp_path, capsys):
+    """The whole audit on 2D images: needs the 2D detectors of memostudy/detect (issue 21, helper h21b)."""
+    out = tmp_path / "out"
+    assert _audit(folders_2d, out) == 0
+    printed = capsys.readouterr().out
+    assert "train: 8 2D image(s) of shape (32, 32)" in printed and "intensities: joint" in printed
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["n_train"], summary["n_reference"], summary["n_synthetic"]) == (8, 6, 7)
+    assert summary["inputs"]["shape"] == [32, 32] and summary["intensity"]["rule"] == "joint"
+    syn = pd.read_csv(out / "synthetic.csv").set_index("synthetic_id")
+    # the exact copy: nearest for every detector, at similarity 1, a copy for the pixel baseline too
+    row = syn.loc["s03.png"]
+    for p in ("", "pixel_", "aligned_"):
+        assert row[f"{p}nearest_train_id"] == "t03.png" and row[f"{p}similarity"] > 0.99, p
+    assert row["pixel_is_copy"] == 1 and row["is_copy"] == 1
+    # the flipped copies: found by the aligned correlation (and the contrastive detector's orientation search)
+    for i in range(3):
+        r = syn.loc[f"s{i:02d}.png"]
+        assert r["aligned_nearest_train_id"] == f"t{i:02d}.png" and r["aligned_similarity"] > 0.99
+        assert r["nearest_train_id"] == f"t{i:02d}.png"
+    ev = pd.read_csv(out / "evidence.csv")
+    flip = ev[(ev["detector"] == "aligned") & (ev["synthetic_id"] == "s00.png")].iloc[0]
+    assert flip["train_id"] == "t00.png" and json.loads(flip["change_flips"]) == [True, False]
+    assert json.loads(flip["change_shift_voxels"]) == [0.0, 0.0]
+    html = (out / "report.html").read_text()
+    assert "Flagged pair aligned: s0" in html and "flipped H" in html and "Plotly.newPlot" in html
+    assert 'src="https://cdn' not in html
+
+
+def test_aligned_pairs_of_2d_images_are_three_images_side_by_side():
+    from memostudy.report.audit import aligned_pairs
+    from memostudy.report.viewer import to_gray8
+
+    a = _assessment()
+    train, synthetic = _slices(2, seed=0, size=16), _slices(4, seed=1, size=16)
+    a.evidence = [CopyEvidence("b", "t1", "pixel", 0.9, 0.2, 0.4, True, False, {})]
+    [(title, fig)] = aligned_pairs(a, train, synthetic, ["t0", "t1"], ["a", "b", "c", "d"])
+    assert title.startswith("b vs t1: pixel score 0.9") and "change: not measured" in title
+    assert len(fig.data) == 3 and not fig.layout.sliders
+    assert [t.xaxis for t in fig.data] == ["x", "x2", "x3"]  # one row
+    np.testing.assert_array_equal(np.asarray(fig.data[0].z), to_gray8(synthetic[1, 0].numpy().T, (-1.0, 1.0)))
+    np.testing.assert_array_equal(np.asarray(fig.data[2].z), to_gray8(train[1, 0].numpy().T, (-1.0, 1.0)))
+
+
+def test_a_2d_change_names_the_image_axes():
+    from memostudy.report.audit import _change_text
+
+    text = _change_text({"orientation": 2, "permutation": [0, 1], "flips": [True, False], "shift_voxels": [0.0, 1.0]})
+    assert text == "axes (0, 1), flipped H; shift +0.0, +1.0 voxels"
+    assert "flipped D" in _change_text({"permutation": [0, 1, 2], "flips": [True, False, False]})
+
+
+def test_2d_images_against_3d_volumes_are_refused_in_one_line(folders_2d, folders, tmp_path, capsys):
+    mixed = {**folders_2d, "reference": folders["reference"]}
+    err = _error(mixed, tmp_path, capsys)
+    assert "are (16, 16, 16) but --train 2D images are (32, 32)" in err and "all 2D images or all 3D volumes" in err
+
+
+def test_a_colour_png_among_2d_images_is_refused_in_one_line(folders_2d, tmp_path, capsys):
+    import SimpleITK as sitk
+
+    rgb = np.zeros((32, 32, 3), np.uint8)
+    rgb[..., 1] = 100  # green only: a colour image
+    sitk.WriteImage(sitk.GetImageFromArray(rgb, isVector=True), str(folders_2d["synthetic"] / "s99.png"))
+    err = _error(folders_2d, tmp_path, capsys)
+    assert "s99.png: a colour image" in err and not (tmp_path / "out").exists()

@@ -152,3 +152,32 @@ def test_each_figure_of_a_page_is_scanned_apart():
     page = html_page("p", [(f"f{i}", f) for i, f in enumerate(figs)])
     with_arrays = [t for t in figure_texts(page) if '"z"' in t]
     assert len(with_arrays) == 3  # one text per figure, so images of different figures are not pooled
+
+
+def smooth_images(n: int, seed: int, size: int = 32) -> torch.Tensor:
+    """(n, 1, size, size) float32 in [-1, 1]: smoothed noise, 2D images as in a 2D data set."""
+    rng = np.random.default_rng(seed)
+    v = np.stack([gaussian_filter(rng.standard_normal((size, size)), 2.0) for _ in range(n)])
+    return torch.from_numpy((v / np.abs(v).max(axis=(1, 2), keepdims=True)).astype(np.float32))[:, None]
+
+
+def test_2d_training_images_in_a_pair_viewer_are_found_exactly() -> None:
+    train, synthetic = smooth_images(4, seed=0), smooth_images(1, seed=1)[0]
+    html = pair_viewer(train[1], synthetic, "t1", "s1").to_html(include_plotlyjs=False)
+    leaks = find_volume_leaks(html, train)  # (N, 1, H, W): images one slice thick
+    assert [(k.array, k.volume, k.axis, k.transform) for k in leaks] == [(0, 1, 0, "a.T")]
+    assert find_volume_leaks(slice_viewer([synthetic]).to_html(include_plotlyjs=False), train) == []
+
+
+def test_a_2d_near_copy_shown_once_fails_the_similarity_scan() -> None:
+    from memostudy.report.leaks import calibrate_similarity, find_similar_slices
+
+    train, held = smooth_images(4, seed=0), smooth_images(3, seed=5)
+    min_frames = calibrate_similarity(held, train)
+    assert min_frames == 1  # no held-out image looks like a training image: one similar image is enough
+    near_copy = train[2, 0].flip(0) * 0.8 + 0.05  # flipped, contrast and brightness changed: not voxel-exact
+    html = slice_viewer([near_copy]).to_html(include_plotlyjs=False)
+    assert find_volume_leaks(html, train) == []
+    found = find_similar_slices(html, train, min_frames)
+    assert [f.volume for f in found] == [2] and found[0].ncc > 0.99
+    assert find_similar_slices(slice_viewer([held[0]]).to_html(include_plotlyjs=False), train, min_frames) == []

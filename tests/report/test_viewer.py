@@ -70,3 +70,34 @@ def test_labels_roundtrip(tmp_path) -> None:
     p = save_labels(labels, tmp_path / "labels.csv")
     assert load_labels(p) == labels
     assert p.read_text().splitlines()[1].startswith("t1,s3,copy")
+
+
+def test_2d_images_are_shown_side_by_side_without_a_slider() -> None:
+    import pytest
+    import torch
+
+    rng = np.random.default_rng(2)
+    a, b = rng.uniform(-1, 1, (5, 7)).astype(np.float32), rng.uniform(-1, 1, (5, 7)).astype(np.float32)
+    fig = pair_viewer(torch.from_numpy(a)[None], b, "t1", "s1", 0.9, window=(-0.5, 0.5))  # (1, X, Y) as in a batch
+    assert len(fig.data) == 2 and not fig.layout.sliders and fig.layout.meta["display_window"] == [-0.5, 0.5]
+    # the figure's data are the images (training left), shown like an axial plane: (X, Y) -> rows are y
+    np.testing.assert_array_equal(np.asarray(fig.data[0].z), to_gray8(a.T, (-0.5, 0.5)))
+    np.testing.assert_array_equal(np.asarray(fig.data[1].z), to_gray8(b.T, (-0.5, 0.5)))
+    assert fig.data[0].xaxis == "x" and fig.data[1].xaxis == "x2" and fig.data[0].yaxis == "y" and fig.data[1].yaxis == "y2"
+    assert fig.layout.xaxis.domain[1] <= fig.layout.xaxis2.domain[0]  # side by side, one row
+    assert "0.900" in fig.layout.title.text
+    vol = np.zeros((4, 4, 4), np.float32)
+    a3 = np.zeros((4, 4), np.float32)
+    with pytest.raises(ValueError, match="not both"):
+        slice_viewer([vol, a3])
+
+
+def test_a_2d_image_is_the_axial_plane_of_a_volume_of_one_slice() -> None:
+    img = np.random.default_rng(3).uniform(-1, 1, (6, 4)).astype(np.float32)
+    fig2d, fig3d = slice_viewer([img]), slice_viewer([img[:, :, None]])
+    np.testing.assert_array_equal(np.asarray(fig2d.data[0].z), np.asarray(fig3d.data[0].z))
+
+
+def test_a_2d_viewer_is_self_contained_html() -> None:
+    html = pair_viewer(np.zeros((6, 6)), np.ones((6, 6)), "t", "s").to_html(include_plotlyjs=True, full_html=True)
+    assert "<script src=\"http" not in html and '"dtype":"u1"' in html.replace(" ", "")
