@@ -262,25 +262,26 @@ def _paper(data: str, patch_size: tuple[int, ...]) -> LDMConfig:
 def _cpu_tiny_2d() -> LDMConfig:
     # The 2D study on a CPU: 64 x 64 patches from axial slices of demo-ct (data_manifests/demo-ct-2d.yaml). The
     # nets are cpu-tiny's, in 2D: the autoencoder halves 64 twice to 16 x 16 latents, the UNet works on those.
-    # Sized for ~5 minutes of LDM work on 2 shared CPU cores (measured while other jobs ran: ~0.23 s per
-    # autoencoder step at batch 8 of 64 x 64, ~0.23-0.29 s per UNet step at batch 16 of 16 x 16 latents):
-    # 64 of the 306 training images, autoencoder 320 steps (each image seen 40 times), diffusion 1000 steps
-    # (each 250 times), 256 DDIM-50 samples (4x). Not tuned on results: a smaller copy of cpu-tiny's budget.
+    # cpu-tiny's budget per training image: 48 images (of 306), each seen 60 times by the autoencoder (360 steps
+    # at batch 8) and 600 times by the diffusion model (1800 steps at batch 16); 192 DDIM-50 samples (4x).
+    # Half that diffusion budget (250 views per image, 1000 steps) gave samples with bright or dark rims and
+    # grid-like texture that no training image has. Measured on 2 CPU cores shared with other jobs: ~0.16 s per
+    # autoencoder step, ~0.37 s per UNet step (16 x 16 latents, batch 16).
     return LDMConfig(
         data="demo-ct-2d",
         patch_size=(64, 64),
-        max_train_patches=64,
+        max_train_patches=48,
         max_val_patches=32,
         autoencoder=AutoencoderConfig(
             channels=(8, 16, 32), latent_channels=3, num_res_blocks=1, attention_levels=(False, False, False),
             norm_num_groups=8, with_nonlocal_attn=False, kl_weight=1e-6,
-            loop=LoopConfig(epochs=40, batch_size=8, lr=1e-3, checkpoint_every=160, val_every=4),
+            loop=LoopConfig(epochs=60, batch_size=8, lr=1e-3, checkpoint_every=120, val_every=4),
         ),
         diffusion=DiffusionConfig(
             channels=(32, 64, 64), attention_levels=(False, False, True), num_res_blocks=1,
             num_head_channels=32, norm_num_groups=32, ema_decay=0.0,
-            loop=LoopConfig(epochs=250, batch_size=16, lr=3e-4, checkpoint_every=250, val_every=25,
-                            snapshot_epochs=(100, 200)),
+            loop=LoopConfig(epochs=600, batch_size=16, lr=3e-4, checkpoint_every=300, val_every=20,
+                            snapshot_epochs=(100, 200, 400)),
         ),
         sampling=SamplingConfig(sampler="ddim", steps=50, eta=1.0, samples_per_training_patch=4.0, batch_size=64),
     )
