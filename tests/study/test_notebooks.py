@@ -184,6 +184,7 @@ def test_a_failing_notebook_leaves_a_partial_report_and_exits_non_zero(env, caps
     assert (run_dir / "notebook.ipynb").exists()
 
 
+@pytest.mark.slow  # papermill and a tiny 2D LDM and detector
 def test_2d_study_runs_end_to_end_through_the_real_command(tmp_path, capsys):
     """`memostudy study --preset <2D preset> -p data <2D data set>`: notebook 01 on 2D images, report and record.
     Needs the 2D detector (memostudy/detect, issue 21) as well as the 2D data and LDM."""
