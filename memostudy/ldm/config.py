@@ -264,9 +264,9 @@ def _cpu_tiny_2d() -> LDMConfig:
     # nets are cpu-tiny's, in 2D: the autoencoder halves 64 twice to 16 x 16 latents, the UNet works on those.
     # cpu-tiny's budget per training image: 48 images (of 306), each seen 60 times by the autoencoder (360 steps
     # at batch 8) and 600 times by the diffusion model (1800 steps at batch 16); 192 DDIM-50 samples (4x).
-    # Half that diffusion budget (250 views per image, 1000 steps) gave samples with bright or dark rims and
-    # grid-like texture that no training image has. Measured on 2 CPU cores shared with other jobs: ~0.16 s per
-    # autoencoder step, ~0.37 s per UNet step (16 x 16 latents, batch 16).
+    # On 2 CPU cores shared with other jobs: autoencoder 52 s, diffusion 541 s, sampling 37 s. Its samples are
+    # blurrier than the training images and many have a bright or dark rim at the border and a grid-like texture
+    # (with DDPM-1000 too); 64 images with 1000 diffusion steps looked the same or worse.
     return LDMConfig(
         data="demo-ct-2d",
         patch_size=(64, 64),
