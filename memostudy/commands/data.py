@@ -12,7 +12,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     prep = dsub.add_parser("prepare", help="build the patches of a manifest into the cache and print a summary")
     prep.add_argument("manifest", help="manifest name (demo-ct, demo-mr) or path to a manifest YAML")
     prep.add_argument("--cache", default=None, help="cache root (default $MEMOSTUDY_CACHE or ~/.cache/memostudy)")
-    prep.add_argument("--patch-size", type=int, default=None, help="override the cubic patch size (e.g. 64)")
+    prep.add_argument("--patch-size", type=int, default=None, help="override the cubic patch size (e.g. 64; square for a 2D manifest)")
     prep.add_argument("--force", action="store_true",
                       help="rebuild and replace the cached data set (the old one stays until the new one is complete)")
     prep.set_defaults(func=run_prepare)

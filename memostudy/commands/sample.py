@@ -7,7 +7,7 @@ import argparse
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``sample`` verb."""
-    p = sub.add_parser("sample", help="sample NIfTI volumes from a trained LDM run (DDIM or DDPM)")
+    p = sub.add_parser("sample", help="sample NIfTI volumes (2D NIfTI images from a 2D run) from a trained LDM run (DDIM or DDPM)")
     p.add_argument("--run", required=True, help="run folder written by `memostudy train`")
     p.add_argument("-n", type=int, default=None, help="number of volumes (default: the run's samples_per_training_patch x training patches)")
     p.add_argument("--sampler", choices=["ddim", "ddpm"], default=None, help="default: the run's (ddim)")

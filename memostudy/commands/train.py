@@ -1,4 +1,5 @@
-"""``memostudy train``: train a 3D latent diffusion model (autoencoder + diffusion model) into a run folder."""
+"""``memostudy train``: train a latent diffusion model (autoencoder + diffusion model) into a run folder; 3D, or 2D
+with a 2D preset (``cpu-tiny-2d``, ``paper-2d``) on a 2D data set."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import argparse
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``train`` verb."""
     p = sub.add_parser("train", help="train an LDM (autoencoder, then diffusion model) from a preset; resumable")
-    p.add_argument("--preset", default="cpu-tiny", help="cpu-tiny (default), paper-pccta or paper-mrnet")
+    p.add_argument("--preset", default="cpu-tiny", help="cpu-tiny (default), paper-pccta or paper-mrnet; 2D: cpu-tiny-2d, paper-2d")
     p.add_argument("--data", default=None, help="prepared data set name or folder (default: the preset's)")
     p.add_argument("--out", required=True, help="run folder, e.g. runs/NAME; rerun the same command to resume")
     p.add_argument("--augment", action="store_true", help="random flips and 90-degree rotations of training patches")

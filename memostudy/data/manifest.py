@@ -52,11 +52,17 @@ class Manifest:
     raw: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def patch_size(self) -> tuple[int, int, int]:
-        """Patch edge lengths in voxels (D, H, W)."""
+    def patch_size(self) -> tuple[int, ...]:
+        """Patch edge lengths in voxels: (D, H, W), or (H, W) for 2D patches cut from slices (a single
+        number is a cube)."""
         ps = self.preprocessing.get("patch_size", 32)
         ps = [ps] * 3 if isinstance(ps, int | float) else list(ps)
-        return int(ps[0]), int(ps[1]), int(ps[2])
+        return tuple(int(s) for s in ps)
+
+    @property
+    def slices(self) -> dict[str, Any] | None:
+        """The slicing rule of a 2D data set (``{"plane": "axial", "step_mm": 10}``), None for 3D."""
+        return self.preprocessing.get("slices")
 
     def split_of(self) -> dict[str, str]:
         """Subject -> split, from the manifest's split rule (deterministic)."""

@@ -21,6 +21,8 @@ from jsonschema import Draft202012Validator
 from memostudy.errors import DataError
 
 SPLITS = ("train", "validation", "test")
+#: planes 2D patches can be cut from (RAS orientation: axial = a fixed S index)
+SLICE_PLANES = ("axial",)
 FORMAT_HINT = "see data_manifests/demo-ct.yaml for the format"
 
 #: a data set name: one path component in the cache, also typed on the command line
@@ -88,8 +90,9 @@ MANIFEST_SCHEMA: dict[str, Any] = {
             "properties": {
                 "spacing": {"anyOf": [{"type": "null"},
                                       {"type": "array", "items": {"type": "number", "exclusiveMinimum": 0},
-                                       "minItems": 3, "maxItems": 3}],
-                            "hint": "use three positive numbers in mm, e.g. [1.0, 1.0, 1.0], or null to keep native"},
+                                       "minItems": 2, "maxItems": 3}],
+                            "hint": "use three positive numbers in mm, e.g. [1.0, 1.0, 1.0] (two, in-plane, for 2D "
+                                    "slices), or null to keep native"},
                 "intensity": {
                     **_kinds({"window": ["lo", "hi"], "percentile": []},
                              "use {kind: window, lo, hi} (e.g. CT HU) or {kind: percentile, lower, upper}"),
@@ -103,8 +106,14 @@ MANIFEST_SCHEMA: dict[str, Any] = {
                                    "percentile": _PERCENT, "fraction": {"type": "number", "minimum": 0}},
                 },
                 "min_foreground": {**_FRACTION, "hint": "use a fraction of the patch between 0 and 1, e.g. 0.5"},
-                "patch_size": {"anyOf": [_POS_INT, {"type": "array", "items": _POS_INT, "minItems": 3, "maxItems": 3}],
-                               "hint": "use a positive whole number of voxels, e.g. 32, or three of them"},
+                "patch_size": {"anyOf": [_POS_INT, {"type": "array", "items": _POS_INT, "minItems": 2, "maxItems": 3}],
+                               "hint": "use a positive whole number of voxels, e.g. 32, three of them, or two for "
+                                       "2D patches cut from slices (with slices)"},
+                # 2D data sets: which slices of each volume the 2D patches are cut from
+                "slices": {"type": "object", "required": ["plane", "step_mm"], "additionalProperties": False,
+                           "hint": "use {plane: axial, step_mm: 10} (distance between the slices used, in mm)",
+                           "properties": {"plane": {"enum": list(SLICE_PLANES)},
+                                          "step_mm": {"type": "number", "exclusiveMinimum": 0}}},
             },
         },
         "split": {
@@ -164,6 +173,16 @@ def _relation_problems(raw: dict[str, Any]) -> list[str]:
         problems.append(f"preprocessing.intensity: lo {inten['lo']} is not below hi {inten['hi']}; use lo < hi")
     if inten.get("kind") == "percentile" and not float(inten.get("lower", 0.5)) < float(inten.get("upper", 99.5)):
         problems.append("preprocessing.intensity: lower percentile is not below upper; use lower < upper")
+    ps, spacing = pre.get("patch_size", 32), pre.get("spacing")
+    two_d = isinstance(ps, list) and len(ps) == 2
+    if two_d and "slices" not in pre:
+        problems.append("preprocessing.slices: missing for a 2D patch_size (two entries); add e.g. "
+                        "slices: {plane: axial, step_mm: 10}, or give patch_size three entries for 3D patches")
+    if not two_d and "slices" in pre:
+        problems.append(f"preprocessing.slices: only for 2D patches, but patch_size is {ps}; give patch_size two "
+                        "entries (e.g. [64, 64]) or remove slices")
+    if spacing is not None and len(spacing) != (2 if two_d else 3):
+        problems.append(f"preprocessing.spacing: got {spacing}; use {'two numbers (in-plane mm) for 2D slices' if two_d else 'three numbers in mm'}")
     split = raw["split"]
     subjects = sorted({str(v["subject"]) for v in raw["volumes"]})
     if split.get("kind", "by_subject") == "by_subject_fraction":

@@ -5,7 +5,7 @@ Layout of a prepared data set folder (written by :mod:`memostudy.data.prepare`):
     <cache>/<name>/
         manifest.yaml        the manifest it was built from (with checksums)
         patches.csv          one row per patch: patch_id, subject, split, source, origin_*, sha256, file
-        patches/<id>.npy     float32 (D, H, W) in [-1, 1]
+        patches/<id>.npy     float32 (D, H, W) in [-1, 1]; (H, W) for a 2D data set (``patch_size`` [H, W])
         dataset.json         name, modality, patch_size, spacing, intensity mapping, counts per split
         COMPLETE             written last; a folder without it is an interrupted build
 """
@@ -38,7 +38,7 @@ class PatchSet:
     """Patches of one split of a prepared data set.
 
     Attributes:
-        volumes: (N, 1, D, H, W) float32 in [-1, 1].
+        volumes: (N, 1, D, H, W) float32 in [-1, 1]; (N, 1, H, W) for a 2D data set.
         ids: patch ids, length N, in ``patches.csv`` order.
         table: the rows of ``patches.csv`` for these patches.
         info: ``dataset.json`` of the data set (spacing in mm as ``spacing``, intensity mapping
@@ -62,8 +62,8 @@ class PatchSet:
                         table=self.table.iloc[rows].reset_index(drop=True), info=self.info)
 
     @property
-    def spacing(self) -> tuple[float, float, float]:
-        """Voxel spacing in mm of every patch."""
+    def spacing(self) -> tuple[float, ...]:
+        """Voxel spacing in mm of every patch (two entries, in-plane, for a 2D data set)."""
         return tuple(float(s) for s in self.info.get("spacing", (1.0, 1.0, 1.0)))  # type: ignore[return-value]
 
 
@@ -97,7 +97,7 @@ def load_patches(
         limit: keep only the first ``limit`` patches of the split (deterministic order).
 
     Returns:
-        A :class:`PatchSet` with volumes (N, 1, D, H, W) float32 in [-1, 1].
+        A :class:`PatchSet` with volumes (N, 1, D, H, W) (2D data sets: (N, 1, H, W)) float32 in [-1, 1].
     """
     d = resolve_dataset_dir(name_or_dir, cache)
     table = pd.read_csv(d / "patches.csv", dtype={"patch_id": str, "subject": str})

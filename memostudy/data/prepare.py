@@ -3,6 +3,11 @@
 Steps per volume (MONAI transforms): orient to RAS, resample to the manifest's isotropic spacing,
 compute the foreground mask on the resampled intensities, map intensities to [-1, 1], cut a
 non-overlapping grid of cubic patches (``GridPatch``) and keep those with enough foreground.
+
+2D data sets (``patch_size`` of two entries and a ``slices`` rule, e.g. ``data_manifests/demo-ct-2d.yaml``)
+take the same steps with the resampling in-plane only (the native slice spacing is kept), then cut the
+same non-overlapping grid of (H, W) patches from every slice ``slices.step_mm`` apart
+(:func:`slice_indices`); a patch's ``origin_2`` is its slice index.
 Preparation is deterministic: the same inputs give byte-identical ``.npy`` patches (sha256 in
 ``patches.csv``).
 
@@ -67,13 +72,14 @@ class PrepareSummary:
     name: str
     path: Path
     modality: str
-    patch_size: tuple[int, int, int]
-    spacing: tuple[float, float, float] | None
+    patch_size: tuple[int, ...]
+    spacing: tuple[float, ...] | None
     subjects: dict[str, list[str]]
     patches: dict[str, int]
     reused: bool = False
     set_aside: Path | None = None
     skipped: list[str] = field(default_factory=list)
+    slices: dict[str, Any] | None = None
 
     def lines(self) -> list[str]:
         """Human-readable summary, one fact per line."""
@@ -82,8 +88,10 @@ class PrepareSummary:
             out.append(f"set aside  the data set there was built from other inputs (manifest, --patch-size or "
                        f"preparation code): moved to {self.set_aside} and rebuilt; delete it when no longer needed")
         out += [f"data set   {self.name} ({self.modality}) at {self.path}" + ("  [already prepared]" if self.reused else ""),
-               f"patch      {' x '.join(map(str, self.patch_size))} voxels"
-               + (f" at {' x '.join(f'{s:g}' for s in self.spacing)} mm" if self.spacing else " at native spacing")]
+               f"patch      {' x '.join(map(str, self.patch_size))} {'pixels' if len(self.patch_size) == 2 else 'voxels'}"
+               + (f" at {' x '.join(f'{s:g}' for s in self.spacing)} mm" if self.spacing else " at native spacing")
+               + (f", from {self.slices['plane']} slices every {self.slices['step_mm']:g} mm (rounded to whole slices)"
+                  if self.slices else "")]
         for split in SPLITS:
             if self.patches.get(split):
                 out.append(f"{split:<10} {self.patches[split]:>5} patches from {len(self.subjects[split])} subject(s): "
@@ -129,16 +137,17 @@ def intensity_transform(rule: dict[str, Any]):
     raise DataError(f"unknown intensity kind {kind!r}; use window or percentile")
 
 
-def cut_patches(volume: torch.Tensor, mask: torch.Tensor, patch_size: tuple[int, int, int],
-                min_foreground: float) -> list[tuple[tuple[int, int, int], np.ndarray]]:
+def cut_patches(volume: torch.Tensor, mask: torch.Tensor, patch_size: tuple[int, ...],
+                min_foreground: float) -> list[tuple[tuple[int, ...], np.ndarray]]:
     """Non-overlapping grid patches of ``volume`` whose foreground fraction is >= ``min_foreground``.
 
     Args:
-        volume: (1, X, Y, Z) float32 in [-1, 1].
-        mask: (1, X, Y, Z) in {0, 1}.
+        volume: (1, X, Y, Z) float32 in [-1, 1], or a slice (1, X, Y) with a 2D ``patch_size``.
+        mask: foreground in {0, 1}, shaped like ``volume``.
 
     Returns:
-        ``[(origin, patch)]`` with origin the voxel index of the patch corner and patch (D, H, W) float32.
+        ``[(origin, patch)]`` with origin the voxel index of the patch corner and patch (D, H, W)
+        (or (H, W)) float32.
     """
     from monai.transforms import GridPatch
 
@@ -155,15 +164,33 @@ def cut_patches(volume: torch.Tensor, mask: torch.Tensor, patch_size: tuple[int,
     return out
 
 
-def _preprocess(path: Path, pre: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, tuple[float, float] | None]:
-    """Load, orient, resample; return ([-1,1] volume, foreground mask, (lo, hi) of the mapping)."""
+def slice_indices(n_slices: int, slice_mm: float, step_mm: float) -> list[int]:
+    """The slices 2D patches are cut from: every ``k``-th of ``n_slices`` slices ``slice_mm`` apart, with
+    ``k = max(1, round(step_mm / slice_mm))``, the set centred in the volume (the leftover is split
+    between both ends), so a scan's first and last slices, often partial, are used no more than others.
+
+    >>> slice_indices(10, 5.0, 10.0)
+    [0, 2, 4, 6, 8]
+    """
+    k = max(1, round(step_mm / slice_mm))
+    first = ((n_slices - 1) % k) // 2
+    return list(range(first, n_slices, k))
+
+
+def _preprocess(path: Path, pre: dict[str, Any]
+                ) -> tuple[torch.Tensor, torch.Tensor, tuple[float, float] | None, tuple[float, ...]]:
+    """Load, orient, resample; return ([-1,1] volume, foreground mask, (lo, hi) of the mapping, voxel
+    spacing in mm after resampling). A two-entry ``spacing`` (2D data sets) resamples in-plane only."""
     from monai.transforms import Orientation, Spacing
 
     img = load_image(path)
     img = Orientation(axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S")))(img)
     spacing = pre.get("spacing")
     if spacing:
-        img = Spacing(pixdim=tuple(float(s) for s in spacing), mode="bilinear")(img)
+        # MONAI's Spacing keeps the native spacing of an axis given a non-positive pixdim: for 2D, the slices
+        pixdim = tuple(float(s) for s in spacing) + ((0.0,) if len(spacing) == 2 else ())
+        img = Spacing(pixdim=pixdim, mode="bilinear")(img)
+    voxel_mm = tuple(float(x) for x in torch.as_tensor(img.pixdim).flatten()[:3])
     raw = torch.as_tensor(img).float()
     lo_raw, hi_raw = float(raw.min()), float(raw.max())
     if lo_raw == hi_raw:
@@ -184,7 +211,19 @@ def _preprocess(path: Path, pre: dict[str, Any]) -> tuple[torch.Tensor, torch.Te
         flat = raw.flatten()[::7]
         lohi = (float(torch.quantile(flat, float(rule.get("lower", 0.5)) / 100)),
                 float(torch.quantile(flat, float(rule.get("upper", 99.5)) / 100)))
-    return torch.as_tensor(scaled).float().clamp(-1, 1), mask, lohi
+    return torch.as_tensor(scaled).float().clamp(-1, 1), mask, lohi, voxel_mm
+
+
+def _kept_patches(m: Manifest, vol: torch.Tensor, mask: torch.Tensor, voxel_mm: tuple[float, ...],
+                  min_fg: float) -> list[tuple[tuple[int, ...], np.ndarray]]:
+    """The patches of one preprocessed volume (1, X, Y, Z): 3D grid patches with their (x, y, z) origin, or
+    for a 2D data set the (H, W) grid patches of every slice of :func:`slice_indices`, origin (x, y, slice)."""
+    if m.slices is None:
+        return cut_patches(vol, mask, m.patch_size, min_fg)
+    kept = []
+    for z in slice_indices(vol.shape[-1], voxel_mm[2], float(m.slices["step_mm"])):
+        kept += [((*origin, z), arr) for origin, arr in cut_patches(vol[..., z], mask[..., z], m.patch_size, min_fg)]
+    return kept
 
 
 def inputs_sha256(manifest_text: str) -> str:
@@ -281,7 +320,7 @@ def prepare(name_or_path: str | Path, cache: str | Path | None = None, force: bo
         cache: cache root (default ``$MEMOSTUDY_CACHE`` or ``~/.cache/memostudy``).
         force: rebuild and replace the data set even when one with the same inputs is there (the old
             one stays in place until the new one is complete).
-        patch_size: override the manifest's cubic patch size (the data set is then named
+        patch_size: override the manifest's cubic (square, for 2D) patch size (the data set is then named
             ``<name>-p<size>``).
 
     Returns:
@@ -294,7 +333,7 @@ def prepare(name_or_path: str | Path, cache: str | Path | None = None, force: bo
     m = load_manifest(name_or_path)
     if patch_size is not None:
         size = check_patch_size(patch_size)
-        m.preprocessing["patch_size"] = [size] * 3
+        m.preprocessing["patch_size"] = [size] * len(m.patch_size)
         m.name = f"{m.name}-p{size}"
         m.raw = {**m.raw, "name": m.name, "preprocessing": m.preprocessing}
     root = Path(cache) if cache is not None else default_cache()
@@ -368,11 +407,11 @@ def _build(m: Manifest, paths: list[Path], tmp: Path, manifest_text: str, key: s
     min_fg = float(m.preprocessing.get("min_foreground", 0.5))
     for k, (v, p) in enumerate(tqdm(list(zip(m.volumes, paths)), desc=f"prepare {m.name}", disable=not progress,
                                     unit="vol", file=sys.stderr)):
-        vol, mask, (lo, hi) = _preprocess(p, m.preprocessing)
+        vol, mask, (lo, hi), voxel_mm = _preprocess(p, m.preprocessing)
         los.append(lo)
         his.append(hi)
         try:
-            kept = cut_patches(vol, mask, m.patch_size, min_fg)
+            kept = _kept_patches(m, vol, mask, voxel_mm, min_fg)
         except DataError as e:
             raise DataError(f"{p}: {e}; choose a smaller patch_size in the manifest") from None
         if not kept:
@@ -404,6 +443,8 @@ def _build(m: Manifest, paths: list[Path], tmp: Path, manifest_text: str, key: s
         "skipped": skipped,
         "inputs_sha256": key,
     }
+    if m.slices is not None:  # 3D data sets keep the dataset.json they always had
+        info["slices"] = dict(m.slices)
     (tmp / "dataset.json").write_text(json.dumps(info, indent=2))
     (tmp / COMPLETE_MARKER).write_text("ok\n")
     return skipped
@@ -417,4 +458,5 @@ def _summary_from_disk(d: Path, reused: bool, set_aside: Path | None = None,
         name=info["name"], path=d, modality=info.get("modality", ""), patch_size=tuple(info["patch_size"]),
         spacing=tuple(sp) if sp else None, subjects=info["subjects"], patches=info["patches"], reused=reused,
         set_aside=set_aside, skipped=list(info.get("skipped", []) if skipped is None else skipped),
+        slices=info.get("slices"),
     )

@@ -17,10 +17,10 @@ from memostudy.ldm.config import AutoencoderConfig
 from memostudy.seeds import Stream, generator
 
 
-def build_autoencoder(cfg: AutoencoderConfig) -> AutoencoderKL:
-    """A 3D single-channel ``AutoencoderKL`` as configured."""
+def build_autoencoder(cfg: AutoencoderConfig, spatial_dims: int = 3) -> AutoencoderKL:
+    """A single-channel ``AutoencoderKL`` as configured, for volumes (``spatial_dims`` 3) or images (2)."""
     return AutoencoderKL(
-        spatial_dims=3,
+        spatial_dims=spatial_dims,
         in_channels=1,
         out_channels=1,
         channels=tuple(cfg.channels),
@@ -37,7 +37,7 @@ def kl_loss(z_mu: torch.Tensor, z_sigma: torch.Tensor) -> torch.Tensor:
     """KL divergence of N(z_mu, z_sigma^2) from N(0, I), summed over latent voxels, mean over the batch.
 
     Args:
-        z_mu, z_sigma: (B, C, d, h, w) encoder outputs.
+        z_mu, z_sigma: (B, C, d, h, w) encoder outputs ((B, C, h, w) in 2D).
     """
     kl = 0.5 * (z_mu.pow(2) + z_sigma.pow(2) - torch.log(z_sigma.pow(2) + 1e-12) - 1)
     return kl.flatten(1).sum(1).mean()
@@ -50,15 +50,17 @@ class AutoencoderTask:
     (+ ``adversarial_weight`` x the least-squares PatchGAN generator term, and the discriminator's own
     loss, when that weight is > 0). Validation loss: the L1 of the mean reconstruction ``D(mu)``,
     i.e. the reconstruction error in [-1, 1] units (x1000 HU for demo-ct's window of 2000 HU / 2).
+    Batches are (B, 1, D, H, W), or (B, 1, H, W) with ``spatial_dims`` 2 (the discriminator's dimensions).
     """
 
-    def __init__(self, net: AutoencoderKL, kl_weight: float = 1e-6, adversarial_weight: float = 0.0) -> None:
+    def __init__(self, net: AutoencoderKL, kl_weight: float = 1e-6, adversarial_weight: float = 0.0,
+                 spatial_dims: int = 3) -> None:
         self.net = net
         self.kl_weight = kl_weight
         self.adversarial_weight = adversarial_weight
         self.discriminator: PatchDiscriminator | None = None
         if adversarial_weight > 0:
-            self.discriminator = PatchDiscriminator(spatial_dims=3, num_layers_d=3, channels=32, in_channels=1,
+            self.discriminator = PatchDiscriminator(spatial_dims=spatial_dims, num_layers_d=3, channels=32, in_channels=1,
                                                     out_channels=1)
             self.adv = PatchAdversarialLoss(criterion="least_squares")
 
@@ -98,10 +100,10 @@ def encode_stats(net: AutoencoderKL, volumes: torch.Tensor, batch_size: int = 16
     """Posterior mean and sigma of every volume, concatenated along channels.
 
     Args:
-        volumes: (N, 1, D, H, W) float32 in [-1, 1].
+        volumes: (N, 1, D, H, W) float32 in [-1, 1] (or images (N, 1, H, W)).
 
     Returns:
-        (N, 2C, d, h, w) float32 on the CPU: channels [:C] are ``z_mu``, [C:] are ``z_sigma``.
+        (N, 2C, d, h, w) (2D: (N, 2C, h, w)) float32 on the CPU: channels [:C] are ``z_mu``, [C:] are ``z_sigma``.
     """
     net.eval()
     out = []

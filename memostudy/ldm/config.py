@@ -94,7 +94,9 @@ class LDMConfig:
     Attributes:
         data: prepared data set name (looked up in the cache) or its folder.
         cache: cache root for ``data`` (None: ``$MEMOSTUDY_CACHE`` or ``~/.cache/memostudy``).
-        patch_size: (D, H, W) the nets are built for; must match the data set's patches.
+        patch_size: (D, H, W) the nets are built for, or (H, W) for a 2D data set; must match the data set's
+            patches. Its length is the nets' ``spatial_dims`` (:attr:`spatial_dims`), so 2D and 3D share one code
+            path and no other field says which it is.
         max_train_patches: train on this many training patches (evenly spaced over the split's
             order, so every region of the scans is represented); None = all.
         max_val_patches: validation patches used for the per-epoch validation loss; None = all.
@@ -105,7 +107,7 @@ class LDMConfig:
 
     data: str = "demo-ct"
     cache: str | None = None
-    patch_size: tuple[int, int, int] = (32, 32, 32)
+    patch_size: tuple[int, ...] = (32, 32, 32)
     max_train_patches: int | None = None
     max_val_patches: int | None = None
     augment: bool = False
@@ -115,8 +117,13 @@ class LDMConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
 
     @property
-    def latent_shape(self) -> tuple[int, int, int, int]:
-        """(C, d, h, w) of one latent."""
+    def spatial_dims(self) -> int:
+        """2 for images (H, W), 3 for volumes (D, H, W): ``len(patch_size)``."""
+        return len(self.patch_size)
+
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        """(C, d, h, w) of one latent; (C, h, w) in 2D."""
         f = self.autoencoder.downsampling
         return (self.autoencoder.latent_channels, *(s // f for s in self.patch_size))
 
@@ -148,8 +155,9 @@ class LDMConfig:
         """Check values that would otherwise fail deep inside MONAI; raise ConfigError naming the field."""
         if not str(self.data).strip():
             raise ConfigError("data is empty; pass --data NAME_OR_FOLDER (e.g. demo-ct)")
-        if len(self.patch_size) != 3 or any(s <= 0 for s in self.patch_size):
-            raise ConfigError(f"patch_size must be three positive sizes (D, H, W), got {self.patch_size}")
+        if len(self.patch_size) not in (2, 3) or any(s <= 0 for s in self.patch_size):
+            raise ConfigError(f"patch_size must be three positive sizes (D, H, W) for volumes or two (H, W) for "
+                              f"images, got {self.patch_size}")
         ae, dm = self.autoencoder, self.diffusion
         f = ae.downsampling
         if any(s % f for s in self.patch_size):
@@ -230,7 +238,7 @@ def _cpu_tiny() -> LDMConfig:
     )
 
 
-def _paper(data: str, patch_size: tuple[int, int, int]) -> LDMConfig:
+def _paper(data: str, patch_size: tuple[int, ...]) -> LDMConfig:
     # Dar et al. adopt Khader et al.'s LDM (4x compression per axis, 8 latent channels, lr 1e-4 for
     # the diffusion model, 1000 DDPM steps) with diffusion batch size 10. Meant for a GPU.
     return LDMConfig(
@@ -249,6 +257,46 @@ def _paper(data: str, patch_size: tuple[int, int, int]) -> LDMConfig:
         ),
         sampling=SamplingConfig(sampler="ddim", steps=50, samples_per_training_patch=4.0, batch_size=16),
     )
+
+
+def _cpu_tiny_2d() -> LDMConfig:
+    # The 2D study on a CPU: 64 x 64 patches from axial slices of demo-ct (data_manifests/demo-ct-2d.yaml). The
+    # nets are cpu-tiny's, in 2D: the autoencoder halves 64 twice to 16 x 16 latents, the UNet works on those.
+    # cpu-tiny's budget per training image: 48 images (of 306), each seen 60 times by the autoencoder (360 steps
+    # at batch 8) and 600 times by the diffusion model (1800 steps at batch 16); 192 DDIM-50 samples (4x).
+    # On 2 CPU cores shared with other jobs: autoencoder 52 s, diffusion 541 s, sampling 37 s. Its samples are
+    # blurrier than the training images and many have a bright or dark rim at the border and a grid-like texture
+    # (with DDPM-1000 too); 64 images with 1000 diffusion steps looked the same or worse.
+    return LDMConfig(
+        data="demo-ct-2d",
+        patch_size=(64, 64),
+        max_train_patches=48,
+        max_val_patches=32,
+        autoencoder=AutoencoderConfig(
+            channels=(8, 16, 32), latent_channels=3, num_res_blocks=1, attention_levels=(False, False, False),
+            norm_num_groups=8, with_nonlocal_attn=False, kl_weight=1e-6,
+            loop=LoopConfig(epochs=60, batch_size=8, lr=1e-3, checkpoint_every=120, val_every=4),
+        ),
+        diffusion=DiffusionConfig(
+            channels=(32, 64, 64), attention_levels=(False, False, True), num_res_blocks=1,
+            num_head_channels=32, norm_num_groups=32, ema_decay=0.0,
+            loop=LoopConfig(epochs=600, batch_size=16, lr=3e-4, checkpoint_every=300, val_every=20,
+                            snapshot_epochs=(100, 200, 400)),
+        ),
+        sampling=SamplingConfig(sampler="ddim", steps=50, eta=1.0, samples_per_training_patch=4.0, batch_size=64),
+    )
+
+
+def _paper_2d(data: str, patch_size: tuple[int, int]) -> LDMConfig:
+    # The journal version (seeds 001 and 003: "latent diffusion models on 2D and 3D medical imaging datasets - CT,
+    # MRI and X-ray", "2D/3D VAE ... encoder-decoder") trains the same kind of LDM on 2D images; the seeds give no
+    # 2D image size or 2D hyperparameters, so this is _paper's LDM in 2D (4x compression per axis, 8 latent
+    # channels, lr 1e-4, DDPM 1000, EMA) at 256 x 256, a common radiograph size -- our choice, not the papers'.
+    # Meant for a GPU; not run here.
+    cfg = _paper(data, patch_size)
+    return replace(cfg, diffusion=replace(cfg.diffusion, loop=replace(cfg.diffusion.loop, batch_size=32)),
+                   autoencoder=replace(cfg.autoencoder, loop=replace(cfg.autoencoder.loop, batch_size=16)),
+                   sampling=replace(cfg.sampling, batch_size=64))
 
 
 def _test_16() -> LDMConfig:
@@ -276,14 +324,24 @@ PRESETS = {
     "test-16": _test_16,
     "paper-pccta": lambda: _paper("pccta", (64, 64, 64)),
     "paper-mrnet": lambda: _paper("mrnet", (256, 256, 32)),
+    "cpu-tiny-2d": _cpu_tiny_2d,
+    "paper-2d": lambda: _paper_2d("chest-xray-2d", (256, 256)),
+    "test-32-2d": lambda: _test_32_2d(),
 }
+
+
+def _test_32_2d() -> LDMConfig:
+    # For tests only (seconds on one core): test-16's nets in 2D on 32 x 32 images.
+    cfg = _test_16()
+    return replace(cfg, data="demo-ct-2d", patch_size=(32, 32))
 
 
 def preset(name: str, overrides: dict | None = None) -> LDMConfig:
     """A named preset with dotted overrides applied, validated.
 
     Args:
-        name: one of :data:`PRESETS` ("cpu-tiny", "paper-pccta", "paper-mrnet"; "test-16" for tests).
+        name: one of :data:`PRESETS` ("cpu-tiny", "paper-pccta", "paper-mrnet"; 2D: "cpu-tiny-2d", "paper-2d";
+            "test-16" and "test-32-2d" for tests).
         overrides: e.g. ``{"diffusion.loop.epochs": 300, "augment": True}``; values may be strings.
 
     Raises:

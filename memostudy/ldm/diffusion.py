@@ -18,10 +18,11 @@ from memostudy.ldm.autoencoder import PosteriorSampler
 from memostudy.ldm.config import DiffusionConfig
 
 
-def build_unet(cfg: DiffusionConfig, latent_channels: int) -> DiffusionModelUNet:
-    """An unconditional 3D ``DiffusionModelUNet`` predicting the noise of ``latent_channels`` latents."""
+def build_unet(cfg: DiffusionConfig, latent_channels: int, spatial_dims: int = 3) -> DiffusionModelUNet:
+    """An unconditional ``DiffusionModelUNet`` predicting the noise of ``latent_channels`` latents, 3D (volumes'
+    latents) or 2D (``spatial_dims`` 2, images' latents)."""
     return DiffusionModelUNet(
-        spatial_dims=3,
+        spatial_dims=spatial_dims,
         in_channels=latent_channels,
         out_channels=latent_channels,
         channels=tuple(cfg.channels),
@@ -115,12 +116,12 @@ class DiffusionTask:
             :class:`memostudy.ldm.autoencoder.PosteriorSampler` when they are precomputed posterior
             statistics (B, 2C, d, h, w).
         scale_factor: multiplies latents before diffusion (1 / std of the training latents).
-        latent_shape: (C, d, h, w) of one latent.
+        latent_shape: (C, d, h, w) of one latent ((C, h, w) in 2D).
         cfg: noise schedule and EMA settings.
     """
 
     def __init__(self, unet: DiffusionModelUNet, encoder: torch.nn.Module, scale_factor: float,
-                 latent_shape: tuple[int, int, int, int], cfg: DiffusionConfig) -> None:
+                 latent_shape: tuple[int, ...], cfg: DiffusionConfig) -> None:
         self.unet = unet
         if not isinstance(encoder, PosteriorSampler):  # an AutoencoderKL: make its posterior draw explicit
             encoder = PosteriorSampler(encoder)

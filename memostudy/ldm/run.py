@@ -1,4 +1,5 @@
-"""Train a 3D latent diffusion model (autoencoder, then diffusion model) into one run folder.
+"""Train a latent diffusion model (autoencoder, then diffusion model) into one run folder; 3D on volumes, 2D on
+images (the config's ``spatial_dims``, from ``len(patch_size)``).
 
 Run folder layout (read by the study notebooks)::
 
@@ -9,7 +10,7 @@ Run folder layout (read by the study notebooks)::
         autoencoder/          losses.csv, last.pt, final.pt, DONE (see memostudy.training.RunFolder)
         latent_scale.json     scale_factor = 1 / std of the training latents
         diffusion/            losses.csv, last.pt, final.pt, DONE, snapshots/epoch_XXXX.pt
-        samples/<tag>/        sample_0000.nii.gz ..., samples.csv (written by memostudy.ldm.sampling)
+        samples/<tag>/        sample_0000.nii.gz ..., samples.csv (written by memostudy.ldm.sampling; 2D NIfTI in 2D)
 
 Started again with the same config, :func:`train_ldm` skips a finished autoencoder and resumes
 whichever stage was interrupted from its ``last.pt``.
@@ -60,7 +61,7 @@ def training_data(cfg: LDMConfig) -> tuple[PatchSet, PatchSet | None]:
     """The training patches the LDM learns from (``max_train_patches`` of them) and its validation patches.
 
     Returns:
-        (train, validation); volumes (N, 1, D, H, W) float32 in [-1, 1]. Validation is None when the
+        (train, validation); volumes (N, 1, D, H, W) (or (N, 1, H, W)) float32 in [-1, 1]. Validation is None when the
         data set has no validation split.
 
     Raises:
@@ -148,8 +149,8 @@ def train_ldm(cfg: LDMConfig, out_dir: str | Path, force: bool = False, progress
     device = select_device()
 
     with initial_weights(Stream.AUTOENCODER_INIT, cfg.seed):  # initial weights depend on the seed only
-        ae_task = AutoencoderTask(build_autoencoder(cfg.autoencoder), cfg.autoencoder.kl_weight,
-                                  cfg.autoencoder.adversarial_weight)
+        ae_task = AutoencoderTask(build_autoencoder(cfg.autoencoder, cfg.spatial_dims), cfg.autoencoder.kl_weight,
+                                  cfg.autoencoder.adversarial_weight, cfg.spatial_dims)
     ae = ae_task.net
     if not ae_dir.is_done():
         fit(ae_task, train.volumes, val.volumes if val is not None else None, cfg.stage_loop("autoencoder"),
@@ -176,7 +177,7 @@ def train_ldm(cfg: LDMConfig, out_dir: str | Path, force: bool = False, progress
         inputs, augment = train_stats, None
         val_inputs = encode_stats(ae, val.volumes, device=device) if val is not None else None
     with initial_weights(Stream.DIFFUSION_INIT, cfg.seed):
-        unet = build_unet(cfg.diffusion, cfg.autoencoder.latent_channels)
+        unet = build_unet(cfg.diffusion, cfg.autoencoder.latent_channels, cfg.spatial_dims)
     fit(DiffusionTask(unet, encoder, scale, cfg.latent_shape, cfg.diffusion), inputs, val_inputs,
         cfg.stage_loop("diffusion"), diffusion_dir.path, desc="diffusion", augment=augment, progress=progress,
         meta=meta, device=device, on_snapshot=on_snapshot)
@@ -242,11 +243,11 @@ def load_run(run_dir: str | Path, checkpoint: str | int | Path | None = None,
     ae_final = RunFolder(run / "autoencoder").final
     if not ae_final.exists() or not (run / "latent_scale.json").exists():
         raise DataError(f"{run}: the autoencoder has not finished training; rerun `memostudy train ... --out {run}`")
-    ae = build_autoencoder(cfg.autoencoder)
+    ae = build_autoencoder(cfg.autoencoder, cfg.spatial_dims)
     ae.load_state_dict(load_checkpoint(ae_final)["modules"]["autoencoder"])
     path = resolve_checkpoint(run, checkpoint)
     ckpt = load_checkpoint(path)
-    unet = build_unet(cfg.diffusion, cfg.autoencoder.latent_channels)
+    unet = build_unet(cfg.diffusion, cfg.autoencoder.latent_channels, cfg.spatial_dims)
     if "ema" in ckpt["modules"]:
         unet.load_state_dict({k.removeprefix("module."): v for k, v in ckpt["modules"]["ema"].items()})
         weights = "ema"

@@ -2,7 +2,8 @@
 
 Samples hold the same values as the training patches: [-1, 1], where the data set's intensity
 mapping (``data.json`` / ``PatchSet.info['intensity']`` = {"lo", "hi"}) maps [lo, hi] to [-1, 1];
-``hu = lo + (x + 1) / 2 * (hi - lo)`` undoes it. NIfTI files carry the training spacing.
+``hu = lo + (x + 1) / 2 * (hi - lo)`` undoes it. NIfTI files carry the training spacing. A 2D model's samples
+are written as 2D NIfTI images (H, W) (:func:`write_image`) and read back by :func:`read_samples`.
 """
 
 from __future__ import annotations
@@ -10,13 +11,15 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import pandas as pd
 import torch
 from monai.inferers import LatentDiffusionInferer
 from tqdm.auto import tqdm
 
-from memostudy.data.volume_io import write_nifti
-from memostudy.errors import ConfigError, RunExistsError
+from memostudy.data.volume_io import read_volume_folder, write_nifti
+from memostudy.errors import ConfigError, DataError, RunExistsError
 from memostudy.ldm.diffusion import build_scheduler
 from memostudy.ldm.run import LDMRun, load_run
 from memostudy.seeds import Stream, generator
@@ -34,7 +37,7 @@ def sample_from(run: LDMRun, n: int, sampler: str | None = None, steps: int | No
     Batch ``k`` is seeded from ``(seed, k)``: the same (seed, batch_size) gives the same samples.
 
     Returns:
-        (n, 1, D, H, W) float32 in [-1, 1] on the CPU.
+        (n, 1, D, H, W) float32 in [-1, 1] on the CPU; (n, 1, H, W) from a 2D run.
     """
     if n < 1:
         raise ConfigError(f"number of samples must be >= 1, got {n}")
@@ -72,7 +75,7 @@ def sample_volumes(run_dir: str | Path, n: int, sampler: str = "ddim", steps: in
         eta: DDIM noise level; None = the run's ``sampling.eta``.
 
     Returns:
-        (n, 1, D, H, W) float32 in [-1, 1] (decoded, clipped), on the CPU.
+        (n, 1, D, H, W) (2D runs: (n, 1, H, W)) float32 in [-1, 1] (decoded, clipped), on the CPU.
     """
     run = load_run(run_dir, checkpoint, device=select_device())
     return sample_from(run, n, sampler=sampler, steps=steps, seed=seed, batch_size=batch_size, progress=progress,
@@ -94,7 +97,7 @@ def write_samples(run_dir: str | Path, volumes: torch.Tensor, tag: str, checkpoi
 
     Args:
         run_dir: the run they were sampled from (its ``data.json`` gives spacing and intensity mapping).
-        volumes: (n, 1, D, H, W) float32 in [-1, 1].
+        volumes: (n, 1, D, H, W) float32 in [-1, 1], or images (n, 1, H, W) (written as 2D NIfTI).
         tag: sub-folder name (see :func:`default_tag`).
         checkpoint, sampler, steps, seed, batch_size, eta: how they were sampled, recorded in the CSV.
         force: replace an existing folder of that tag.
@@ -113,7 +116,7 @@ def write_samples(run_dir: str | Path, volumes: torch.Tensor, tag: str, checkpoi
     rows = []
     for i, v in enumerate(volumes):
         name = f"sample_{i:04d}.nii.gz"
-        write_nifti(folder / name, v.clamp(-1, 1), spacing)
+        write_image(folder / name, v.clamp(-1, 1), spacing)
         rows.append({"file": name, "index": i, "run": str(Path(run_dir)), "checkpoint": str(run.checkpoint),
                      "epoch": run.epoch, "weights": run.weights, "sampler": sampler,
                      "steps": run.cfg.diffusion.num_train_timesteps if sampler == "ddpm" else steps,
@@ -121,3 +124,43 @@ def write_samples(run_dir: str | Path, volumes: torch.Tensor, tag: str, checkpoi
                      "intensity_lo": intensity.get("lo"), "intensity_hi": intensity.get("hi")})
     pd.DataFrame(rows).to_csv(folder / "samples.csv", index=False)
     return folder
+
+
+def write_image(path: Path, image: torch.Tensor, spacing: list[float] | tuple[float, ...]) -> Path:
+    """Write one sample as NIfTI: a volume (1, D, H, W) as 3D, an image (1, H, W) as a 2D NIfTI of shape (H, W)
+    with in-plane ``spacing`` (mm)."""
+    if image.ndim == 4:
+        return write_nifti(path, image, spacing)
+    arr = image[0].detach().cpu().numpy().astype(np.float32)
+    try:
+        return write_nifti(path, arr, spacing)
+    except ValueError:
+        # write_nifti of volume_io writes 3D volumes only; a 2D NIfTI (dim[0] = 2) has the same header
+        sx, sy = (float(s) for s in list(spacing)[:2])
+        nib.save(nib.Nifti1Image(arr, np.diag([sx, sy, 1.0, 1.0])), str(path))
+        return path
+
+
+def read_samples(folder: str | Path, spatial_dims: int = 3) -> tuple[torch.Tensor, list[str]]:
+    """Read back the samples :func:`write_samples` wrote in ``folder``, in ``samples.csv`` order.
+
+    Returns:
+        ``(volumes, ids)``: (N, 1, D, H, W) float32, or (N, 1, H, W) for ``spatial_dims`` 2; ids the file names.
+    """
+    folder = Path(folder)
+    if spatial_dims == 3:
+        vols, ids, _ = read_volume_folder(folder)
+        return vols, ids
+    ids = [str(f) for f in pd.read_csv(folder / "samples.csv")["file"]]
+    try:
+        vols, read_ids, _ = read_volume_folder(folder)
+    except DataError:  # a volume_io that reads 3D volumes only: read the 2D NIfTI files here
+        vols = torch.from_numpy(np.stack([np.asarray(nib.load(folder / f).dataobj, dtype=np.float32)
+                                          for f in ids])).unsqueeze(1)
+        read_ids = ids
+    if vols.ndim == 5 and vols.shape[-1] == 1:  # a reader that gives a 2D image a trailing axis of 1
+        vols = vols[..., 0]
+    if vols.ndim != 4 or list(read_ids) != ids:
+        raise DataError(f"{folder}: expected the 2D samples listed in samples.csv, read {len(read_ids)} of shape "
+                        f"{tuple(vols.shape[1:])}; draw them again (delete the folder)")
+    return vols, ids

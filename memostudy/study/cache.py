@@ -21,12 +21,11 @@ import torch
 
 from memostudy.config import to_dict
 from memostudy.data.patches import PatchSet, load_patches
-from memostudy.data.volume_io import read_volume_folder
 from memostudy.detect.detector import Detector, load_detector, train_detector
 from memostudy.errors import DataError
 from memostudy.ldm.config import LDMConfig
 from memostudy.ldm.run import load_run, train_ldm
-from memostudy.ldm.sampling import default_tag, sample_from, write_samples
+from memostudy.ldm.sampling import default_tag, read_samples, sample_from, write_samples
 from memostudy.study.config import MemorizationConfig
 from memostudy.study.log import say
 from memostudy.training import RunFolder
@@ -48,7 +47,7 @@ class SampleSet:
 
     Attributes:
         checkpoint: "final" or a snapshot epoch.
-        volumes: (N, 1, D, H, W) float32 in [-1, 1].
+        volumes: (N, 1, D, H, W) float32 in [-1, 1] ((N, 1, H, W) from a 2D LDM).
         ids: file names (``sample_XXXX.nii.gz``).
         folder: where they were written as NIfTI.
         epoch: training epoch of the checkpoint.
@@ -139,7 +138,7 @@ def synthesize(run_dir: Path, ldm_cfg: LDMConfig, checkpoint: str | int, n: int,
     run = load_run(run_dir, ck)
     if (folder / "samples.csv").exists():
         say(f"samples: reading {folder}")
-        vols, ids, _ = read_volume_folder(folder)
+        vols, ids = read_samples(folder, ldm_cfg.spatial_dims)
     else:
         how = f"{sampler}-{steps}" + (f" (eta {eta:g})" if sampler == "ddim" else "")
         say(f"samples: drawing {n} with {how} from checkpoint {checkpoint} (epoch {run.epoch})")

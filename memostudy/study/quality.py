@@ -24,7 +24,7 @@ def ms_ssim_scales(size: int, kernel_size: int = 4) -> tuple[float, ...]:
     """The standard MS-SSIM weights truncated to the scales a volume of edge ``size`` supports.
 
     Uses MONAI's own admissibility rule (``size // (n_scales - 1) ** 2 > kernel_size - 1``), so
-    32^3 supports 3 scales and 64^3 all 5.
+    32^3 supports 3 scales and 64^3 (or a 64 x 64 image) all 5.
     """
     n = 5
     while n > 1 and size // max(1, n - 1) ** 2 <= kernel_size - 1:
@@ -37,7 +37,7 @@ def ms_ssim_diversity(volumes: torch.Tensor, n_pairs: int = 64, seed: int = 0, k
     """Mean MS-SSIM over random pairs of distinct volumes: lower means more diverse samples.
 
     Args:
-        volumes: (N, 1, D, H, W) float32 in [-1, 1], N >= 2.
+        volumes: (N, 1, D, H, W) float32 in [-1, 1], N >= 2; or images (N, 1, H, W) (2D MS-SSIM).
         n_pairs: number of random pairs (seeded).
 
     Returns:
@@ -51,7 +51,7 @@ def ms_ssim_diversity(volumes: torch.Tensor, n_pairs: int = 64, seed: int = 0, k
     g = generator(Stream.QUALITY, seed)
     i = torch.randint(0, n, (n_pairs,), generator=g)
     j = (i + torch.randint(1, n, (n_pairs,), generator=g)) % n  # j != i
-    metric = MultiScaleSSIMMetric(spatial_dims=3, data_range=2.0, kernel_size=kernel_size,
+    metric = MultiScaleSSIMMetric(spatial_dims=volumes.ndim - 2, data_range=2.0, kernel_size=kernel_size,
                                   weights=ms_ssim_scales(min(volumes.shape[2:]), kernel_size))
     with torch.no_grad():
         vals = metric(volumes[i].float(), volumes[j].float())

@@ -132,3 +132,30 @@ def test_demo_manifests_parse() -> None:
         m = load_manifest(name)
         assert m.source["kind"] == "pypi-sdist" and len(m.volumes) == 2
         assert set(m.split_of().values()) == {"train", "validation"}
+
+
+def test_2d_demo_manifests_reuse_the_3d_volumes_and_split() -> None:
+    for name in ("demo-ct", "demo-mr"):
+        m3, m2 = load_manifest(name), load_manifest(f"{name}-2d")
+        assert m2.name == f"{name}-2d" and m2.patch_size == (64, 64) and m3.patch_size == (32, 32, 32)
+        assert [(v.subject, v.path, v.sha256) for v in m2.volumes] == [(v.subject, v.path, v.sha256) for v in m3.volumes]
+        assert m2.split_of() == m3.split_of() and m2.source == m3.source
+        assert m2.slices == {"plane": "axial", "step_mm": 15} and m3.slices is None
+
+
+@pytest.mark.parametrize("change, problem", [
+    ({"patch_size": [8, 8]}, "preprocessing.slices: missing for a 2D patch_size"),
+    ({"slices": {"plane": "axial", "step_mm": 8}}, "preprocessing.slices: only for 2D patches"),
+    ({"patch_size": [8, 8], "slices": {"plane": "axial", "step_mm": 8}}, "preprocessing.spacing: got [1.0, 1.0, 1.0]"),
+    ({"patch_size": [8, 8], "spacing": [1.0, 1.0], "slices": {"plane": "coronal", "step_mm": 8}},
+     "preprocessing.slices.plane: got 'coronal'"),
+    ({"patch_size": [8, 8, 8, 8]}, "preprocessing.patch_size: got [8, 8, 8, 8]"),
+])
+def test_2d_settings_that_do_not_fit_are_named(change: dict, problem: str, cohort: Path, tmp_path: Path) -> None:
+    path = manifest_from_folder(cohort, tmp_path / "m.yaml", name="toy", modality="CT", patch_size=8)
+    raw = yaml.safe_load(path.read_text())
+    raw["preprocessing"] |= change
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(DataError) as e:
+        load_manifest(path)
+    assert problem in str(e.value), str(e.value)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 from pathlib import Path
 
 import nibabel as nib
@@ -210,3 +211,52 @@ def test_demo_ct_is_real_chest_ct_split_by_patient(demo_ct: Path) -> None:
     v = train.volumes
     assert (v < -0.9).any() and ((v > -0.1) & (v < 0.2)).any() and (v > 0.3).any()
     assert train.spacing == (1.0, 1.0, 1.0)
+
+
+def _manifest_2d(cohort: Path, tmp_path: Path, step_mm: float = 8) -> Path:
+    """The toy cohort's manifest made 2D: 8 x 8 patches from axial slices, 1 mm in-plane."""
+    import yaml
+
+    path = _manifest(cohort, tmp_path)
+    raw = yaml.safe_load(path.read_text())
+    raw["name"] = "toy-2d"
+    raw["preprocessing"] |= {"patch_size": [8, 8], "spacing": [1.0, 1.0],
+                             "slices": {"plane": "axial", "step_mm": step_mm}}
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_slice_indices_step_is_rounded_to_whole_slices_and_centred() -> None:
+    from memostudy.data.prepare import slice_indices
+
+    assert slice_indices(8, 4.0, 8.0) == [0, 2, 4, 6]
+    assert slice_indices(12, 5.0, 15.0) == [1, 4, 7, 10]  # the 2 slices left over: one at each end
+    assert slice_indices(61, 5.0, 15.0)[:2] == [0, 3] and len(slice_indices(61, 5.0, 15.0)) == 21
+    assert slice_indices(3, 6.5, 1.0) == [0, 1, 2]  # a step below the slice spacing uses every slice
+
+
+@pytest.mark.slow  # prepares a data set end to end: make test runs it
+def test_2d_patches_are_cut_from_spaced_axial_slices_with_the_3d_rules(cohort: Path, tmp_path: Path) -> None:
+    s = prepare(_manifest_2d(cohort, tmp_path), cache=tmp_path / "cache", progress=False)
+    table = pd.read_csv(s.path / "patches.csv")
+    # in-plane 2 mm -> 1 mm gives 31 x 31 (3 x 3 cells of 8 x 8); tissue fills x < 16 mm, so origin_0 in {0, 8};
+    # z keeps its 8 native 4 mm slices, 8 mm apart = every 2nd: slices 0, 2, 4, 6
+    assert set(table["origin_0"]) == {0, 8} and set(table["origin_2"]) == {0, 2, 4, 6}
+    assert len(table) == 4 * 2 * 3 * 4
+    assert table.groupby("subject")["split"].nunique().max() == 1
+    assert s.patch_size == (8, 8) and s.spacing == (1.0, 1.0) and s.slices == {"plane": "axial", "step_mm": 8}
+    assert "from axial slices every 8 mm" in "\n".join(s.lines())
+    ps = load_patches(s.path, split=None)
+    assert ps.volumes.shape == (len(table), 1, 8, 8) and ps.spacing == (1.0, 1.0)
+    assert np.load(s.path / table["file"][0]).shape == (8, 8)
+    assert (ps.volumes.mean(dim=(1, 2, 3)) > -0.2).all()
+    # a 3D data set of the same cohort is what it always was: no slicing rule in its dataset.json
+    s3 = prepare(_manifest(cohort, tmp_path / "3d"), cache=tmp_path / "cache3", progress=False)
+    assert s3.patch_size == (8, 8, 8) and s3.slices is None
+    assert "slices" not in json.loads((s3.path / "dataset.json").read_text())
+
+
+def test_patch_size_override_of_a_2d_manifest_stays_2d(cohort: Path, tmp_path: Path) -> None:
+    s = prepare(_manifest_2d(cohort, tmp_path, step_mm=16), cache=tmp_path / "c", progress=False, patch_size=16)
+    assert s.name == "toy-2d-p16" and s.patch_size == (16, 16)
+    assert load_patches(s.path, split=None).volumes.shape[1:] == (1, 16, 16)

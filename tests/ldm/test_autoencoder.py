@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
-from memostudy.data.phantom import phantom_volumes
+from memostudy.data.phantom import phantom_volume, phantom_volumes
 from memostudy.ldm.autoencoder import (
     AutoencoderTask,
     PosteriorSampler,
@@ -52,3 +53,17 @@ def test_adversarial_term_trains_both_nets_and_is_off_by_default():
     task.loss(phantom_volumes(1, size=32)).backward()  # the 3-layer PatchGAN needs 32^3
     for name, m in task.modules().items():
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in m.parameters()), name
+
+
+def test_2d_autoencoder_and_discriminator_take_images():
+    torch.manual_seed(0)
+    cfg = preset("test-32-2d")
+    task = AutoencoderTask(build_autoencoder(cfg.autoencoder, 2), adversarial_weight=0.1, spatial_dims=2)
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(np.stack([phantom_volume((16, 16), rng) for _ in range(2)])).unsqueeze(1)  # (2, 1, 16, 16)
+    mu, sigma = task.net.encode(x)
+    assert mu.shape == (2, cfg.autoencoder.latent_channels, 8, 8) and sigma.shape == mu.shape
+    assert task.net.reconstruct(x).shape == x.shape
+    task.loss(x.repeat(1, 1, 2, 2)).backward()  # the 3-layer PatchGAN needs 32 x 32
+    assert all(any(p.grad is not None for p in m.parameters()) for m in task.modules().values())
+    assert encode_stats(task.net, x).shape == (2, 2 * cfg.autoencoder.latent_channels, 8, 8)

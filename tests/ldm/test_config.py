@@ -81,3 +81,37 @@ def test_sampling_for_resolves_overrides_once_and_checks_ranges():
 def test_stage_loops_take_the_seed_streams_of_the_table():
     cfg = preset("test-16", {"seed": 5})
     assert cfg.stage_loop("autoencoder").seed == 5 and cfg.stage_loop("diffusion").seed == 6
+
+
+def test_3d_configs_and_cache_hashes_are_unchanged_by_2d():
+    # hashes of the 3D presets at main c5086fb, before 2D existed: a 3D config must name the same cached models
+    from memostudy.config import to_dict
+    from memostudy.study.cache import config_hash
+
+    assert {n: config_hash(preset(n)) for n in ("cpu-tiny", "test-16", "paper-pccta", "paper-mrnet")} == {
+        "cpu-tiny": "f57a63e979", "test-16": "4674a56699", "paper-pccta": "470e0f9e00", "paper-mrnet": "076ff2e78c"}
+    assert "spatial_dims" not in to_dict(preset("cpu-tiny")) and preset("cpu-tiny").spatial_dims == 3
+
+
+def test_2d_presets_are_2d_throughout():
+    for name, shape, latent in (("cpu-tiny-2d", (64, 64), (3, 16, 16)), ("paper-2d", (256, 256), (8, 64, 64)),
+                                ("test-32-2d", (32, 32), (2, 16, 16))):
+        cfg = preset(name)
+        assert cfg.patch_size == shape and cfg.spatial_dims == 2 and cfg.latent_shape == latent
+    assert preset("cpu-tiny-2d").data == "demo-ct-2d"
+    # the 2D paper preset is the 3D paper LDM in 2D: same nets and schedule, other batch sizes
+    p2, p3 = preset("paper-2d"), preset("paper-pccta")
+    assert (p2.autoencoder.channels, p2.diffusion.channels, p2.diffusion.loop.lr) == (
+        p3.autoencoder.channels, p3.diffusion.channels, p3.diffusion.loop.lr)
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"patch_size": [30, 32]}, r"patch_size \(30, 32\) is not divisible by the autoencoder's downsampling 4"),
+    ({"autoencoder.channels": [8] * 6, "autoencoder.attention_levels": [False] * 6},
+     r"latent size \(2, 2\) is not divisible by the diffusion UNet's downsampling 4"),
+    ({"patch_size": [64]}, r"patch_size must be three positive sizes \(D, H, W\) for volumes or two \(H, W\)"),
+    ({"patch_size": [32, 32, 32, 32]}, r"patch_size must be three"),
+])
+def test_2d_patch_sizes_that_do_not_fit_the_nets_are_named(override, message):
+    with pytest.raises(ConfigError, match=message):
+        preset("cpu-tiny-2d", override)

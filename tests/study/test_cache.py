@@ -83,3 +83,18 @@ def test_samples_are_read_back_as_drawn(tiny_result, monkeypatch) -> None:
                        tiny_result.config.seed, progress=False)
     assert again.folder == s.folder and again.ids == s.ids and again.epoch == s.epoch
     assert torch.allclose(again.volumes, s.volumes, atol=1e-6)
+
+
+@pytest.mark.slow  # trains a tiny 2D LDM
+def test_2d_ldm_is_trained_in_the_cache_and_its_samples_read_back_as_images(tmp_path: Path, monkeypatch) -> None:
+    from memostudy.data.phantom import write_phantom_dataset
+
+    data = write_phantom_dataset(tmp_path / "p2d", n_train=8, n_validation=4, size=32, spatial_dims=2)
+    cfg = preset("test-32-2d", {"data": str(data)})
+    run_dir = train_or_resume(cfg, tmp_path / "runs", progress=False)
+    assert run_dir.name.startswith("p2d-") and ldm_training_patches(run_dir, cfg).volumes.shape == (8, 1, 32, 32)
+    s = synthesize(run_dir, cfg, "final", 3, "ddim", 5, seed=0, progress=False)
+    assert s.volumes.shape == (3, 1, 32, 32) and s.ids == [f"sample_{i:04d}.nii.gz" for i in range(3)]
+    monkeypatch.setattr(cache, "sample_from", _refuse)
+    again = synthesize(run_dir, cfg, "final", 3, "ddim", 5, seed=0, progress=False)
+    assert again.folder == s.folder and again.ids == s.ids and torch.allclose(again.volumes, s.volumes, atol=1e-6)

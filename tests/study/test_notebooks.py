@@ -8,6 +8,7 @@ import re
 import shutil
 
 import nbformat
+import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
@@ -181,3 +182,23 @@ def test_a_failing_notebook_leaves_a_partial_report_and_exits_non_zero(env, caps
     assert json.loads((run_dir / "run.json").read_text())["status"] == "failed"
     assert "unknown preset" in (run_dir / "report.html").read_text()
     assert (run_dir / "notebook.ipynb").exists()
+
+
+@pytest.mark.slow  # papermill and a tiny 2D LDM and detector
+def test_2d_study_runs_end_to_end_through_the_real_command(tmp_path, capsys):
+    """`memostudy study --preset <2D preset> -p data <2D data set>`: notebook 01 on 2D images, report and record.
+    Needs the 2D detector (memostudy/detect, issue 21) as well as the 2D data and LDM."""
+    data = write_phantom_dataset(tmp_path / "phantoms2d", n_train=8, n_validation=8, size=32, spatial_dims=2)
+    params = tmp_path / "p.yaml"
+    params.write_text(json.dumps({"data": str(data), "detector": TINY_DETECTOR, "n_boot": 50,
+                                  "runs_dir": str(tmp_path / "runs")}))
+    rc = main(["study", "--preset", "test-32-2d", "-f", str(params), "--reports", str(tmp_path / "reports"),
+               "--run-id", "two-d"])
+    out = capsys.readouterr()
+    assert rc == 0, out.err[-2000:]
+    run = tmp_path / "reports" / "two-d"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["key_figures"]["n_train"] == 8 and summary["rows"][0]["n_synthetic"] == 4
+    assert (run / "report.html").stat().st_size > 0 and len(pd.read_csv(run / "synthetic.csv")) == 4
+    samples = sorted((tmp_path / "runs" / "ldm").glob("*/samples/*/sample_0000.nii.gz"))
+    assert samples and nib.load(samples[0]).shape == (32, 32)
