@@ -11,8 +11,6 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import nibabel as nib
-import numpy as np
 import pandas as pd
 import torch
 from monai.inferers import LatentDiffusionInferer
@@ -129,16 +127,7 @@ def write_samples(run_dir: str | Path, volumes: torch.Tensor, tag: str, checkpoi
 def write_image(path: Path, image: torch.Tensor, spacing: list[float] | tuple[float, ...]) -> Path:
     """Write one sample as NIfTI: a volume (1, D, H, W) as 3D, an image (1, H, W) as a 2D NIfTI of shape (H, W)
     with in-plane ``spacing`` (mm)."""
-    if image.ndim == 4:
-        return write_nifti(path, image, spacing)
-    arr = image[0].detach().cpu().numpy().astype(np.float32)
-    try:
-        return write_nifti(path, arr, spacing)
-    except ValueError:
-        # write_nifti of volume_io writes 3D volumes only; a 2D NIfTI (dim[0] = 2) has the same header
-        sx, sy = (float(s) for s in list(spacing)[:2])
-        nib.save(nib.Nifti1Image(arr, np.diag([sx, sy, 1.0, 1.0])), str(path))
-        return path
+    return write_nifti(path, image, spacing)
 
 
 def read_samples(folder: str | Path, spatial_dims: int = 3) -> tuple[torch.Tensor, list[str]]:
@@ -152,14 +141,7 @@ def read_samples(folder: str | Path, spatial_dims: int = 3) -> tuple[torch.Tenso
         vols, ids, _ = read_volume_folder(folder)
         return vols, ids
     ids = [str(f) for f in pd.read_csv(folder / "samples.csv")["file"]]
-    try:
-        vols, read_ids, _ = read_volume_folder(folder)
-    except DataError:  # a volume_io that reads 3D volumes only: read the 2D NIfTI files here
-        vols = torch.from_numpy(np.stack([np.asarray(nib.load(folder / f).dataobj, dtype=np.float32)
-                                          for f in ids])).unsqueeze(1)
-        read_ids = ids
-    if vols.ndim == 5 and vols.shape[-1] == 1:  # a reader that gives a 2D image a trailing axis of 1
-        vols = vols[..., 0]
+    vols, read_ids, _ = read_volume_folder(folder)
     if vols.ndim != 4 or list(read_ids) != ids:
         raise DataError(f"{folder}: expected the 2D samples listed in samples.csv, read {len(read_ids)} of shape "
                         f"{tuple(vols.shape[1:])}; draw them again (delete the folder)")
