@@ -1,6 +1,7 @@
 """``memostudy audit`` on folders made by hand from real patches, with known copies: time and hits.
 
-Writes three folders of NIfTI files from the prepared ``demo-ct`` patches: ``--n`` training patches,
+Writes three folders of NIfTI files from a prepared data set's patches (``--data``, default ``demo-ct``;
+a 2D data set such as ``demo-ct-2d`` gives 2D NIfTI images and audits them as 2D): ``--n`` training patches,
 ``--n`` reference patches (validation split), and ``--n`` synthetic volumes of which half are known
 copies of training patches (equal numbers flipped, rotated, shifted, blurred and intensity-changed,
 :func:`memostudy.detect.views.apply_family`) and half are other real validation patches. Runs the audit
@@ -8,6 +9,7 @@ through the command line (detector trained by the audit unless ``--detector``), 
 time and, per detector, how many known copies it flags and how many of the other volumes.
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_audit.py --work /tmp/bench_audit
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_audit.py --data demo-ct-2d --work /tmp/bench_audit_2d
 """
 
 from __future__ import annotations
@@ -27,11 +29,11 @@ from memostudy.detect.views import apply_family
 FAMILIES = ("flip", "rot90", "shift", "blur", "intensity")
 
 
-def make_folders(work: Path, n: int, seed: int = 0) -> tuple[dict[str, Path], set[str]]:
+def make_folders(work: Path, n: int, seed: int = 0, data: str = "demo-ct") -> tuple[dict[str, Path], set[str]]:
     """The three input folders under ``work`` and the synthetic file names that are copies."""
-    train, held = load_patches("demo-ct", "train").volumes, load_patches("demo-ct", "validation").volumes
+    train, held = load_patches(data, "train").volumes, load_patches(data, "validation").volumes
     if len(train) < n or len(held) < n + n - n // 2:
-        raise SystemExit(f"demo-ct has {len(train)} train and {len(held)} validation patches; pass a smaller --n")
+        raise SystemExit(f"{data} has {len(train)} train and {len(held)} validation patches; pass a smaller --n")
     g = torch.Generator().manual_seed(seed)
     perm = torch.randperm(len(held), generator=g)
     n_copies = n // 2
@@ -51,13 +53,14 @@ def make_folders(work: Path, n: int, seed: int = 0) -> tuple[dict[str, Path], se
 def main_() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", default="/tmp/bench_audit", help="folder for the inputs and the audit output (emptied)")
+    ap.add_argument("--data", default="demo-ct", help="prepared data set (memostudy data prepare NAME), 3D or 2D")
     ap.add_argument("--n", type=int, default=100, help="volumes per folder")
     ap.add_argument("--detector", default=None, help="a trained detector.pt (default: the audit trains one)")
     args = ap.parse_args()
     work = Path(args.work)
     if work.exists() and any(work.iterdir()):
         raise SystemExit(f"{work}: not empty; pass an empty or new --work")
-    paths, copies = make_folders(work, args.n)
+    paths, copies = make_folders(work, args.n, data=args.data)
     out = work / "audit"
     cmd = ["audit", *(f"--{k}={v}" for k, v in paths.items()), f"--out={out}"]
     if args.detector:
@@ -69,7 +72,7 @@ def main_() -> None:
         raise SystemExit(f"audit failed with exit code {rc}")
     syn = pd.read_csv(out / "synthetic.csv")
     truth = syn["synthetic_id"].isin(copies)
-    print(f"\naudit of {args.n} train / {args.n} reference / {args.n} synthetic ({len(copies)} known copies): {seconds:.0f} s")
+    print(f"\naudit ({args.data}) of {args.n} train / {args.n} reference / {args.n} synthetic ({len(copies)} known copies): {seconds:.0f} s")
     for col, name in (("is_copy", "contrastive"), ("pixel_is_copy", "pixel"), ("aligned_is_copy", "aligned"),
                       ("combined_is_copy", "combined")):
         flagged = syn[col].astype(bool)
