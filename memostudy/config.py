@@ -188,24 +188,40 @@ def load_yaml(cls: type[T], path: str | Path) -> T:
     return from_dict(cls, data)
 
 
+def _git_state() -> tuple[str, bool | None]:
+    """The git commit of this package's checkout and whether its tracked files differ from it ("unknown", None
+    outside a git checkout)."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=5).stdout.strip()
+        if not commit:
+            return "unknown", None
+        status = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                                capture_output=True, text=True, timeout=10)
+        return commit, bool(status.stdout.strip()) if status.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return "unknown", None
+
+
+#: the code's git state when this process imported memostudy: a long run records the commit it ran, not the one
+#: checked out when it finished (a run that spans a commit or merge otherwise claims code it did not run)
+_GIT_AT_IMPORT = _git_state()
+
+
 def provenance() -> dict[str, Any]:
-    """What produced a result: package versions, git commit of the code, host, UTC time."""
+    """What produced a result: package versions, the git commit of the code as this process imported it (and
+    ``git_dirty``: tracked files differed from that commit), host, UTC time."""
     import monai
     import torch
 
     import memostudy
 
-    commit = "unknown"
-    try:
-        root = Path(__file__).resolve().parent.parent
-        commit = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
-        ).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        pass
+    commit, dirty = _GIT_AT_IMPORT
     return {
         "memostudy": memostudy.__version__,
         "git_commit": commit,
+        "git_dirty": dirty,
         "torch": str(torch.__version__),
         "monai": str(monai.__version__),
         "python": platform.python_version(),

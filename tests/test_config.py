@@ -88,6 +88,16 @@ def test_provenance_names_versions_and_the_commit():
     p = provenance()
     assert {"memostudy", "git_commit", "torch", "monai"} <= set(p)
     assert p["git_commit"] == "unknown" or len(p["git_commit"]) == 40
+    assert p["git_dirty"] in (True, False, None)
+
+
+def test_provenance_records_the_commit_the_process_started_with(monkeypatch) -> None:
+    # a run that spans a commit must not claim the code checked out when it finished
+    import memostudy.config as config
+
+    monkeypatch.setattr(config, "_GIT_AT_IMPORT", ("a" * 40, False))
+    p = provenance()
+    assert p["git_commit"] == "a" * 40 and p["git_dirty"] is False
 
 
 def test_a_field_omitted_at_its_default_can_still_be_overridden() -> None:
