@@ -10,11 +10,25 @@ time and, per detector, how many known copies it flags and how many of the other
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_audit.py --work /tmp/bench_audit
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_audit.py --data demo-ct-2d --work /tmp/bench_audit_2d
+
+``--scale paper`` builds the scale of the papers instead (issue 17's speed target): 1,000 training x 250
+reference x 4,000 synthetic volumes of 32^3; ``--scale mrnet`` 200 x 50 x 800 volumes of 256 x 256 x 32 (the
+MRNet layout: each volume a mosaic of 8 x 8 demo-ct patches in-plane). ``--fraction 0.25`` runs a quarter of
+every count. Synthetic sets hold ``--copy-share`` copies of training volumes (every family of the broad copy
+definition at strengths 1 and 2, :func:`memostudy.detect.families.make_copies`); the rest are generator-like
+versions of held-out patches (:func:`memostudy.detect.families.generator_like`). demo-ct has 494 training and 243
+validation patches, so larger folders repeat them with a contrast change (training) or another generator-like
+draw (synthetic): a training volume may then have a near twin, which does not change the cost. Prints the
+audit's stage times (its ``summary.json``), wall time, peak RSS and the hits.
+
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_audit.py --scale paper --work /tmp/bench_scale
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import resource
 import time
 from pathlib import Path
 
@@ -24,6 +38,7 @@ import torch
 from memostudy.cli import main
 from memostudy.data.patches import load_patches
 from memostudy.data.volume_io import write_nifti
+from memostudy.detect.families import COPY_FAMILIES, generator_like, make_copies
 from memostudy.detect.views import apply_family
 
 FAMILIES = ("flip", "rot90", "shift", "blur", "intensity")
@@ -50,17 +65,81 @@ def make_folders(work: Path, n: int, seed: int = 0, data: str = "demo-ct") -> tu
     return paths, {f"s{i:03d}.nii.gz" for i in range(len(copies))}
 
 
+#: (training, reference, synthetic, in-plane mosaic of patches or None) of each ``--scale``
+SCALES = {"paper": (1000, 250, 4000, None), "mrnet": (200, 50, 800, (8, 8))}
+
+
+def _cycle(pool: torch.Tensor, n: int, g: torch.Generator) -> torch.Tensor:
+    """``n`` volumes of ``pool`` in a random order, repeating it as often as needed."""
+    reps = -(-n // len(pool))
+    return torch.cat([pool[torch.randperm(len(pool), generator=g)] for _ in range(reps)])[:n]
+
+
+def _mosaics(pool: torch.Tensor, n: int, tiles: tuple[int, int] | None, g: torch.Generator) -> torch.Tensor:
+    """``n`` volumes drawn from ``pool`` (N, 1, D, H, W); with ``tiles`` (a, b) each is a mosaic of a x b
+    randomly drawn patches side by side in-plane: (n, 1, D, a*H, b*W)."""
+    if tiles is None:
+        return _cycle(pool, n, g)
+    a, b = tiles
+    picks = _cycle(pool, n * a * b, g).reshape(n, a, b, *pool.shape[1:])  # (n, a, b, 1, D, H, W)
+    rows = torch.cat([picks[:, i] for i in range(a)], dim=-2)  # (n, b, 1, D, a*H, W)
+    return torch.cat([rows[:, j] for j in range(b)], dim=-1)  # (n, 1, D, a*H, b*W)
+
+
+def make_scale_folders(work: Path, scale: str, fraction: float, copy_share: float, seed: int = 0,
+                       data: str = "demo-ct") -> tuple[dict[str, Path], set[str], dict[str, int]]:
+    """The three input folders of ``--scale`` and the synthetic file names that are copies (see the module
+    docstring for how the volumes are made)."""
+    n_train, n_ref, n_syn, tiles = SCALES[scale]
+    n_train, n_ref, n_syn = (max(2, round(fraction * x)) for x in (n_train, n_ref, n_syn))
+    g = torch.Generator().manual_seed(seed)
+    pool_train, pool_held = load_patches(data, "train").volumes, load_patches(data, "validation").volumes
+    train = _mosaics(pool_train, n_train, tiles, g)
+    if n_train > len(pool_train) and tiles is None:  # repeats: make them intensity variants, not exact twins
+        train[len(pool_train):] = make_copies(train[len(pool_train):], "contrast", 1, seed=seed + 1)
+    reference = _mosaics(pool_held, n_ref, tiles, g)
+    n_copies = round(copy_share * n_syn)
+    cells = [(f, s) for f in COPY_FAMILIES for s in (1, 2)]
+    src = torch.randint(0, n_train, (n_copies,), generator=g)
+    copies = torch.empty((n_copies, *train.shape[1:]))
+    for k, (family, strength) in enumerate(cells[:n_copies]):
+        idx = torch.arange(k, n_copies, len(cells))
+        if len(idx):
+            copies[idx] = make_copies(train[src[idx]], family, strength, seed=seed + k, others=reference)
+    novel = generator_like(_mosaics(pool_held, n_syn - n_copies, tiles, g), "mixed", seed=seed)
+    folders = {"train": train, "reference": reference, "synthetic": torch.cat([copies, novel])}
+    paths = {}
+    for name, vols in folders.items():
+        paths[name] = work / name
+        paths[name].mkdir(parents=True, exist_ok=True)
+        for i, v in enumerate(vols):
+            write_nifti(paths[name] / f"{name[0]}{i:05d}.nii.gz", v[0])
+    counts = {"train": n_train, "reference": n_ref, "synthetic": n_syn, "copies": n_copies}
+    return paths, {f"s{i:05d}.nii.gz" for i in range(n_copies)}, counts
+
+
 def main_() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", default="/tmp/bench_audit", help="folder for the inputs and the audit output (emptied)")
     ap.add_argument("--data", default="demo-ct", help="prepared data set (memostudy data prepare NAME), 3D or 2D")
     ap.add_argument("--n", type=int, default=100, help="volumes per folder")
     ap.add_argument("--detector", default=None, help="a trained detector.pt (default: the audit trains one)")
+    ap.add_argument("--scale", choices=sorted(SCALES), default=None,
+                    help="paper: 1000 x 250 x 4000 volumes of 32^3; mrnet: 200 x 50 x 800 of 256 x 256 x 32")
+    ap.add_argument("--fraction", type=float, default=1.0, help="with --scale: this fraction of every count")
+    ap.add_argument("--copy-share", type=float, default=0.1, help="with --scale: share of synthetic volumes that are copies")
     args = ap.parse_args()
     work = Path(args.work)
     if work.exists() and any(work.iterdir()):
         raise SystemExit(f"{work}: not empty; pass an empty or new --work")
-    paths, copies = make_folders(work, args.n, data=args.data)
+    t_make = time.perf_counter()
+    if args.scale:
+        paths, copies, counts = make_scale_folders(work, args.scale, args.fraction, args.copy_share, data=args.data)
+        label = f"--scale {args.scale} --fraction {args.fraction:g}: " + " / ".join(f"{v} {k}" for k, v in counts.items())
+    else:
+        paths, copies = make_folders(work, args.n, data=args.data)
+        label = f"{args.n} train / {args.n} reference / {args.n} synthetic ({len(copies)} known copies)"
+    print(f"inputs written in {time.perf_counter() - t_make:.0f} s", flush=True)
     out = work / "audit"
     cmd = ["audit", *(f"--{k}={v}" for k, v in paths.items()), f"--out={out}"]
     if args.detector:
@@ -72,7 +151,9 @@ def main_() -> None:
         raise SystemExit(f"audit failed with exit code {rc}")
     syn = pd.read_csv(out / "synthetic.csv")
     truth = syn["synthetic_id"].isin(copies)
-    print(f"\naudit ({args.data}) of {args.n} train / {args.n} reference / {args.n} synthetic ({len(copies)} known copies): {seconds:.0f} s")
+    stages = json.loads((out / "summary.json").read_text()).get("seconds", {})
+    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    print(f"\naudit ({args.data}) of {label}: {seconds:.0f} s, peak RSS {peak_gb:.2f} GB; stages (s): {stages}")
     for col, name in (("is_copy", "contrastive"), ("pixel_is_copy", "pixel"), ("aligned_is_copy", "aligned"),
                       ("combined_is_copy", "combined")):
         flagged = syn[col].astype(bool)
