@@ -11,6 +11,7 @@ from memostudy.detect.alignment import (
     AlignConfig,
     _ncc,
     aligned_nearest,
+    box_mean,
     candidates,
     embedding_top_k,
     oriented_top_k,
@@ -19,6 +20,19 @@ from memostudy.detect.alignment import (
 from memostudy.detect.baseline import pixel_nearest
 from memostudy.detect.views import ViewParams, blur, shift
 from memostudy.errors import ConfigError
+
+
+@pytest.mark.parametrize("shape,size", [((3, 2, 9, 8, 7), (4, 5, 3)), ((2, 1, 32, 32, 32), (26, 26, 26)),
+                                        ((2, 3, 10, 12), (7, 5))])
+def test_box_mean_is_the_mean_of_every_window(shape, size):
+    x = torch.randn(*shape)
+    pool = torch.nn.functional.avg_pool3d if len(size) == 3 else torch.nn.functional.avg_pool2d
+    got = box_mean(x, size)
+    assert got.dtype == x.dtype and got.shape == pool(x, size, stride=1).shape
+    assert torch.allclose(got, pool(x, size, stride=1), atol=1e-6)
+    # one window by hand
+    assert got[(1, 0, *([1] * len(size)))].item() == pytest.approx(
+        x[(1, 0, *(slice(1, 1 + k) for k in size))].mean().item(), abs=1e-6)
 
 
 def test_ncc_matches_numpy_corrcoef_per_window():
