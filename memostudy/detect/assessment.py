@@ -48,7 +48,7 @@ import pandas as pd
 import torch
 
 from memostudy.config import to_dict
-from memostudy.detect.alignment import AlignConfig, align_pairs
+from memostudy.detect.alignment import AlignConfig, Alignment, align_pairs
 from memostudy.detect.calibration import copy_decisions, matched_smoothness, noise_std, roughness
 from memostudy.detect.detector import Detector, DetectorConfig
 from memostudy.detect.evidence import CopyEvidence
@@ -351,13 +351,15 @@ def assess(train: torch.Tensor, reference: torch.Tensor, synthetic: torch.Tensor
                               "reference": r2t.values.double().numpy()}
     summary = AssessmentSummary(len(train), len(reference), len(synthetic), figures, detector.config,
                                 detector.best_epoch, cfg, smoothness)
-    evidence = copy_evidence(flagged, train, synthetic, train_ids, synthetic_ids, cfg.align if cfg.evidence else None)
+    evidence = copy_evidence(flagged, train, synthetic, train_ids, synthetic_ids, cfg.align if cfg.evidence else None,
+                             known=search.alignments("synthetic"))
     return Assessment(summary, pd.DataFrame(tables["train"]), pd.DataFrame(tables["synthetic"]),
                       pd.DataFrame(tables["reference"]), distributions, evidence)
 
 
 def copy_evidence(flagged: dict[str, tuple[Nearest, Any, np.ndarray]], train: torch.Tensor, synthetic: torch.Tensor,
-                  train_ids: list[str], synthetic_ids: list[str], align: AlignConfig | None) -> list[CopyEvidence]:
+                  train_ids: list[str], synthetic_ids: list[str], align: AlignConfig | None,
+                  known: dict[tuple[int, int], Alignment] | None = None) -> list[CopyEvidence]:
     """One :class:`CopyEvidence` per (detector, synthetic volume flagged by the percentile rule or BH).
 
     Args:
@@ -367,6 +369,9 @@ def copy_evidence(flagged: dict[str, tuple[Nearest, Any, np.ndarray]], train: to
         train_ids, synthetic_ids: their names.
         align: settings of the aligned search that measures each change (each distinct flagged pair is
             aligned once); None = report no change.
+        known: alignments already found with these settings by (synthetic index, training index), e.g. by the
+            aligned detector's search (:meth:`memostudy.detect.registry.Searches.alignments`); those pairs are
+            not aligned again.
 
     Returns:
         detectors in the order given, each's flagged volumes by p-value then score (highest first).
@@ -379,7 +384,11 @@ def copy_evidence(flagged: dict[str, tuple[Nearest, Any, np.ndarray]], train: to
     pairs = sorted({(i, j) for _, i, j in todo})
     changes = {}
     if align is not None and pairs:
-        for pair, a in zip(pairs, align_pairs(synthetic, train, pairs, align)):
+        known = known or {}
+        todo_pairs = [pair for pair in pairs if pair not in known]
+        found = dict(zip(todo_pairs, align_pairs(synthetic, train, todo_pairs, align))) | {
+            pair: known[pair] for pair in pairs if pair in known}
+        for pair, a in found.items():
             changes[pair] = a.change() | {"aligned_correlation": round(a.correlation, 6)}
     out = []
     for det, i, j in todo:

@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from memostudy.detect.alignment import AlignConfig, aligned_nearest, candidates
+from memostudy.detect.alignment import AlignConfig, Alignment, aligned_search, candidates
 from memostudy.detect.baseline import pixel_nearest
 from memostudy.detect.detector import Detector, embed
 from memostudy.detect.matching import CompareConfig, base_vectors, query_vectors
@@ -101,6 +101,13 @@ class Searches:
         """The training set (:data:`TRAIN`) or a query set by name."""
         return self.train if name == TRAIN else self.queries[name]
 
+    def alignments(self, query: str) -> dict[tuple[int, int], Alignment]:
+        """The alignments the "aligned" detector found for query set ``query`` against the training set, by
+        (query index, training index), if it has run (else empty): the evidence of a flagged copy reuses them
+        rather than aligning the same pair again."""
+        found = self._cache.get(("alignments", query, False), [])
+        return {(i, a.base_index): a for i, a in enumerate(found)}
+
     def embedding(self, name: str) -> torch.Tensor:
         """(N, 32) normalised embeddings of the training set (:data:`TRAIN`) or a query set."""
         return self._once(("embedding", name), lambda: embed(self.detector, self.volumes(name), self.batch_size,
@@ -137,7 +144,9 @@ def _aligned(s: Searches, query: str, reverse: bool) -> Nearest:
     a, b = _pair(query, reverse)
     q, base = s.volumes(a), s.volumes(b)
     shortlist = candidates(q, base, s.align, s.embedding(a), s.embedding(b))
-    return aligned_nearest(q, base, shortlist, s.align, progress=s.progress)
+    found, alignments = aligned_search(q, base, shortlist, s.align, progress=s.progress)
+    s._cache[("alignments", query, reverse)] = alignments
+    return found
 
 
 def _registered(s: Searches, query: str, reverse: bool) -> Nearest:

@@ -71,3 +71,26 @@ def test_a_flagged_2d_copy_reports_the_flip_and_shift_that_made_it():
     assert e.change["shift_voxels"] == [2.0, -1.0] and e.change["aligned_correlation"] > 0.999
     row = evidence_table(ev).iloc[0]
     assert json.loads(row["change_flips"]) == [False, True] and json.loads(row["change_shift_voxels"]) == [2.0, -1.0]
+
+
+def test_evidence_reuses_the_aligned_searchs_alignments_and_gets_the_same_change(monkeypatch):
+    from memostudy.detect import assessment
+    from memostudy.detect.alignment import aligned_search
+
+    train = _fields(5, 16, seed=0)
+    copy = translate(orient(train[[3]], orientations()[4]), -torch.tensor([[0.0, 2.0, -1.0]]))
+    synthetic = torch.cat([_fields(2, 16, seed=5), copy])
+    cfg = AlignConfig(subvoxel=(0.0,), blurs=(0.0,))
+    s2t = Nearest(torch.tensor([0.2, 0.4, 0.99]), torch.tensor([0, 1, 3]))
+    d = copy_decisions(s2t.values, np.linspace(0.0, 0.5, 99), q=0.05)
+    pct = np.array([False, False, True])
+    args = ({"pixel": (s2t, d, pct)}, train, synthetic, [f"t{i}" for i in range(5)], ["a", "b", "c"], cfg)
+    fresh = copy_evidence(*args)[0].change
+    _, found = aligned_search(synthetic, train, torch.arange(5).expand(3, 5), cfg)
+    known = {(i, a.base_index): a for i, a in enumerate(found)}
+    assert (2, 3) in known
+    calls = []
+    real = assessment.align_pairs
+    monkeypatch.setattr(assessment, "align_pairs", lambda q, b, pairs, c: calls.append(list(pairs)) or real(q, b, pairs, c))
+    reused = copy_evidence(*args, known=known)[0].change
+    assert reused == fresh and calls in ([], [[]])  # the flagged pair was not aligned again
