@@ -55,14 +55,19 @@ def make_folders(work: Path, n: int, seed: int = 0, data: str = "demo-ct") -> tu
     per = n_copies // len(FAMILIES)
     copies = torch.cat([apply_family(train[i * per:(i + 1) * per], f, g) for i, f in enumerate(FAMILIES)])
     synthetic = torch.cat([copies, held[perm[n:n + n - len(copies)]]])
-    folders = {"train": train[:n], "reference": held[perm[:n]], "synthetic": synthetic}
+    paths = write_folders(work, {"train": train[:n], "reference": held[perm[:n]], "synthetic": synthetic}, digits=3)
+    return paths, {f"s{i:03d}.nii.gz" for i in range(len(copies))}
+
+
+def write_folders(work: Path, folders: dict[str, torch.Tensor], digits: int) -> dict[str, Path]:
+    """Each set of volumes (N, 1, ...) as NIfTI files ``<first letter><index>.nii.gz`` in ``work/<name>``."""
     paths = {}
     for name, vols in folders.items():
         paths[name] = work / name
         paths[name].mkdir(parents=True, exist_ok=True)
         for i, v in enumerate(vols):
-            write_nifti(paths[name] / f"{name[0]}{i:03d}.nii.gz", v[0])
-    return paths, {f"s{i:03d}.nii.gz" for i in range(len(copies))}
+            write_nifti(paths[name] / f"{name[0]}{i:0{digits}d}.nii.gz", v[0])
+    return paths
 
 
 #: (training, reference, synthetic, in-plane mosaic of patches or None) of each ``--scale``
@@ -107,13 +112,7 @@ def make_scale_folders(work: Path, scale: str, fraction: float, copy_share: floa
         if len(idx):
             copies[idx] = make_copies(train[src[idx]], family, strength, seed=seed + k, others=reference)
     novel = generator_like(_mosaics(pool_held, n_syn - n_copies, tiles, g), "mixed", seed=seed)
-    folders = {"train": train, "reference": reference, "synthetic": torch.cat([copies, novel])}
-    paths = {}
-    for name, vols in folders.items():
-        paths[name] = work / name
-        paths[name].mkdir(parents=True, exist_ok=True)
-        for i, v in enumerate(vols):
-            write_nifti(paths[name] / f"{name[0]}{i:05d}.nii.gz", v[0])
+    paths = write_folders(work, {"train": train, "reference": reference, "synthetic": torch.cat([copies, novel])}, digits=5)
     counts = {"train": n_train, "reference": n_ref, "synthetic": n_syn, "copies": n_copies}
     return paths, {f"s{i:05d}.nii.gz" for i in range(n_copies)}, counts
 

@@ -261,29 +261,19 @@ def _paper(data: str, patch_size: tuple[int, ...]) -> LDMConfig:
 
 def _cpu_tiny_2d() -> LDMConfig:
     # The 2D study on a CPU: 64 x 64 patches from axial slices of demo-ct (data_manifests/demo-ct-2d.yaml). The
-    # nets are cpu-tiny's, in 2D: the autoencoder halves 64 twice to 16 x 16 latents, the UNet works on those.
+    # nets and schedules are cpu-tiny's, in 2D (larger batches): the autoencoder halves 64 twice to 16 x 16 latents, the UNet works on those.
     # cpu-tiny's budget per training image: 48 images (of 306), each seen 60 times by the autoencoder (360 steps
     # at batch 8) and 600 times by the diffusion model (1800 steps at batch 16); 192 DDIM-50 samples (4x).
     # On 2 CPU cores shared with other jobs: autoencoder 52 s, diffusion 541 s, sampling 37 s. Its samples are
     # blurrier than the training images and many have a bright or dark rim at the border and a grid-like texture
     # (with DDPM-1000 too); 64 images with 1000 diffusion steps looked the same or worse.
-    return LDMConfig(
-        data="demo-ct-2d",
-        patch_size=(64, 64),
-        max_train_patches=48,
-        max_val_patches=32,
-        autoencoder=AutoencoderConfig(
-            channels=(8, 16, 32), latent_channels=3, num_res_blocks=1, attention_levels=(False, False, False),
-            norm_num_groups=8, with_nonlocal_attn=False, kl_weight=1e-6,
-            loop=LoopConfig(epochs=60, batch_size=8, lr=1e-3, checkpoint_every=120, val_every=4),
-        ),
-        diffusion=DiffusionConfig(
-            channels=(32, 64, 64), attention_levels=(False, False, True), num_res_blocks=1,
-            num_head_channels=32, norm_num_groups=32, ema_decay=0.0,
-            loop=LoopConfig(epochs=600, batch_size=16, lr=3e-4, checkpoint_every=300, val_every=20,
-                            snapshot_epochs=(100, 200, 400)),
-        ),
-        sampling=SamplingConfig(sampler="ddim", steps=50, eta=1.0, samples_per_training_patch=4.0, batch_size=64),
+    base = _cpu_tiny()
+    ae, dm = base.autoencoder, base.diffusion
+    return replace(
+        base, data="demo-ct-2d", patch_size=(64, 64),
+        autoencoder=replace(ae, loop=replace(ae.loop, batch_size=8, val_every=4)),
+        diffusion=replace(dm, loop=replace(dm.loop, batch_size=16)),
+        sampling=replace(base.sampling, batch_size=64),
     )
 
 
