@@ -41,7 +41,9 @@ def choose_checkpoint(rows: list[dict[str, Any]], level: float, quality: str = "
         quality: the quality column to optimise (Fréchet distance of detector embeddings by default;
             ``val_loss``; ``ms_ssim``, the mean similarity between samples: lower = more diverse).
         memorization: the memorization column; ``memorized_hi`` (the upper bound of its bootstrap CI) makes
-            the rule conservative.
+            the rule conservative; ``copy_fraction`` bounds the share of samples that are copies instead of
+            training volumes memorized (they can disagree: on the long run of the README the snapshot with
+            8.3 % memorized had 25 % of its samples copies).
         lower_is_better: direction of ``quality``; None = from :data:`QUALITY_LOWER_IS_BETTER`.
 
     Returns:
@@ -50,6 +52,9 @@ def choose_checkpoint(rows: list[dict[str, Any]], level: float, quality: str = "
     """
     if not 0 <= level <= 1:
         raise ValueError(f"level must be a fraction in [0, 1], got {level}")
+    if rows and memorization not in rows[0]:
+        raise ValueError(f"unknown memorization measure {memorization!r}; use memorized_fraction, memorized_hi "
+                         "(the upper bound of its CI) or copy_fraction (samples that are copies)")
     lower = QUALITY_LOWER_IS_BETTER.get(quality, True) if lower_is_better is None else lower_is_better
     ok = [r for r in rows if r[memorization] <= level and r.get(quality) is not None and math.isfinite(r[quality])]
     if not ok:

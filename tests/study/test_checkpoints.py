@@ -28,6 +28,19 @@ def test_choice_is_the_best_quality_under_the_memorization_level() -> None:
     assert choose_checkpoint(ROWS, 0.10, quality="frechet_embedding", lower_is_better=False)["epoch"] == 100
     with pytest.raises(ValueError, match="level"):
         choose_checkpoint(ROWS, 10)
+    with pytest.raises(ValueError, match="unknown memorization measure 'copies'"):
+        choose_checkpoint(ROWS, 0.1, memorization="copies")
+
+
+def test_the_choice_can_bound_the_share_of_samples_that_are_copies() -> None:
+    # four snapshots of the long run in the README: training volumes memorized fell while the share of copies rose
+    rows = [{"epoch": 800, "memorized_fraction": 0.125, "copy_fraction": 0.219, "frechet_embedding": 0.210},
+            {"epoch": 1000, "memorized_fraction": 0.104, "copy_fraction": 0.156, "frechet_embedding": 0.202},
+            {"epoch": 1200, "memorized_fraction": 0.083, "copy_fraction": 0.250, "frechet_embedding": 0.173},
+            {"epoch": 600, "memorized_fraction": 0.042, "copy_fraction": 0.063, "frechet_embedding": 0.264}]
+    assert choose_checkpoint(rows, 0.1)["epoch"] == 1200
+    assert choose_checkpoint(rows, 0.1, memorization="copy_fraction")["epoch"] == 600
+    assert choose_checkpoint(rows, 0.2, memorization="copy_fraction")["epoch"] == 1000
 
 
 @pytest.mark.slow
