@@ -150,6 +150,7 @@ def test_overtraining_notebook_tracks_quality_per_snapshot(env):
     ok = rows[rows["memorized_fraction"] <= 0.1]
     chosen = int(ok.loc[ok["frechet_embedding"].idxmin(), "epoch"]) if len(ok) else None
     assert summary["key_figures"]["chosen epoch"] == chosen == summary["details"]["checkpoint_choice"]["epoch"]
+    assert summary["details"]["checkpoint_choice"]["measure"] == "memorized_fraction"
     assert (rows["steps"] == rows["epoch"] * 2).all()  # test-16: 8 patches, batch 4
     assert {"similarity_delta", "c_t", "authenticity"} <= set(rows.columns)
 
