@@ -137,12 +137,9 @@ def read_samples(folder: str | Path, spatial_dims: int = 3) -> tuple[torch.Tenso
         ``(volumes, ids)``: (N, 1, D, H, W) float32, or (N, 1, H, W) for ``spatial_dims`` 2; ids the file names.
     """
     folder = Path(folder)
-    if spatial_dims == 3:
-        vols, ids, _ = read_volume_folder(folder)
-        return vols, ids
     ids = [str(f) for f in pd.read_csv(folder / "samples.csv")["file"]]
     vols, read_ids, _ = read_volume_folder(folder)
-    if vols.ndim != 4 or list(read_ids) != ids:
-        raise DataError(f"{folder}: expected the 2D samples listed in samples.csv, read {len(read_ids)} of shape "
-                        f"{tuple(vols.shape[1:])}; draw them again (delete the folder)")
+    if vols.ndim != spatial_dims + 2 or list(read_ids) != ids:
+        raise DataError(f"{folder}: expected the {spatial_dims}D samples listed in samples.csv, read {len(read_ids)} "
+                        f"of shape {tuple(vols.shape[1:])}; draw them again (delete the folder)")
     return vols, ids
