@@ -31,7 +31,7 @@ import pandas as pd
 import torch
 
 from memostudy.data.patches import load_patches
-from memostudy.detect.alignment import AlignConfig, candidates
+from memostudy.detect.alignment import AlignConfig, aligned_nearest, candidates
 from memostudy.detect.baseline import pixel_nearest
 from memostudy.detect.calibration import copy_decisions, matched_smoothness, noise_std, roughness
 from memostudy.detect.detector import DetectorConfig, embed, train_detector
@@ -44,7 +44,9 @@ from memostudy.detect.similarity import set_nearest
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--data", default="demo-ct", help="prepared data set (3D volumes or 2D images), train and validation splits")
 parser.add_argument("--work", default=None, help="folder for the detector and families.json (default: a temporary one)")
-parser.add_argument("--detectors", default="contrastive,pixel", help="comma-separated: contrastive, pixel, registered")
+parser.add_argument("--detectors", default="contrastive,pixel", help="comma-separated: contrastive, pixel, aligned, registered")
+parser.add_argument("--align-fine-pairs", type=int, default=AlignConfig().fine_pairs,
+                    help="(candidate, orientation) pairs the aligned search searches in full (0 = all; AlignConfig.fine_pairs)")
 parser.add_argument("--per-cell", type=int, default=40, help="copies per family and strength")
 parser.add_argument("--n", type=int, default=60, help="reference, novel and fill patches each")
 parser.add_argument("--stages", default="rigid,affine", help="registration stages of 'registered' (add bspline)")
@@ -109,6 +111,15 @@ def registered(x: torch.Tensor) -> np.ndarray:
     return res.nearest.values.numpy()
 
 
+ALIGN = AlignConfig(fine_pairs=args.align_fine_pairs)
+
+
+def aligned(x: torch.Tensor) -> np.ndarray:
+    # shortlist: oriented pixel top-k (+ 32-d embedding top-k when the contrastive detector is trained)
+    emb = (embed(det, x), e_train) if "contrastive" in DETS else (None, None)
+    return aligned_nearest(x, train, candidates(x, train, ALIGN, *emb), ALIGN).values.numpy()
+
+
 def pixel(x: torch.Tensor) -> np.ndarray:
     return pixel_nearest(x, train).values.numpy()
 
@@ -116,7 +127,7 @@ def pixel(x: torch.Tensor) -> np.ndarray:
 # matched-smoothness references (one per generator-like kind, matched to that set alone)
 matched = {k: matched_smoothness(reference, v) for k, v in genlike.items()}
 rows, spec_rows, fdr_rows = [], [], []
-for name, score in ((d, {"contrastive": contrastive, "pixel": pixel, "registered": registered}[d]) for d in DETS):
+for name, score in ((d, {"contrastive": contrastive, "pixel": pixel, "aligned": aligned, "registered": registered}[d]) for d in DETS):
     t = time.perf_counter()
     ref = score(reference)
     cop = score(copies)

@@ -428,10 +428,24 @@ def embed(detector: Detector | nn.Module, volumes: torch.Tensor, batch_size: int
             if orientation_pooling:
                 nd = x.dim() - 2
                 table = orientations(nd)
-                out.append(torch.stack([normalise(net(orient(x, table[k]))) for k in shape_preserving(x.shape, nd)]).mean(0))
+                out.append(embed_latents(net, torch.stack([net.latent(orient(x, table[k])).flatten(1)
+                                                           for k in shape_preserving(x.shape, nd)])))
             else:
                 out.append(net(x))
     return normalise(torch.cat(out)) if out else torch.empty(0, getattr(net.head[-1], "out_features", 0))
+
+
+def embed_latents(detector: Detector | nn.Module, latents: torch.Tensor) -> torch.Tensor:
+    """The orientation-pooled embedding (:func:`embed` with ``orientation_pooling``) from latent maps already
+    computed: ``latents`` (K, N, F), each volume's flattened latent map (:meth:`DetectorNet.latent`) in each of its
+    K orientations -> (N, embedding_dim), rows L2-normalised: the head's normalised outputs averaged over the
+    orientations. The contrastive search encodes query volumes in every orientation anyway
+    (:func:`memostudy.detect.matching.query_vectors`), so their embeddings cost only the head."""
+    net = detector.net if isinstance(detector, Detector) else detector
+    net.eval()
+    k, n, f = latents.shape
+    with torch.no_grad():
+        return normalise(normalise(net.head(latents.reshape(k * n, f))).reshape(k, n, -1).mean(0))
 
 
 def save_detector(detector: Detector, path: str | Path) -> Path:

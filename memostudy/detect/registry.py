@@ -30,9 +30,16 @@ from typing import Any
 
 import torch
 
-from memostudy.detect.alignment import AlignConfig, Alignment, aligned_search, candidates
+from memostudy.detect.alignment import (
+    AlignConfig,
+    Alignment,
+    aligned_search,
+    candidates,
+    oriented_correlations,
+    smooth,
+)
 from memostudy.detect.baseline import pixel_nearest
-from memostudy.detect.detector import Detector, embed
+from memostudy.detect.detector import Detector, embed, embed_latents
 from memostudy.detect.matching import CompareConfig, base_vectors, query_vectors
 from memostudy.detect.metrics import combine_nearest
 from memostudy.detect.registration import RegisterConfig, registered_nearest
@@ -109,9 +116,22 @@ class Searches:
         return {(i, a.base_index): a for i, a in enumerate(found)}
 
     def embedding(self, name: str) -> torch.Tensor:
-        """(N, 32) normalised embeddings of the training set (:data:`TRAIN`) or a query set."""
+        """(N, 32) normalised embeddings of the training set (:data:`TRAIN`) or a query set; a query set's are
+        pooled from its oriented latent maps (:meth:`oriented`) when the contrastive search uses them."""
+        if name != TRAIN and self._shares_latents():
+            return self._once(("embedding", name), lambda: embed_latents(self.detector, self.oriented(name)))
         return self._once(("embedding", name), lambda: embed(self.detector, self.volumes(name), self.batch_size,
                                                              self.compare.orientation_pooling))
+
+    def oriented(self, query: str) -> torch.Tensor:
+        """(K, N, F) the contrastive detector's vectors of query set ``query``
+        (:func:`memostudy.detect.matching.query_vectors`: its latent maps in each of K orientations), computed
+        once: the contrastive search and the orientation-pooled embedding both use them."""
+        return self._once(("oriented", query), lambda: query_vectors(self.detector, self.queries[query], self.compare,
+                                                                     self.batch_size))
+
+    def _shares_latents(self) -> bool:
+        return self.compare.representation == "latent" and self.compare.orientation_pooling
 
 
 def _pair(query: str, reverse: bool) -> tuple[str, str]:
@@ -122,8 +142,7 @@ def _pair(query: str, reverse: bool) -> tuple[str, str]:
 def _contrastive(s: Searches, query: str, reverse: bool) -> Nearest:
     # one search gives both directions: the query's orientations against the training volumes' shifts
     base = s._once("base_vectors", lambda: base_vectors(s.detector, s.train, s.compare, s.batch_size))
-    both = s._once(("contrastive", query), lambda: set_nearest(
-        query_vectors(s.detector, s.queries[query], s.compare, s.batch_size), base, s.metric))
+    both = s._once(("contrastive", query), lambda: set_nearest(s.oriented(query), base, s.metric))
     return both[1] if reverse else both[0]
 
 
@@ -140,10 +159,18 @@ def _pixel(oriented: bool) -> Callable[[Searches, str, bool], Nearest]:
     return search
 
 
+def _smoothed_oriented(s: Searches, query: str, reverse: bool) -> torch.Tensor:
+    """The aligned shortlist's oriented correlations of query set ``query`` with the training set (smoothed), computed
+    once for both directions (:func:`memostudy.detect.alignment.oriented_correlations`)."""
+    m = s._once(("smoothed-oriented", query), lambda: oriented_correlations(
+        smooth(s.queries[query], s.align.sigma), smooth(s.train, s.align.sigma)))
+    return m.T if reverse else m
+
+
 def _aligned(s: Searches, query: str, reverse: bool) -> Nearest:
     a, b = _pair(query, reverse)
     q, base = s.volumes(a), s.volumes(b)
-    shortlist = candidates(q, base, s.align, s.embedding(a), s.embedding(b))
+    shortlist = candidates(q, base, s.align, s.embedding(a), s.embedding(b), _smoothed_oriented(s, query, reverse))
     found, alignments = aligned_search(q, base, shortlist, s.align, progress=s.progress)
     s._cache[("alignments", query, reverse)] = alignments
     return found
@@ -154,7 +181,7 @@ def _registered(s: Searches, query: str, reverse: bool) -> Nearest:
     a, b = _pair(query, reverse)
     q, base = s.volumes(a), s.volumes(b)
     k = dataclasses.replace(s.align, shortlist=s.register.shortlist)
-    shortlist = candidates(q, base, k, s.embedding(a), s.embedding(b))
+    shortlist = candidates(q, base, k, s.embedding(a), s.embedding(b), _smoothed_oriented(s, query, reverse))
     found = registered_nearest(q, base, shortlist, s.register, progress=s.progress,
                                score_on="base" if reverse else "query")
     s._cache[("registered-changes", query, reverse)] = found.changes

@@ -152,3 +152,44 @@ def test_2d_refinement_finds_blur_and_subpixel_shift_and_pixel_baseline_searches
     flipped = train[[3]].flip(3)  # mirrored left-right: the plain baseline misses it, the D4 search does not
     assert pixel_nearest(flipped, train, orientations=True).values[0] > 0.999
     assert pixel_nearest(flipped, train).values[0] < 0.9
+
+
+def test_resampled_variants_equal_translate():
+    from memostudy.detect.alignment import _resampled
+    from memostudy.detect.views import translate
+
+    for v in (torch.randn(1, 1, 6, 5, 7), torch.randn(1, 2, 6, 5)):
+        offsets = (-1.25, 0.0, 0.5)
+        got = _resampled(v, offsets)
+        import itertools
+
+        shifts = torch.tensor(list(itertools.product(offsets, repeat=v.dim() - 2)), dtype=torch.float32)
+        want = translate(v.expand(len(shifts), *v.shape[1:]).contiguous(), shifts)
+        assert got.shape == want.shape and torch.allclose(got, want, atol=1e-5)
+
+
+@pytest.mark.parametrize(("orientation", "shift_voxels"), [(4, (2.0, 0.0, -1.0)), (29, (0.0, -3.0, 1.0))])
+def test_coarse_to_fine_finds_what_the_exhaustive_search_finds(orientation, shift_voxels):
+    from memostudy.detect.alignment import aligned_search, coarse_scores
+    from memostudy.detect.views import orient, orientations, shape_preserving, translate
+
+    train = _fields(6, 16, seed=0)
+    copy = translate(orient(train[[3]], orientations()[orientation]), -torch.tensor([shift_voxels]))
+    novel = _fields(2, 16, seed=5)
+    query = torch.cat([copy, novel])
+    shortlist = torch.arange(6).expand(3, -1)
+    exhaustive, a_ex = aligned_search(query, train, shortlist, AlignConfig(subvoxel=(0.0,), blurs=(0.0,)))
+    fast, a_fast = aligned_search(query, train, shortlist, AlignConfig(subvoxel=(0.0,), blurs=(0.0,), fine_pairs=2))
+    # the copy: same source, orientation and shift, correlation ~1
+    assert (a_fast[0].base_index, a_fast[0].orientation, a_fast[0].shift) == (3, orientation, shift_voxels)
+    assert a_fast[0].correlation > 0.99  # the shift uncovers up to 3 voxels of repeated border
+    # the coarse grid ranks the copy's (source, orientation) first among 6 x 48 pairs
+    from memostudy.detect.alignment import smooth
+
+    sc = coarse_scores(smooth(copy, 0.75)[0], smooth(train, 0.75), 3, shape_preserving(copy.shape, 3))
+    assert sc.shape == (6, 48) and int(sc.flatten().argmax()) // 48 == 3
+    # never above the exhaustive search (it searches a subset), and close to it on novel volumes here
+    assert (fast.values <= exhaustive.values + 1e-5).all()
+    assert torch.allclose(fast.values, exhaustive.values, atol=0.05)
+    with pytest.raises(ConfigError, match="fine_pairs"):
+        AlignConfig(fine_pairs=-1).validate()
