@@ -403,7 +403,7 @@ def _without_comparison(meta: dict[str, Any]) -> dict[str, Any]:
 
 
 def embed(detector: Detector | nn.Module, volumes: torch.Tensor, batch_size: int = 64,
-          orientation_pooling: bool = True) -> torch.Tensor:
+          orientation_pooling: bool = True, progress: bool = False) -> torch.Tensor:
     """Embed volumes with a trained detector.
 
     Args:
@@ -414,16 +414,19 @@ def embed(detector: Detector | nn.Module, volumes: torch.Tensor, batch_size: int
             volume shape (48 for a cube, 8 for a square), so the embedding is exactly invariant to flips and 90-degree
             rotations (costs 48 forward passes per volume); see
             :attr:`memostudy.detect.matching.CompareConfig.orientation_pooling`.
+        progress: a progress bar over the batches.
 
     Returns:
         (N, embedding_dim) float32, rows L2-normalised (compare with :mod:`memostudy.detect.similarity`;
         higher similarity = more alike).
     """
+    from tqdm.auto import tqdm
+
     net = detector.net if isinstance(detector, Detector) else detector
     net.eval()
     out = []
     with torch.no_grad():
-        for i in range(0, len(volumes), batch_size):
+        for i in tqdm(range(0, len(volumes), batch_size), desc=f"embedding {len(volumes)} volumes", disable=not progress):
             x = volumes[i:i + batch_size].float()
             if orientation_pooling:
                 nd = x.dim() - 2

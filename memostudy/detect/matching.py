@@ -125,38 +125,44 @@ def latent_vectors(detector: Detector, volumes: torch.Tensor, batch_size: int = 
 
 
 def query_vectors(detector: Detector, volumes: torch.Tensor, compare: CompareConfig | None = None,
-                  batch_size: int = 64) -> torch.Tensor:
+                  batch_size: int = 64, progress: bool = False) -> torch.Tensor:
     """The vectors of volumes (``(N, 1, D, H, W)``, or images ``(N, 1, H, W)``) that are looked up
     (synthetic, reference, copies): (K, N, F), one slice per shape-preserving orientation (identity first;
     K = 48 for cubes, 8 for squares) with ``"latent"``; (1, N, 32) with ``"embedding"`` (``compare`` default:
-    :class:`CompareConfig`)."""
+    :class:`CompareConfig`). ``progress``: a progress bar over the orientations."""
+    from tqdm.auto import tqdm
+
     compare = compare or CompareConfig()
     if compare.representation == "embedding":
-        return embed(detector, volumes, batch_size, compare.orientation_pooling).unsqueeze(0)
+        return embed(detector, volumes, batch_size, compare.orientation_pooling, progress).unsqueeze(0)
     nd = volumes.dim() - 2
     table = orientations(nd)
     return torch.stack([latent_vectors(detector, orient(volumes, table[k]).contiguous(), batch_size)
-                        for k in shape_preserving(volumes.shape, nd)])
+                        for k in tqdm(shape_preserving(volumes.shape, nd), desc=f"encoding {len(volumes)} volumes x orientations",
+                                      disable=not progress)])
 
 
 def base_vectors(detector: Detector, volumes: torch.Tensor, compare: CompareConfig | None = None,
-                 batch_size: int = 64) -> torch.Tensor:
+                 batch_size: int = 64, progress: bool = False) -> torch.Tensor:
     """The vectors of the volumes searched (training, ``(N, 1, D, H, W)`` or images ``(N, 1, H, W)``):
     (J, N, F), one slice per shift of :func:`shift_grid` (no shift first; J = 27 in 3D, 9 in 2D) with
-    ``"latent"``; (1, N, 32) with ``"embedding"`` (``compare`` default: :class:`CompareConfig`).
+    ``"latent"``; (1, N, 32) with ``"embedding"`` (``compare`` default: :class:`CompareConfig`); ``progress``: a
+    progress bar over the shifts.
 
     Raises:
         ConfigError: ``search_shift`` is not smaller than half the smallest volume side.
     """
+    from tqdm.auto import tqdm
+
     cfg = compare or CompareConfig()
     if cfg.representation == "embedding":
-        return embed(detector, volumes, batch_size, cfg.orientation_pooling).unsqueeze(0)
+        return embed(detector, volumes, batch_size, cfg.orientation_pooling, progress).unsqueeze(0)
     nd = volumes.dim() - 2
     if 2 * cfg.search_shift >= min(volumes.shape[2:]):
         raise ConfigError(f"compare.search_shift {cfg.search_shift} is too large for volumes of "
                           f"{tuple(volumes.shape[2:])}; use less than half the smallest side")
     out = []
-    for s in shift_grid(cfg.search_shift, nd):
+    for s in tqdm(shift_grid(cfg.search_shift, nd), desc=f"encoding {len(volumes)} training volumes x shifts", disable=not progress):
         moved = volumes if not any(s) else translate(volumes.float(), torch.tensor([s] * len(volumes)))
         out.append(latent_vectors(detector, moved, batch_size))
     return torch.stack(out)

@@ -68,7 +68,8 @@ class Searches:
         register: settings of the registered correlation (``"registered"``; its shortlist size too).
         reference: the name of the query set of real reference volumes ("combined" ranks against it).
         batch_size: volumes per detector forward pass.
-        progress: progress bars for the aligned correlation.
+        progress: progress bars (with ETA) for the encodings, embeddings, oriented correlations and aligned
+            and registered searches.
     """
 
     detector: Detector
@@ -121,14 +122,14 @@ class Searches:
         if name != TRAIN and self._shares_latents():
             return self._once(("embedding", name), lambda: embed_latents(self.detector, self.oriented(name)))
         return self._once(("embedding", name), lambda: embed(self.detector, self.volumes(name), self.batch_size,
-                                                             self.compare.orientation_pooling))
+                                                             self.compare.orientation_pooling, self.progress))
 
     def oriented(self, query: str) -> torch.Tensor:
         """(K, N, F) the contrastive detector's vectors of query set ``query``
         (:func:`memostudy.detect.matching.query_vectors`: its latent maps in each of K orientations), computed
         once: the contrastive search and the orientation-pooled embedding both use them."""
         return self._once(("oriented", query), lambda: query_vectors(self.detector, self.queries[query], self.compare,
-                                                                     self.batch_size))
+                                                                     self.batch_size, self.progress))
 
     def _shares_latents(self) -> bool:
         return self.compare.representation == "latent" and self.compare.orientation_pooling
@@ -141,7 +142,7 @@ def _pair(query: str, reverse: bool) -> tuple[str, str]:
 
 def _contrastive(s: Searches, query: str, reverse: bool) -> Nearest:
     # one search gives both directions: the query's orientations against the training volumes' shifts
-    base = s._once("base_vectors", lambda: base_vectors(s.detector, s.train, s.compare, s.batch_size))
+    base = s._once("base_vectors", lambda: base_vectors(s.detector, s.train, s.compare, s.batch_size, s.progress))
     both = s._once(("contrastive", query), lambda: set_nearest(s.oriented(query), base, s.metric))
     return both[1] if reverse else both[0]
 
@@ -163,7 +164,7 @@ def _smoothed_oriented(s: Searches, query: str, reverse: bool) -> torch.Tensor:
     """The aligned shortlist's oriented correlations of query set ``query`` with the training set (smoothed), computed
     once for both directions (:func:`memostudy.detect.alignment.oriented_correlations`)."""
     m = s._once(("smoothed-oriented", query), lambda: oriented_correlations(
-        smooth(s.queries[query], s.align.sigma), smooth(s.train, s.align.sigma)))
+        smooth(s.queries[query], s.align.sigma), smooth(s.train, s.align.sigma), progress=s.progress))
     return m.T if reverse else m
 
 

@@ -178,7 +178,7 @@ def test_coarse_to_fine_finds_what_the_exhaustive_search_finds(orientation, shif
     novel = _fields(2, 16, seed=5)
     query = torch.cat([copy, novel])
     shortlist = torch.arange(6).expand(3, -1)
-    exhaustive, a_ex = aligned_search(query, train, shortlist, AlignConfig(subvoxel=(0.0,), blurs=(0.0,)))
+    exhaustive, a_ex = aligned_search(query, train, shortlist, AlignConfig(subvoxel=(0.0,), blurs=(0.0,), fine_pairs=0))
     fast, a_fast = aligned_search(query, train, shortlist, AlignConfig(subvoxel=(0.0,), blurs=(0.0,), fine_pairs=2))
     # the copy: same source, orientation and shift, correlation ~1
     assert (a_fast[0].base_index, a_fast[0].orientation, a_fast[0].shift) == (3, orientation, shift_voxels)
