@@ -291,3 +291,21 @@ def test_a_2d_detector_trains_saves_loads_and_embeds(tmp_path):
     # the 3D training of the same config keeps its config (and so its folder key) as before
     vols = phantom_volumes(4, 16, seed=1)
     assert train_detector(vols, None, dataclasses.replace(cfg, epochs=1)).config.spatial_dims == 3
+
+
+def test_max_steps_caps_training_and_keeps_the_config_dict(tmp_path):
+    from memostudy.config import to_dict
+
+    assert "max_steps" not in to_dict(DetectorConfig())  # cached detectors keep their hashes
+    assert to_dict(DetectorConfig(max_steps=5))["max_steps"] == 5
+    assert apply_overrides(DetectorConfig(), {"max_steps": "7"}).max_steps == 7  # --set max_steps=7
+    with pytest.raises(ConfigError, match="max_steps"):
+        DetectorConfig(max_steps=0).validate()
+    train = phantom_volumes(12, 16, seed=0)  # batch 8: 2 steps per epoch
+    capped = train_detector(train, None, DetectorConfig(epochs=4, max_steps=3, **TINY), out_dir=tmp_path / "capped")
+    assert len(capped.history) == 2  # 3 steps: one whole epoch and half of the next, not 4 epochs
+    assert "3 steps" in (tmp_path / "capped" / "detector_training" / "DONE").read_text()
+    # a cap above what the epochs take changes nothing
+    loose = train_detector(train, None, DetectorConfig(epochs=2, max_steps=100, **TINY))
+    plain = train_detector(train, None, DetectorConfig(epochs=2, **TINY))
+    assert all(torch.equal(a, b) for a, b in zip(loose.net.state_dict().values(), plain.net.state_dict().values()))
