@@ -29,12 +29,13 @@ from __future__ import annotations
 
 import functools
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from memostudy.config import OMIT_DEFAULT
 from memostudy.detect.similarity import Nearest, similarity_matrix, standardise
 from memostudy.detect.views import orient, orientations, shape_preserving, translate
 from memostudy.errors import ConfigError
@@ -61,7 +62,9 @@ class AlignConfig:
             candidate and shift, and the refinement as much again; coarse to fine is 3-4x cheaper per
             query. On demo-ct's broad copy families (``benchmarks/bench_families.py --detectors pixel,aligned
             --per-cell 20``, 540 copies, 60 training patches) 4 pairs gave the exhaustive search's sensitivity
-            in every family and strength and its specificity within one of 60 novel volumes (README).
+            in every family and strength and its specificity within one of 60 novel volumes (README). Left out of
+            the config's dict at its default, so the hashes of results that never used this detector (the sweep
+            cells' ``defaults.json``) stay as they were.
     """
 
     sigma: float = 0.75
@@ -69,7 +72,7 @@ class AlignConfig:
     shortlist: int = 5
     subvoxel: tuple[float, ...] = (0.0, 0.5)
     blurs: tuple[float, ...] = (0.0, 0.75, 1.5)
-    fine_pairs: int = 4
+    fine_pairs: int = field(default=4, metadata=OMIT_DEFAULT)
 
     def validate(self, shape: tuple[int, ...] | torch.Size | None = None) -> AlignConfig:
         """Check the settings (and, given a batch shape ``(N, C, D, H, W)`` or ``(N, C, H, W)``, that the shifts fit it)."""

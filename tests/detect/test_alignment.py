@@ -193,3 +193,10 @@ def test_coarse_to_fine_finds_what_the_exhaustive_search_finds(orientation, shif
     assert torch.allclose(fast.values, exhaustive.values, atol=0.05)
     with pytest.raises(ConfigError, match="fine_pairs"):
         AlignConfig(fine_pairs=-1).validate()
+
+
+def test_fine_pairs_is_left_out_of_the_config_dict_at_its_default():
+    from memostudy.config import to_dict
+
+    # the sweep cells' defaults.json hashes the assessment config: a default that changes no sweep result keeps it
+    assert "fine_pairs" not in to_dict(AlignConfig()) and to_dict(AlignConfig(fine_pairs=0))["fine_pairs"] == 0
