@@ -331,13 +331,29 @@ def verdict_sections(spec: SweepSpec, agg: pd.DataFrame, trends: pd.DataFrame,
                          f"seeds: {t['verdict']}")
     expected = spec.expected or "?"
     headline = trends[trends["metric"].isin(MEMORIZATION_SIGN)]
-    seen = sorted(set(headline["verdict"]))
     head = (f"{spec.question or 'Question'} The seeds report that memorization {expected} along {column} "
             f"({' → '.join(map(str, order))}). Here, across {int(trends['n_seeds'].max())} paired seeds, the trend "
             f"test (settings permuted within each seed; significant at p < 0.05) gives: "
-            + ("; ".join(lines) if lines else "no memorization measure") + ". "
-            + ("In short: " + (seen[0] if len(seen) == 1 else "mixed (" + ", ".join(seen) + ")") + "." if seen else ""))
+            + ("; ".join(lines) if lines else "no memorization measure") + ". " + in_short(headline))
     return [("Verdict", head), (None, pd.DataFrame(rows))]
+
+
+def in_short(headline: pd.DataFrame) -> str:
+    """One sentence over the memorization measures' verdicts (``trend.csv`` rows with a verdict): how many of them
+    saw the seeds' trend, how many saw the opposite, and which did not, e.g. "In short: the seeds' trend is seen by 4
+    of 5 memorization measures; not seen by authenticity." (empty without verdicts)."""
+    rows = headline[headline["verdict"].fillna("") != ""]
+    if rows.empty:
+        return ""
+    words = {v: [METRIC_WORDS.get(m, m).split(" (")[0] for m in rows.loc[rows["verdict"] == v, "metric"]]
+             for v in ("seen", "opposite", "not seen")}
+    n = len(rows)
+    parts = [f"the seeds' trend is seen by {len(words['seen'])} of {n} memorization measures"]
+    if words["opposite"]:
+        parts.append(f"the opposite by {', '.join(words['opposite'])}")
+    if words["not seen"] and words["seen"]:
+        parts.append(f"not seen by {', '.join(words['not seen'])}")
+    return "In short: " + "; ".join(parts) + "."
 
 
 def summary_html(spec: SweepSpec, table: pd.DataFrame, agg: pd.DataFrame, trends: pd.DataFrame | None = None) -> str:

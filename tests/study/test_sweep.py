@@ -289,3 +289,18 @@ def test_each_sweep_file_runs_end_to_end_at_tiny_scale(tiny_env, name) -> None:
     before = {p: p.stat().st_mtime for p in cells.glob("*/run.json")}
     run_sweep(spec, reports_dir=tiny_env["root"] / "reports", progress=False)
     assert before == {p: p.stat().st_mtime for p in cells.glob("*/run.json")} and len(before) == 2
+
+
+def test_the_verdict_sentence_counts_the_measures() -> None:
+    import pandas as pd
+
+    from memostudy.study.sweep import in_short
+
+    rows = pd.DataFrame({"metric": ["memorized_fraction", "copy_fraction", "c_t", "authenticity"],
+                         "verdict": ["seen", "seen", "seen", "not seen"]})
+    assert in_short(rows) == ("In short: the seeds' trend is seen by 3 of 4 memorization measures; "
+                              "not seen by authenticity.")
+    rows["verdict"] = ["not seen", "opposite", "not seen", "not seen"]
+    assert in_short(rows) == ("In short: the seeds' trend is seen by 0 of 4 memorization measures; the opposite by "
+                              "synthetic volumes that are copies.")
+    assert in_short(rows.iloc[:0]) == ""
