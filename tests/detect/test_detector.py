@@ -106,7 +106,7 @@ def test_checkpoint_holds_architecture_and_weights_only(trained, tmp_path):
     # every field, but those marked OMIT_DEFAULT while at their default (view_families: the classic views)
     at_default = {f.name for f in dataclasses.fields(DetectorConfig) if f.metadata.get("omit_default")
                   and getattr(det.config, f.name) == getattr(DetectorConfig(), f.name)}
-    assert at_default == {"view_families", "spatial_dims"}  # a 3D detector's config is that of before 2D
+    assert at_default == {"view_families", "spatial_dims", "max_steps"}  # a 3D detector's config is that of before 2D and max_steps
     assert set(ckpt["config"]) == {f.name for f in dataclasses.fields(DetectorConfig)} - at_default
     assert load_detector(tmp_path / "detector.pt").config == det.config
     assert not set(ckpt["config"]) & {"representation", "search_shift", "orientation_pooling"}
