@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -216,7 +217,7 @@ def _shifted(x: torch.Tensor, axis: int, offset: float) -> torch.Tensor:
     between the two neighbours, border values repeated -- what :func:`memostudy.detect.views.translate`
     (``grid_sample``, bilinear, border padding) gives for a shift along one axis, from two gathers."""
     n = x.shape[axis]
-    k = int(torch.floor(torch.tensor(offset)))
+    k = math.floor(offset)
     f = float(offset) - k
     idx = torch.arange(n) + k
     lo = x.index_select(axis, idx.clamp(0, n - 1))
