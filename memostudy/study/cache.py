@@ -2,7 +2,9 @@
 
 Trained models are kept in a work folder (``runs_dir``, default ``<cache>/runs``): the LDM of a config
 lives in ``ldm/<data>-<hash>/`` and the detector of a data set and detector config in
-``detectors/<hash>/``; the samples of a checkpoint in the LDM's ``samples/<tag>/``. Running a study again
+``detectors/<hash>/``; the samples of a checkpoint in the LDM's ``samples/<tag>/``; a copy of each finished
+autoencoder in ``autoencoders/<data>-<hash>/``, which an LDM that differs only after the autoencoder stage
+(diffusion settings, augmentation) takes over instead of training the same autoencoder again. Running a study again
 with the same settings therefore reuses finished models and samples and resumes interrupted training (a
 killed ``make study`` picks up where it stopped), and every setting of a sweep is assessed with one and
 the same detector.
@@ -12,6 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,6 +73,41 @@ def ldm_run_dir(ldm_cfg: LDMConfig, root: Path, stop_key: dict[str, Any] | None 
     return root / "ldm" / name
 
 
+def autoencoder_key(ldm_cfg: LDMConfig) -> dict[str, Any]:
+    """Everything the autoencoder stage of ``ldm_cfg`` depends on: data, patches, seed, autoencoder and its loop.
+
+    The autoencoder is trained before, and without, anything of the diffusion stage, the sampler or the
+    augmentation (which acts on the diffusion stage only), so LDMs whose configs differ only there
+    (the augmentation and model-size sweeps, a run stopped by a rule) train the same autoencoder.
+    """
+    return {"data": str(ldm_cfg.data), "cache": ldm_cfg.cache, "patch_size": list(ldm_cfg.patch_size),
+            "max_train_patches": ldm_cfg.max_train_patches, "max_val_patches": ldm_cfg.max_val_patches,
+            "seed": ldm_cfg.seed, "autoencoder": to_dict(ldm_cfg.autoencoder),
+            "loop": to_dict(ldm_cfg.stage_loop("autoencoder"))}
+
+
+def shared_autoencoder_dir(ldm_cfg: LDMConfig, root: Path) -> Path:
+    """Where the finished autoencoder of :func:`autoencoder_key` is kept for other LDMs: ``root/autoencoders/<data>-<hash>``."""
+    return root / "autoencoders" / f"{Path(str(ldm_cfg.data)).name}-{config_hash(autoencoder_key(ldm_cfg))}"
+
+
+#: the files of a finished stage another run may take over (the done marker last, so a partial copy never counts)
+_FINISHED_STAGE_FILES = ("final.pt", "losses.csv", "DONE")
+
+
+def _copy_finished_stage(src: Path, dst: Path) -> None:
+    """Copy a finished training stage's files from ``src`` into a new folder ``dst`` (written beside it, then renamed)."""
+    tmp = dst.with_name(dst.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name in _FINISHED_STAGE_FILES:
+        shutil.copy2(src / name, tmp / name)
+    try:
+        tmp.rename(dst)
+    except OSError:  # another process got there first: its copy is the same autoencoder
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def train_or_resume(ldm_cfg: LDMConfig, root: Path, progress: bool = True,
                     on_snapshot: Callable[[int], bool] | None = None, stop_key: dict[str, Any] | None = None) -> Path:
     """Train the LDM of ``ldm_cfg`` in :func:`ldm_run_dir`, resume it, or reuse it if finished.
@@ -76,6 +115,7 @@ def train_or_resume(ldm_cfg: LDMConfig, root: Path, progress: bool = True,
     ``on_snapshot`` (with its ``stop_key``) may stop the diffusion training at a snapshot
     (:func:`memostudy.training.fit`); such a run has a folder of its own."""
     run_dir = ldm_run_dir(ldm_cfg, root, stop_key)
+    ae_run, shared = RunFolder(run_dir / "autoencoder"), RunFolder(shared_autoencoder_dir(ldm_cfg, root))
     if RunFolder(run_dir / "diffusion").is_done():
         say(f"LDM: reusing the finished run {run_dir}")
     else:
@@ -83,7 +123,12 @@ def train_or_resume(ldm_cfg: LDMConfig, root: Path, progress: bool = True,
         say(f"LDM: {'resuming' if run_dir.exists() else 'training'} {run_dir} (autoencoder "
             f"{f'{ae.steps} steps' if ae.steps else f'{ae.epochs} epochs'}, diffusion "
             f"{f'{dm.steps} steps' if dm.steps else f'{dm.epochs} epochs'})")
+        if not ae_run.path.exists() and shared.is_done():
+            say(f"LDM: taking over the autoencoder trained with the same data, seed and settings from {shared.path}")
+            _copy_finished_stage(shared.path, ae_run.path)
         train_ldm(ldm_cfg, run_dir, progress=progress, on_snapshot=on_snapshot)
+    if ae_run.is_done() and not shared.is_done():
+        _copy_finished_stage(ae_run.path, shared.path)
     return run_dir
 
 

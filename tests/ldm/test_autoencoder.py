@@ -37,6 +37,26 @@ def test_encode_stats_and_posterior_sampler_shapes():
     assert z.shape == (3, 2, 8, 8, 8)
 
 
+def test_posterior_memo_encodes_each_distinct_image_once_and_draws_as_without_it():
+    torch.manual_seed(0)
+    ae = build_autoencoder(preset("test-16").autoencoder).eval().requires_grad_(False)
+    x = phantom_volumes(3, size=16)
+    flipped = torch.flip(x, dims=[-1])
+    plain, memo = PosteriorSampler(ae), PosteriorSampler(ae, memo_bytes=2**20)
+    batches = [torch.cat([x[:2], flipped[:1]]), torch.cat([x[1:], flipped[:1], x[:1]]), x[[2, 2]]]
+    for batch in batches:
+        plain.generator, memo.generator = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+        torch.testing.assert_close(memo.encode_stage_2_inputs(batch), plain.encode_stage_2_inputs(batch),
+                                   rtol=1e-4, atol=1e-5)
+    assert plain.encoded == 3 + 4 + 2 and memo.encoded == 4  # x[0], x[1], x[2], flipped[0]
+    # a memo too small for one more posterior keeps only the newest ones, and still answers every image
+    per_image = 2 * 2 * 8**3 * 4  # (mu, sigma) of 2 x 8^3 float32 latents
+    small = PosteriorSampler(ae, memo_bytes=2 * per_image)
+    for batch in batches:
+        small.encode_stage_2_inputs(batch)
+    assert len(small._memo) <= 2 and small._memo_size <= 2 * per_image and small.encoded > 4
+
+
 def test_latent_scale_factor_gives_unit_std():
     torch.manual_seed(0)
     stats = torch.cat([3 * torch.randn(50, 2, 4, 4, 4), torch.full((50, 2, 4, 4, 4), 1e-3)], 1)

@@ -14,7 +14,16 @@ import torch
 import memostudy.study.cache as cache
 from memostudy.errors import DataError
 from memostudy.ldm.config import preset
-from memostudy.study.cache import config_hash, get_detector, ldm_training_patches, synthesize, train_or_resume
+from memostudy.study.cache import (
+    autoencoder_key,
+    config_hash,
+    get_detector,
+    ldm_training_patches,
+    shared_autoencoder_dir,
+    synthesize,
+    train_or_resume,
+)
+from memostudy.training import RunFolder
 
 
 def _refuse(*args, **kwargs):
@@ -48,6 +57,38 @@ def test_a_finished_ldm_is_reused_and_an_unfinished_one_resumed(tiny_result, tmp
     # another config: another folder
     changed = preset("test-16", {"data": str(tiny_result.ldm_config.data), "diffusion.loop.epochs": 4})
     assert train_or_resume(changed, tmp_path, progress=False) != other and len(calls) == 3
+
+
+def test_the_autoencoder_key_holds_what_the_autoencoder_stage_depends_on_and_nothing_after_it() -> None:
+    base = preset("test-16")
+    key = autoencoder_key(base)
+    for later in ({"augment": True}, {"diffusion.loop.steps": 7}, {"diffusion.ema_decay": 0.9},
+                  {"sampling.steps": 3}):
+        assert autoencoder_key(preset("test-16", later)) == key, later
+    for earlier in ({"seed": 1}, {"max_train_patches": 3}, {"autoencoder.loop.steps": 7},
+                    {"autoencoder.kl_weight": 1e-3}, {"data": "elsewhere"}):
+        assert autoencoder_key(preset("test-16", earlier)) != key, earlier
+
+
+@pytest.mark.slow
+def test_an_ldm_differing_after_the_autoencoder_takes_over_the_finished_autoencoder(tiny_result, tmp_path: Path,
+                                                                                   monkeypatch) -> None:
+    cfg = tiny_result.ldm_config
+    shared = shared_autoencoder_dir(cfg, tiny_result.run_dir.parent.parent)
+    assert RunFolder(shared).is_done()  # the study's run left a copy of its finished autoencoder
+    assert (shared / "final.pt").read_bytes() == (tiny_result.run_dir / "autoencoder" / "final.pt").read_bytes()
+    root = tmp_path / "runs"
+    shutil.copytree(shared, shared_autoencoder_dir(cfg, root))
+    seen = {}
+
+    def record(c, run_dir, progress, on_snapshot=None):  # what train_ldm finds when it starts
+        ae = RunFolder(run_dir / "autoencoder")
+        seen[c.seed, c.augment] = ae.is_done() and ae.final.read_bytes() == (shared / "final.pt").read_bytes()
+
+    monkeypatch.setattr(cache, "train_ldm", record)
+    train_or_resume(replace(cfg, augment=True), root, progress=False)
+    train_or_resume(replace(cfg, seed=cfg.seed + 1), root, progress=False)  # another seed: its own autoencoder
+    assert seen == {(cfg.seed, True): True, (cfg.seed + 1, False): False}
 
 
 def test_ldm_training_patches_are_those_data_json_names(tiny_result, tmp_path: Path) -> None:
