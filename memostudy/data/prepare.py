@@ -299,7 +299,7 @@ def _tidy_leftovers(root: Path, target: Path) -> None:
             _remove_own(d, root)
 
 
-def _pause_point(point: str) -> None:
+def pause_point(point: str) -> None:
     """Test hook for fault tests: with ``MEMOSTUDY_PAUSE_AT=<point>``, announce the point on stderr
     and wait there (until the file ``$MEMOSTUDY_PAUSE_UNTIL`` exists, else until killed)."""
     if os.environ.get("MEMOSTUDY_PAUSE_AT") != point:
@@ -357,7 +357,7 @@ def prepare(name_or_path: str | Path, cache: str | Path | None = None, force: bo
         tmp = Path(tempfile.mkdtemp(prefix=f"{BUILDING_PREFIX}{m.name}{SEP}", dir=root))
         try:
             skipped = _build(m, paths, tmp, manifest_text, key, progress)
-            _pause_point("before-rename")
+            pause_point("before-rename")
             set_aside = _move_into_place(tmp, target, root, replace=force and complete)
         except BaseException:
             _remove_own(tmp, root)
@@ -380,7 +380,7 @@ def _move_into_place(tmp: Path, target: Path, root: Path, replace: bool) -> Path
     if replace:
         old = _aside_path(root, f"{REPLACED_PREFIX}{target.name}{SEP}")
         target.rename(old)
-        _pause_point("between-renames")
+        pause_point("between-renames")
         tmp.rename(target)
         _remove_own(old, root)
         return None
@@ -426,7 +426,7 @@ def _build(m: Manifest, paths: list[Path], tmp: Path, manifest_text: str, key: s
                          "origin_0": origin[0], "origin_1": origin[1], "origin_2": origin[2],
                          "foreground_lo": lo, "foreground_hi": hi,
                          "sha256": sha256_of(f), "file": f"patches/{pid}.npy"})
-        _pause_point(f"volume-{k + 1}")
+        pause_point(f"volume-{k + 1}")
     if not rows:
         raise DataError(f"{m.path}: no patch passed the foreground rule; lower min_foreground or the patch size")
     table = pd.DataFrame(rows).rename(columns={"foreground_lo": "intensity_lo", "foreground_hi": "intensity_hi"})

@@ -105,6 +105,14 @@ class Searches:
             self._cache[key] = compute()
         return self._cache[key]
 
+    def keep(self, key: Any, value: Any) -> None:
+        """Keep what a search found besides its nearest scores (alignments, registered changes) under ``key``."""
+        self._cache[key] = value
+
+    def kept(self, key: Any, default: Any = None) -> Any:
+        """What :meth:`keep` kept under ``key`` (``default`` if nothing)."""
+        return self._cache.get(key, default)
+
     def volumes(self, name: str) -> torch.Tensor:
         """The training set (:data:`TRAIN`) or a query set by name."""
         return self.train if name == TRAIN else self.queries[name]
@@ -113,7 +121,7 @@ class Searches:
         """The alignments the "aligned" detector found for query set ``query`` against the training set, by
         (query index, training index), if it has run (else empty): the evidence of a flagged copy reuses them
         rather than aligning the same pair again."""
-        found = self._cache.get(("alignments", query, False), [])
+        found = self.kept(("alignments", query, False), [])
         return {(i, a.base_index): a for i, a in enumerate(found)}
 
     def embedding(self, name: str) -> torch.Tensor:
@@ -173,7 +181,7 @@ def _aligned(s: Searches, query: str, reverse: bool) -> Nearest:
     q, base = s.volumes(a), s.volumes(b)
     shortlist = candidates(q, base, s.align, s.embedding(a), s.embedding(b), _smoothed_oriented(s, query, reverse))
     found, alignments = aligned_search(q, base, shortlist, s.align, progress=s.progress)
-    s._cache[("alignments", query, reverse)] = alignments
+    s.keep(("alignments", query, reverse), alignments)
     return found
 
 
@@ -185,14 +193,14 @@ def _registered(s: Searches, query: str, reverse: bool) -> Nearest:
     shortlist = candidates(q, base, k, s.embedding(a), s.embedding(b), _smoothed_oriented(s, query, reverse))
     found = registered_nearest(q, base, shortlist, s.register, progress=s.progress,
                                score_on="base" if reverse else "query")
-    s._cache[("registered-changes", query, reverse)] = found.changes
+    s.keep(("registered-changes", query, reverse), found.changes)
     return found.nearest
 
 
 def registered_changes(s: Searches, query: str, reverse: bool = False) -> list[Any]:
     """The :class:`~memostudy.detect.registration.Change` per volume of the ``"registered"`` search (run first)."""
     s._search("registered", query, reverse)
-    return s._cache[("registered-changes", query, reverse)]
+    return s.kept(("registered-changes", query, reverse))
 
 
 def _combined(s: Searches, query: str, reverse: bool) -> Nearest:

@@ -33,7 +33,7 @@ import torch
 from filelock import FileLock, Timeout
 
 from memostudy.config import provenance
-from memostudy.data.prepare import _pause_point as pause_point  # the test hook of the fault tests
+from memostudy.data.prepare import pause_point  # the test hook of the fault tests
 from memostudy.detect.assessment import Assessment
 from memostudy.detect.evidence import evidence_table
 from memostudy.errors import DataError, RunExistsError

@@ -2,7 +2,7 @@
 killed (SIGINT, SIGKILL) at several points, a killed ``--force``. Each ends with the data set an
 uninterrupted run gives, file for file.
 
-Kill points come from the test hook ``MEMOSTUDY_PAUSE_AT`` (see ``memostudy.data.prepare._pause_point``):
+Kill points come from the test hook ``MEMOSTUDY_PAUSE_AT`` (see ``memostudy.data.prepare.pause_point``):
 the command announces the point on stderr and waits there, so the test kills it at a known step.
 """
 

@@ -5,7 +5,7 @@ and no kill leaves ``--out`` without complete results (old or new) when it had s
 
 Kill points: during training, once the detector's ``losses.csv`` (or the LDM's ``diffusion/last.pt``)
 appears; while writing, from the test hook ``MEMOSTUDY_PAUSE_AT`` (``audit-writing``, ``audit-moving``;
-see :func:`memostudy.data.prepare._pause_point`).
+see :func:`memostudy.data.prepare.pause_point`).
 """
 
 from __future__ import annotations
