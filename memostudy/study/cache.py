@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from filelock import FileLock, Timeout
 
 from memostudy.config import to_dict
 from memostudy.data.patches import PatchSet, load_patches
@@ -112,9 +113,28 @@ def train_or_resume(ldm_cfg: LDMConfig, root: Path, progress: bool = True,
                     on_snapshot: Callable[[int], bool] | None = None, stop_key: dict[str, Any] | None = None) -> Path:
     """Train the LDM of ``ldm_cfg`` in :func:`ldm_run_dir`, resume it, or reuse it if finished.
 
-    ``on_snapshot`` (with its ``stop_key``) may stop the diffusion training at a snapshot
-    (:func:`memostudy.training.fit`); such a run has a folder of its own."""
+    One process at a time trains a given LDM (a lock in ``root/ldm/.locks/``): a second one that wants the
+    same LDM (sweep cells split over processes, a run started by hand beside a sweep) waits for it and then
+    reuses it instead of writing the same checkpoints. ``on_snapshot`` (with its ``stop_key``) may stop the
+    diffusion training at a snapshot (:func:`memostudy.training.fit`); such a run has a folder of its own."""
     run_dir = ldm_run_dir(ldm_cfg, root, stop_key)
+    locks = run_dir.parent / ".locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(locks / f"{run_dir.name}.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        say(f"LDM: another process is training {run_dir}; waiting for it to finish")
+        lock.acquire()
+    try:
+        _train_or_resume_locked(ldm_cfg, root, run_dir, progress, on_snapshot)
+    finally:
+        lock.release()
+    return run_dir
+
+
+def _train_or_resume_locked(ldm_cfg: LDMConfig, root: Path, run_dir: Path, progress: bool,
+                            on_snapshot: Callable[[int], bool] | None) -> None:
     ae_run, shared = RunFolder(run_dir / "autoencoder"), RunFolder(shared_autoencoder_dir(ldm_cfg, root))
     if RunFolder(run_dir / "diffusion").is_done():
         say(f"LDM: reusing the finished run {run_dir}")
@@ -129,7 +149,6 @@ def train_or_resume(ldm_cfg: LDMConfig, root: Path, progress: bool = True,
         train_ldm(ldm_cfg, run_dir, progress=progress, on_snapshot=on_snapshot)
     if ae_run.is_done() and not shared.is_done():
         _copy_finished_stage(ae_run.path, shared.path)
-    return run_dir
 
 
 def ldm_training_patches(run_dir: str | Path, ldm_cfg: LDMConfig) -> PatchSet:

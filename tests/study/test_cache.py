@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
+from filelock import FileLock
 
 import memostudy.study.cache as cache
 from memostudy.errors import DataError
@@ -89,6 +92,31 @@ def test_an_ldm_differing_after_the_autoencoder_takes_over_the_finished_autoenco
     train_or_resume(replace(cfg, augment=True), root, progress=False)
     train_or_resume(replace(cfg, seed=cfg.seed + 1), root, progress=False)  # another seed: its own autoencoder
     assert seen == {(cfg.seed, True): True, (cfg.seed + 1, False): False}
+
+
+@pytest.mark.slow
+def test_a_second_process_wanting_an_ldm_being_trained_waits_and_then_reuses_it(tiny_result, tmp_path: Path,
+                                                                               monkeypatch) -> None:
+    cfg = tiny_result.ldm_config
+    root = tmp_path / "runs"
+    run_dir = cache.ldm_run_dir(cfg, root)
+    (root / "ldm" / ".locks").mkdir(parents=True)
+    holding = threading.Event()
+
+    def other() -> None:  # "another process" is training this LDM and finishes it a moment later
+        with FileLock(str(root / "ldm" / ".locks" / f"{run_dir.name}.lock")):
+            holding.set()
+            time.sleep(0.5)
+            shutil.copytree(tiny_result.run_dir, run_dir)
+
+    monkeypatch.setattr(cache, "train_ldm", _refuse)
+    waiter = threading.Thread(target=other)
+    waiter.start()
+    holding.wait()
+    t = time.monotonic()
+    assert train_or_resume(cfg, root, progress=False) == run_dir
+    waiter.join()
+    assert time.monotonic() - t >= 0.4  # it waited, then reused the finished run instead of training
 
 
 def test_ldm_training_patches_are_those_data_json_names(tiny_result, tmp_path: Path) -> None:
