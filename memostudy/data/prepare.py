@@ -35,7 +35,7 @@ import shutil
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,7 +44,6 @@ import numpy as np
 import pandas as pd
 import torch
 import yaml
-from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
 from memostudy.data.manifest import SPLITS, Manifest, load_manifest, sha256_of
@@ -53,6 +52,7 @@ from memostudy.data.patches import COMPLETE_MARKER, default_cache
 from memostudy.data.sources import obtain
 from memostudy.data.volume_io import load_image
 from memostudy.errors import DataError
+from memostudy.locks import waiting_lock
 
 #: bump when a change to this module changes the patches it writes (a data set built by an older
 #: format is then set aside and rebuilt)
@@ -267,21 +267,11 @@ def _aside_path(root: Path, stem: str) -> Path:
     return cand
 
 
-@contextmanager
-def _locked(root: Path, name: str):
+def _locked(root: Path, name: str) -> AbstractContextManager[None]:
     """Hold the lock of data set ``name``; say so on stderr when another process holds it."""
-    (root / LOCKS_DIR).mkdir(exist_ok=True)
-    lock = FileLock(str(root / LOCKS_DIR / f"{name}.lock"))
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        print(f"memostudy: waiting for another `data prepare` of {name} to finish (lock {lock.lock_file})",
-              file=sys.stderr, flush=True)
-        lock.acquire()
-    try:
-        yield
-    finally:
-        lock.release()
+    lock_file = root / LOCKS_DIR / f"{name}.lock"
+    return waiting_lock(lock_file, lambda msg: print(msg, file=sys.stderr, flush=True),
+                        f"memostudy: waiting for another `data prepare` of {name} to finish (lock {lock_file})")
 
 
 def _leftovers(root: Path, name: str) -> list[Path]:

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from filelock import FileLock, Timeout
 
 from memostudy.config import to_dict
 from memostudy.data.patches import PatchSet, load_patches
@@ -31,6 +30,7 @@ from memostudy.errors import DataError
 from memostudy.ldm.config import LDMConfig
 from memostudy.ldm.run import load_run, train_ldm
 from memostudy.ldm.sampling import default_tag, read_samples, sample_from, write_samples
+from memostudy.locks import waiting_lock
 from memostudy.study.config import MemorizationConfig
 from memostudy.study.log import say
 from memostudy.training import RunFolder
@@ -118,18 +118,9 @@ def train_or_resume(ldm_cfg: LDMConfig, root: Path, progress: bool = True,
     reuses it instead of writing the same checkpoints. ``on_snapshot`` (with its ``stop_key``) may stop the
     diffusion training at a snapshot (:func:`memostudy.training.fit`); such a run has a folder of its own."""
     run_dir = ldm_run_dir(ldm_cfg, root, stop_key)
-    locks = run_dir.parent / ".locks"
-    locks.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(locks / f"{run_dir.name}.lock"))
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        say(f"LDM: another process is training {run_dir}; waiting for it to finish")
-        lock.acquire()
-    try:
+    with waiting_lock(run_dir.parent / ".locks" / f"{run_dir.name}.lock", say,
+                      f"LDM: another process is training {run_dir}; waiting for it to finish"):
         _train_or_resume_locked(ldm_cfg, root, run_dir, progress, on_snapshot)
-    finally:
-        lock.release()
     return run_dir
 
 
