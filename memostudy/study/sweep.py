@@ -20,7 +20,7 @@ file, ``--executor local|slurm``; see :mod:`memostudy.study.executors`), or can 
 hand (``--only i/N``) and aggregated afterwards (``--aggregate-only``). Each
 notebook writes its result rows (one per setting it evaluated) to ``summary.json["rows"]``; the
 sweep concatenates them with the cell's parameters and seed into ``table.csv`` and summarises them
-across seeds into ``aggregate.csv`` and ``summary.html``.
+across seeds into ``aggregate.csv``, ``summary.html`` and ``summary.md`` (the tables in Markdown).
 
 Every cell of one seed runs every setting with that seed, so settings are paired by seed (common random
 numbers). With one ``by`` column, ``aggregate.csv`` also holds per setting the paired difference to the
@@ -249,8 +249,10 @@ def write_aggregate(spec: SweepSpec, root: Path) -> dict[str, Path]:
     trends.to_csv(root / "trend.csv", index=False)
     html = root / "summary.html"
     html.write_text(summary_html(spec, table, agg, trends), encoding="utf-8")
+    markdown = root / "summary.md"
+    markdown.write_text(summary_markdown(spec, table, agg, trends), encoding="utf-8")
     return {"table": root / "table.csv", "aggregate": root / "aggregate.csv", "trend": root / "trend.csv",
-            "summary": html}
+            "summary": html, "markdown": markdown}
 
 
 def _paired_and_trend(spec: SweepSpec, table: pd.DataFrame, agg: pd.DataFrame,
@@ -354,6 +356,73 @@ def in_short(headline: pd.DataFrame) -> str:
     if words["not seen"] and words["seen"]:
         parts.append(f"not seen by {', '.join(words['not seen'])}")
     return "In short: " + "; ".join(parts) + "."
+
+
+def _interval(mean: float, low: float, high: float, scale: float, signed: bool = False) -> str:
+    """``mean [low, high]`` with one decimal for percentages (scale 100), two otherwise."""
+    digits = 1 if scale == 100 else 2
+    f = f"{{:{'+' if signed else ''}.{digits}f}}"
+    return f"{f.format(mean * scale)} [{f.format(low * scale)}, {f.format(high * scale)}]"
+
+
+def _markdown_table(frame: pd.DataFrame) -> list[str]:
+    """Lines of a GitHub-flavoured Markdown table of ``frame`` (cells as they are)."""
+    lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "---|" * len(frame.columns)]
+    lines += ["| " + " | ".join(map(str, row)) + " |" for row in frame.itertuples(index=False)]
+    return lines
+
+
+def summary_markdown(spec: SweepSpec, table: pd.DataFrame, agg: pd.DataFrame,
+                     trends: pd.DataFrame | None = None) -> str:
+    """The sweep's results as Markdown tables (``summary.md``), for a README or a closing note, so that every
+    number quoted there is one this file holds: per setting the mean with its 95 % CI over seeds of every metric
+    (fractions in %), the diffusion steps and the paired differences of the thresholded fractions to the
+    reference setting; the trend test per metric with its verdict; per seed the thresholded fractions."""
+    by = spec.by or list(spec.grid)
+    lines = [f"# Sweep {spec.name}", "", spec.question or "", ""]
+    if agg.empty:
+        return "\n".join(lines + ["No finished cell yet.", ""])
+    trends = pd.DataFrame() if trends is None else trends
+    col = by[0]
+    steps = (table.groupby(col)["steps"].agg(lambda s: "/".join(str(int(v)) for v in sorted(set(s.dropna()))))
+             if "steps" in table.columns and len(by) == 1 else None)
+    fractions = [m for m in spec.metrics if m.endswith("_fraction")]
+    rows = []
+    for _, r in agg.iterrows():
+        row: dict[str, Any] = {" / ".join(by): " / ".join(str(r[b]) for b in by), "seeds": int(r["n_seeds"])}
+        if steps is not None:
+            row["diffusion steps"] = steps.get(r[col], "")
+        for m in spec.metrics:
+            scale = 100 if m.endswith("_fraction") else 1
+            row[m + (" %" if scale == 100 else "") + " [95 % CI]"] = _interval(
+                r[f"{m}_mean"], r[f"{m}_ci_low"], r[f"{m}_ci_high"], scale)
+        for m in fractions:
+            if f"{m}_diff_mean" in agg.columns:
+                row[f"{m}: paired difference (pp) [CI]"] = _interval(
+                    r[f"{m}_diff_mean"], r[f"{m}_diff_ci_low"], r[f"{m}_diff_ci_high"], 100, signed=True)
+        for m in ("pixel_memorized_fraction", "pixel_copy_fraction"):
+            if m in table.columns and m not in spec.metrics and len(by) == 1:
+                row[f"{m} % (mean)"] = f"{100 * table.loc[table[col] == r[col], m].mean():.1f}"
+        rows.append(row)
+    lines += ["Mean over seeds with its 95 % t-interval; paired differences to the reference setting "
+              f"({spec.reference if spec.reference is not None else 'the first'}), seed by seed (`aggregate.csv`).",
+              "", *_markdown_table(pd.DataFrame(rows)), ""]
+    if not trends.empty:
+        t = pd.DataFrame({"statistic": trends["metric"],
+                          "mean Spearman rho (setting vs statistic, per seed)": [f"{v:+.2f}" for v in trends["rho"]],
+                          "permutation p": [f"{v:.4f}" for v in trends["p"]],
+                          "seeds": trends["n_seeds"].astype(int),
+                          "verdict": trends["verdict"].fillna("").replace("", "(not a memorization measure)")})
+        lines += [f"Trend test per statistic (`trend.csv`; expected: memorization {spec.expected or '?'} along "
+                  f"{col}).", "", *_markdown_table(t), "",
+                  in_short(trends[trends["metric"].isin(MEMORIZATION_SIGN)]), ""]
+    if fractions and "seed" in table.columns and len(by) == 1:
+        for m in fractions:
+            wide = table.pivot_table(index="seed", columns=col, values=m, aggfunc="mean")
+            wide = wide.reindex(columns=list(agg[col])).map(lambda v: f"{100 * v:.1f}")
+            lines += [f"Per seed, {m} % (`table.csv`).", "",
+                      *_markdown_table(wide.rename_axis(None, axis=1).reset_index()), ""]
+    return "\n".join(lines)
 
 
 def summary_html(spec: SweepSpec, table: pd.DataFrame, agg: pd.DataFrame, trends: pd.DataFrame | None = None) -> str:

@@ -281,6 +281,8 @@ def test_each_sweep_file_runs_end_to_end_at_tiny_scale(tiny_env, name) -> None:
     html = out["summary"].read_text()
     assert "Verdict" in html and spec.question in html and "permutation p" in html
     assert "Memorization measured with" in html and "95th percentile" in html and table["detector"].nunique() == 1
+    markdown = out["markdown"].read_text()
+    assert "| statistic |" in markdown and "permutation p" in markdown and f"Per seed, {spec.metrics[0]}" in markdown
     for m in spec.metrics:  # the aggregate's means are the per-setting means of the table
         means = table.groupby(col)[m].mean()
         assert np.allclose(agg.set_index(col)[f"{m}_mean"].reindex(means.index), means, equal_nan=True)
@@ -304,3 +306,33 @@ def test_the_verdict_sentence_counts_the_measures() -> None:
     assert in_short(rows) == ("In short: the seeds' trend is seen by 0 of 4 memorization measures; the opposite by "
                               "synthetic volumes that are copies.")
     assert in_short(rows.iloc[:0]) == ""
+
+
+def test_the_markdown_summary_quotes_the_aggregate_and_trend_tables() -> None:
+    """summary.md holds the aggregate's means and CIs (fractions in %), the paired differences, the trend test's
+    verdicts and the per-seed values, as the CSV files have them."""
+    from memostudy.study.aggregate import aggregate
+    from memostudy.study.sweep import _paired_and_trend, summary_markdown
+
+    spec = load_sweep(SWEEPS / "augmentation.yaml", {"seeds": [0, 1, 2, 3, 4, 5]})
+    rng = np.random.default_rng(0)
+    rows = []
+    for seed in range(6):  # 6 paired seeds: the smallest two-sided permutation p is 2/64
+        for augment in (False, True):
+            rows.append({"augment": augment, "seed": seed, "steps": 1500,
+                         "memorized_fraction": 0.5 - 0.25 * augment + 0.01 * seed,
+                         "copy_fraction": 0.25 - 0.125 * augment, "similarity_delta": rng.uniform(-1, 1),
+                         "c_t": rng.normal(), "authenticity": rng.uniform(), "pixel_copy_fraction": 0.1 * seed})
+    table = pd.DataFrame(rows)
+    agg, trends = _paired_and_trend(spec, table, aggregate(table, ["augment"], spec.metrics), "augment")
+    text = summary_markdown(spec, table, agg, trends)
+    lines = text.splitlines()
+    off = next(line for line in lines if line.startswith("| False |"))
+    on = next(line for line in lines if line.startswith("| True |"))
+    assert "| 6 | 1500 | 52.5 [" in off and "| 27.5 [" in on  # memorized % means over the 6 seeds
+    assert "-25.0 [-25.0, -25.0]" in on and "-12.5 [-12.5, -12.5]" in on  # paired differences in pp, no spread
+    assert "| 25.0 |" in off  # the pixel baseline's mean copies %, beside the sweep's metrics
+    verdict_line = next(line for line in lines if line.startswith("| memorized_fraction |"))
+    assert "| 0.0312 | 6 | seen |" in verdict_line and "-1.00" in verdict_line
+    assert "| 3 | 53.0 | 28.0 |" in text  # seed 3's memorized % off and on
+    assert text.count("| statistic |") == 1 and "In short: the seeds' trend is seen" in text
