@@ -160,7 +160,9 @@ def get_detector(cfg: MemorizationConfig, ldm_cfg: LDMConfig, ldm_train: PatchSe
     detector config, then reused from ``runs_dir/detectors/<hash>/``).
 
     The reference volumes give the detector's validation loss (choice of epoch) only; the detector
-    never sees synthetic volumes.
+    never sees synthetic volumes. One process at a time trains a given detector (a lock in
+    ``runs_dir/detectors/.locks/``): sweep cells started side by side wait for the first one's detector and
+    reuse it instead of training the same one into the same folder.
     """
     if cfg.detector_path:
         return load_detector(cfg.detector_path), Path(cfg.detector_path)
@@ -171,13 +173,15 @@ def get_detector(cfg: MemorizationConfig, ldm_cfg: LDMConfig, ldm_train: PatchSe
            "train_ids": hashlib.sha256("\n".join(train.ids).encode()).hexdigest()}
     folder = cfg.work_root() / "detectors" / config_hash(key)
     path = folder / "detector.pt"
-    if path.exists():
-        say(f"detector: reusing {path}")
-        return load_detector(path), path
-    say(f"detector: training on {len(train)} patches ({cfg.detector.epochs} epochs) into {folder}")
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "key.json").write_text(json.dumps(key, indent=1, default=str))
-    det = train_detector(train.volumes, reference.volumes, cfg.detector, out_dir=folder, progress=cfg.progress)
+    with waiting_lock(folder.parent / ".locks" / f"{folder.name}.lock", say,
+                      f"detector: another process is training {folder}; waiting for it to finish"):
+        if path.exists():
+            say(f"detector: reusing {path}")
+            return load_detector(path), path
+        say(f"detector: training on {len(train)} patches ({cfg.detector.epochs} epochs) into {folder}")
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "key.json").write_text(json.dumps(key, indent=1, default=str))
+        det = train_detector(train.volumes, reference.volumes, cfg.detector, out_dir=folder, progress=cfg.progress)
     return det, path
 
 

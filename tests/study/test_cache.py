@@ -143,6 +143,31 @@ def test_the_detector_is_trained_once_per_data_set_and_training_config(tiny_resu
     shutil.rmtree(trained[0])
 
 
+def test_a_second_process_wanting_a_detector_being_trained_waits_and_then_reuses_it(tiny_result, tiny_config,
+                                                                                   tmp_path: Path, monkeypatch) -> None:
+    cfg = replace(tiny_config, runs_dir=str(tmp_path / "runs"))
+    folder = tiny_result.detector_path.parent
+    mine = cfg.work_root() / "detectors" / folder.name  # the same data and detector config: the same folder name
+    holding = threading.Event()
+
+    def other() -> None:  # "another process" is training this detector and finishes it a moment later
+        (mine.parent / ".locks").mkdir(parents=True)
+        with FileLock(str(mine.parent / ".locks" / f"{mine.name}.lock")):
+            holding.set()
+            time.sleep(0.5)
+            shutil.copytree(folder, mine)
+
+    monkeypatch.setattr(cache, "train_detector", _refuse)
+    waiter = threading.Thread(target=other)
+    waiter.start()
+    holding.wait()
+    t = time.monotonic()
+    det, path = get_detector(cfg, tiny_result.ldm_config, tiny_result.train, tiny_result.reference)
+    waiter.join()
+    assert time.monotonic() - t >= 0.4 and path == mine / "detector.pt"  # it waited, then reused it
+    assert det.best_epoch == tiny_result.detector.best_epoch
+
+
 def test_samples_are_read_back_as_drawn(tiny_result, monkeypatch) -> None:
     s = tiny_result.samples["final"]
     assert (s.folder / "samples.csv").exists() and len(s.ids) == s.volumes.shape[0]
