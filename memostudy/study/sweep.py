@@ -358,6 +358,12 @@ def in_short(headline: pd.DataFrame) -> str:
     return "In short: " + "; ".join(parts) + "."
 
 
+#: result columns shown beside a sweep's metrics in ``summary.md`` (mean per setting): the pixel baseline's
+#: thresholded fractions, and the reference volumes' own authenticity, which authenticity is read against (it
+#: depends on how dense the training set is, so it moves with the training-set size by itself)
+BESIDE_METRICS = ("pixel_memorized_fraction", "pixel_copy_fraction", "authenticity_reference")
+
+
 def _interval(mean: float, low: float, high: float, scale: float, signed: bool = False) -> str:
     """``mean [low, high]`` with one decimal for percentages (scale 100), two otherwise."""
     digits = 1 if scale == 100 else 2
@@ -400,9 +406,11 @@ def summary_markdown(spec: SweepSpec, table: pd.DataFrame, agg: pd.DataFrame,
             if f"{m}_diff_mean" in agg.columns:
                 row[f"{m}: paired difference (pp) [CI]"] = _interval(
                     r[f"{m}_diff_mean"], r[f"{m}_diff_ci_low"], r[f"{m}_diff_ci_high"], 100, signed=True)
-        for m in ("pixel_memorized_fraction", "pixel_copy_fraction"):
+        for m in BESIDE_METRICS:
             if m in table.columns and m not in spec.metrics and len(by) == 1:
-                row[f"{m} % (mean)"] = f"{100 * table.loc[table[col] == r[col], m].mean():.1f}"
+                value = table.loc[table[col] == r[col], m].mean()
+                row[f"{m} % (mean)" if m.endswith("_fraction") else f"{m} (mean)"] = (
+                    f"{100 * value:.1f}" if m.endswith("_fraction") else f"{value:.2f}")
         rows.append(row)
     lines += ["Mean over seeds with its 95 % t-interval; paired differences to the reference setting "
               f"({spec.reference if spec.reference is not None else 'the first'}), seed by seed (`aggregate.csv`).",

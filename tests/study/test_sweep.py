@@ -322,7 +322,8 @@ def test_the_markdown_summary_quotes_the_aggregate_and_trend_tables() -> None:
             rows.append({"augment": augment, "seed": seed, "steps": 1500,
                          "memorized_fraction": 0.5 - 0.25 * augment + 0.01 * seed,
                          "copy_fraction": 0.25 - 0.125 * augment, "similarity_delta": rng.uniform(-1, 1),
-                         "c_t": rng.normal(), "authenticity": rng.uniform(), "pixel_copy_fraction": 0.1 * seed})
+                         "c_t": rng.normal(), "authenticity": rng.uniform(), "pixel_copy_fraction": 0.1 * seed,
+                         "authenticity_reference": 0.5 + 0.1 * augment})
     table = pd.DataFrame(rows)
     agg, trends = _paired_and_trend(spec, table, aggregate(table, ["augment"], spec.metrics), "augment")
     text = summary_markdown(spec, table, agg, trends)
@@ -331,7 +332,7 @@ def test_the_markdown_summary_quotes_the_aggregate_and_trend_tables() -> None:
     on = next(line for line in lines if line.startswith("| True |"))
     assert "| 6 | 1500 | 52.5 [" in off and "| 27.5 [" in on  # memorized % means over the 6 seeds
     assert "-25.0 [-25.0, -25.0]" in on and "-12.5 [-12.5, -12.5]" in on  # paired differences in pp, no spread
-    assert "| 25.0 |" in off  # the pixel baseline's mean copies %, beside the sweep's metrics
+    assert "| 25.0 | 0.50 |" in off and "| 25.0 | 0.60 |" in on  # pixel copies %, reference authenticity
     verdict_line = next(line for line in lines if line.startswith("| memorized_fraction |"))
     assert "| 0.0312 | 6 | seen |" in verdict_line and "-1.00" in verdict_line
     assert "| 3 | 53.0 | 28.0 |" in text  # seed 3's memorized % off and on
