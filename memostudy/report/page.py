@@ -21,7 +21,7 @@ from memostudy.report.format import fmt
 
 STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
          ".tbl{border-collapse:collapse;font-size:13px}.tbl td,.tbl th{padding:3px 10px;"
-         "border-bottom:1px solid #ddd;text-align:left}")
+         "border-bottom:1px solid #ddd;text-align:left}.scroll{overflow-x:auto;max-width:100%}")
 
 
 def figure_html(figure: dict[str, Any], div_id: str) -> str:
@@ -68,7 +68,7 @@ def html_page(title: str, sections: Sequence[tuple[str | None, Any]], style: str
     Args:
         title: page title (also the ``<h1>``).
         sections: (heading, content) pairs; heading None = no ``<h2>``. Content is a plotly figure
-            (plotly.js inlined, compressed, with the first one), a DataFrame, a mapping (a two-column table, values
+            (plotly.js inlined, compressed, with the first one), a DataFrame (in a box that scrolls sideways), a mapping (a two-column table, values
             through :func:`~memostudy.report.format.fmt`), :class:`RawHtml`, or anything else as an
             escaped paragraph.
         style: the page's CSS.
@@ -82,7 +82,9 @@ def html_page(title: str, sections: Sequence[tuple[str | None, Any]], style: str
             parts.append((plotlyjs_loader() if n_figures == 0 else "") + figure_html(figure, f"figure-{n_figures}"))
             n_figures += 1
         elif isinstance(content, pd.DataFrame):
-            parts.append(content.to_html(index=False, float_format=lambda x: f"{x:.4g}", border=0, classes="tbl"))
+            # in a box that scrolls sideways: a table of many columns (a sweep's aggregate) keeps the page's width
+            parts.append("<div class='scroll'>" + content.to_html(index=False, float_format=lambda x: f"{x:.4g}",
+                                                                  border=0, classes="tbl") + "</div>")
         elif isinstance(content, Mapping):
             rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(fmt(v))}</td></tr>"
                            for k, v in content.items())

@@ -29,6 +29,7 @@ def test_html_page_renders_each_kind_of_section():
     page = html_page("T <1>", [("Table", pd.DataFrame({"x": [0.123456]})), ("Pairs", {"k": 0.5, "l": [1.0, 2.0]}),
                                ("F1", fig), ("F2", fig), (None, RawHtml("<p class='raw'>r</p>")), ("Text", "a < b")])
     assert page.startswith("<!DOCTYPE html>") and "<title>T &lt;1&gt;</title>" in page
+    assert "<div class='scroll'><table" in page  # wide tables scroll inside the page's width
     assert "<td>0.1235</td>" in page and "<tr><th>k</th><td>0.5</td></tr><tr><th>l</th><td>[1, 2]</td></tr>" in page
     assert page.count('id="memostudy-plotlyjs"') == 1  # plotly.js inlined (compressed) with the first figure only
     assert page.count('class="memostudy-figure"') == 2
