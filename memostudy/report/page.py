@@ -68,9 +68,9 @@ def html_page(title: str, sections: Sequence[tuple[str | None, Any]], style: str
     Args:
         title: page title (also the ``<h1>``).
         sections: (heading, content) pairs; heading None = no ``<h2>``. Content is a plotly figure
-            (plotly.js inlined, compressed, with the first one), a DataFrame (in a box that scrolls sideways), a mapping (a two-column table, values
-            through :func:`~memostudy.report.format.fmt`), :class:`RawHtml`, or anything else as an
-            escaped paragraph.
+            (plotly.js inlined, compressed, with the first one), a DataFrame (in a box that scrolls sideways),
+            a mapping (a two-column table, values through :func:`~memostudy.report.format.fmt`),
+            :class:`RawHtml`, or anything else as an escaped paragraph.
         style: the page's CSS.
     """
     parts, n_figures = [], 0

@@ -359,8 +359,9 @@ def in_short(headline: pd.DataFrame) -> str:
 
 
 #: result columns shown beside a sweep's metrics in ``summary.md`` (mean per setting): the pixel baseline's
-#: thresholded fractions, and the reference volumes' own authenticity, which authenticity is read against (it
-#: depends on how dense the training set is, so it moves with the training-set size by itself)
+#: thresholded fractions, and the reference volumes' own authenticity, which the synthetic volumes' authenticity
+#: is read against (real volumes never trained on do not score 1 either, and their score depends on the
+#: training set, so it may differ between settings that change the training set)
 BESIDE_METRICS = ("pixel_memorized_fraction", "pixel_copy_fraction", "authenticity_reference")
 
 
