@@ -33,6 +33,7 @@ import torch
 from memostudy.data.patches import load_patches
 from memostudy.detect.alignment import AlignConfig, aligned_nearest, candidates
 from memostudy.detect.baseline import pixel_nearest
+from memostudy.detect.blocks import block_nearest
 from memostudy.detect.calibration import copy_decisions, matched_smoothness, noise_std, roughness
 from memostudy.detect.detector import DetectorConfig, embed, train_detector
 from memostudy.detect.families import COPY_FAMILIES, FAMILY_TABLE, GENERATOR_KINDS, generator_like, make_copies
@@ -44,12 +45,13 @@ from memostudy.detect.similarity import set_nearest
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--data", default="demo-ct", help="prepared data set (3D volumes or 2D images), train and validation splits")
 parser.add_argument("--work", default=None, help="folder for the detector and families.json (default: a temporary one)")
-parser.add_argument("--detectors", default="contrastive,pixel", help="comma-separated: contrastive, pixel, aligned, registered")
+parser.add_argument("--detectors", default="contrastive,pixel", help="comma-separated: contrastive, pixel, blocks, aligned, registered")
 parser.add_argument("--align-fine-pairs", type=int, default=AlignConfig().fine_pairs,
                     help="(candidate, orientation) pairs the aligned search searches in full (0 = all; AlignConfig.fine_pairs)")
 parser.add_argument("--per-cell", type=int, default=40, help="copies per family and strength")
 parser.add_argument("--n", type=int, default=60, help="reference, novel and fill patches each")
 parser.add_argument("--stages", default="rigid,affine", help="registration stages of 'registered' (add bspline)")
+parser.add_argument("--reg-score", default=RegisterConfig().score, help="score of 'registered' pairs: local-ncc or blocks")
 parser.add_argument("--kinds", default=",".join(GENERATOR_KINDS), help="generator-like kinds of novel volumes")
 args = parser.parse_args()
 DETS = args.detectors.split(",")
@@ -98,7 +100,7 @@ def contrastive(x: torch.Tensor) -> np.ndarray:
     return set_nearest(query_vectors(det, x), b_train, "pearson")[0].values.numpy()
 
 
-REG = RegisterConfig(stages=tuple(args.stages.split(",")))
+REG = RegisterConfig(stages=tuple(args.stages.split(",")), score=args.reg_score)
 reg_runs: dict[int, Registered] = {}  # id of the query tensor -> its registration result
 
 
@@ -124,10 +126,15 @@ def pixel(x: torch.Tensor) -> np.ndarray:
     return pixel_nearest(x, train).values.numpy()
 
 
+def blocks(x: torch.Tensor) -> np.ndarray:
+    return block_nearest(x, train).values.numpy()
+
+
 # matched-smoothness references (one per generator-like kind, matched to that set alone)
 matched = {k: matched_smoothness(reference, v) for k, v in genlike.items()}
 rows, spec_rows, fdr_rows = [], [], []
-for name, score in ((d, {"contrastive": contrastive, "pixel": pixel, "aligned": aligned, "registered": registered}[d]) for d in DETS):
+for name, score in ((d, {"contrastive": contrastive, "pixel": pixel, "blocks": blocks, "aligned": aligned,
+                                                 "registered": registered}[d]) for d in DETS):
     t = time.perf_counter()
     ref = score(reference)
     cop = score(copies)

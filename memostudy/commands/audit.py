@@ -32,6 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="auto: use volumes as stored when train and reference lie in [-1, 1], else map train's 0.5-99.5th "
                         "percentile to [-1, 1] and apply that one map to all folders")
     p.add_argument("--no-pixel", action="store_true", help="skip the pixel-correlation baseline")
+    p.add_argument("--no-blocks", action="store_true",
+                   help="skip the block correlation (the best half of 8^3 blocks; as cheap as the pixel baseline)")
     p.add_argument("--no-aligned", action="store_true",
                    help="skip the aligned pixel correlation and the combined detector (about 0.2 s per volume of 32^3)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -58,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
 
     det_cfg, compare = configs_from_overrides(parse_set_options(args.set))
     cfg = AssessConfig(percentile=args.percentile, metric=args.metric, pixel_baseline=not args.no_pixel,
+                       blocks=not args.no_blocks,
                        aligned=not args.no_aligned, compare=compare, fdr=args.fdr,
                        reference_smoothness=args.reference_smoothness).validate()
     out = check_out_dir(args.out, args.force, create=False)

@@ -6,7 +6,7 @@
 of its own; it returns typed results (:class:`Assessment`, :class:`AssessmentSummary`), and
 :mod:`memostudy.report.audit` writes the files of ``memostudy audit``.
 
-Decisions (for each detector: contrastive, pixel, and with ``aligned`` the aligned pixel correlation of
+Decisions (for each detector: contrastive, pixel, blocks, and with ``aligned`` the aligned pixel correlation of
 :mod:`memostudy.detect.alignment` and "combined", a copy for either the contrastive or the aligned detector):
 - threshold = ``percentile`` of the reference volumes' nearest-training similarities;
 - a training volume is *memorized* when its nearest synthetic volume (its copy candidate) is
@@ -31,7 +31,8 @@ higher = more similar), is_copy (0/1), pixel_nearest_train_id, pixel_similarity 
 correlation), pixel_is_copy (0/1). ``train.csv``: train_id, nearest_synthetic_id, similarity,
 memorized (0/1), and the same three pixel_* columns. ``reference.csv``: reference_id,
 nearest_train_id, similarity, pixel_nearest_train_id, pixel_similarity. With ``aligned``, the same
-columns again with the prefixes ``aligned_`` (best normalised cross-correlation after alignment) and
+columns again with the prefixes ``blocks_`` (the block correlation, on by default), ``aligned_`` (best normalised
+cross-correlation after alignment) and
 ``combined_`` (the higher of the two detectors' reference percentile ranks, in [0, 1]). ``synthetic.csv`` also
 has, per detector prefix, ``p_value`` (conformal, in [1 / (1 + n_reference), 1], small = copy-like),
 ``q_value`` (BH-adjusted) and ``bh_copy`` (0/1, ``q_value <= fdr``). ``evidence.csv``: see
@@ -76,6 +77,8 @@ class AssessConfig:
         confidence: CI level.
         seed: bootstrap seed.
         pixel_baseline: also run the pixel-correlation baseline.
+        blocks: also run the block correlation (:mod:`memostudy.detect.blocks`: the best half of 8^3 blocks,
+            as cheap as the pixel baseline; it finds partial copies and locally changed ones).
         batch_size: volumes per detector forward pass.
         aligned: also run the aligned pixel correlation and its combination with the contrastive
             detector (the best of the validated detectors; about 0.2 s per volume of 32^3 on 2 cores,
@@ -96,6 +99,7 @@ class AssessConfig:
     confidence: float = 0.95
     seed: int = 0
     pixel_baseline: bool = True
+    blocks: bool = True
     batch_size: int = 64
     aligned: bool = False
     align: AlignConfig = field(default_factory=AlignConfig)
@@ -170,7 +174,7 @@ class DetectorFigures:
 
 
 #: names of the optional detectors in ``summary.json`` (``pixel`` is written as ``pixel_baseline``)
-_SUMMARY_KEYS = {"pixel": "pixel_baseline", "aligned": "aligned", "combined": "combined"}
+_SUMMARY_KEYS = {"pixel": "pixel_baseline", "blocks": "blocks", "aligned": "aligned", "combined": "combined"}
 
 
 @dataclass(frozen=True)
@@ -179,7 +183,8 @@ class AssessmentSummary:
 
     Attributes:
         n_train, n_reference, n_synthetic: numbers of volumes.
-        detectors: detector name ("contrastive", and "pixel", "aligned", "combined" when run) -> its figures.
+        detectors: detector name ("contrastive", and "pixel", "blocks", "aligned", "combined" when run) -> its
+            figures.
         detector_config: the contrastive detector's architecture and training config.
         best_epoch: the detector's kept epoch (0 = untrained).
         config: the :class:`AssessConfig` used (metric, percentile, confidence, comparison ...).
@@ -204,7 +209,7 @@ class AssessmentSummary:
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready, in the layout of the audit's ``summary.json``: n_train, n_reference, n_synthetic,
         metric, percentile, confidence, the contrastive figures (:meth:`DetectorFigures.as_dict`) at the
-        top level, ``pixel_baseline`` / ``aligned`` / ``combined`` (the same figures, or None when not
+        top level, ``pixel_baseline`` / ``blocks`` / ``aligned`` / ``combined`` (the same figures, or None when not
         run), ``detector`` (config and best epoch), ``assess_config``, then ``fdr`` and ``smoothness``."""
         cfg = self.config
         return {"n_train": self.n_train, "n_reference": self.n_reference, "n_synthetic": self.n_synthetic,
@@ -313,8 +318,8 @@ def assess(train: torch.Tensor, reference: torch.Tensor, synthetic: torch.Tensor
 
     Returns:
         :class:`Assessment` with an :class:`AssessmentSummary` per detector of
-        :mod:`memostudy.detect.registry` run: "contrastive", "pixel" (with ``pixel_baseline``), "aligned"
-        and "combined" (with ``aligned``).
+        :mod:`memostudy.detect.registry` run: "contrastive", "pixel" (with ``pixel_baseline``), "blocks"
+        (with ``cfg.blocks``), "aligned" and "combined" (with ``aligned``).
     """
     cfg = (cfg or AssessConfig(percentile=percentile, metric=metric, pixel_baseline=pixel_baseline)).validate()
     for name, vols, ids in (("train", train, train_ids), ("reference", reference, reference_ids),
@@ -326,7 +331,8 @@ def assess(train: torch.Tensor, reference: torch.Tensor, synthetic: torch.Tensor
         if vols.shape[1:] != train.shape[1:]:
             raise DataError(f"{name} volumes have shape {tuple(vols.shape[2:])} but train volumes {tuple(train.shape[2:])}; "
                             "crop or resample every folder to one shape")
-    names = ["contrastive", *(["pixel"] if cfg.pixel_baseline else []), *(["aligned", "combined"] if cfg.aligned else [])]
+    names = ["contrastive", *(["pixel"] if cfg.pixel_baseline else []), *(["blocks"] if cfg.blocks else []),
+             *(["aligned", "combined"] if cfg.aligned else [])]
     scored_reference, smoothness = treat_reference(reference, synthetic, cfg.reference_smoothness, cfg.seed)
     search = Searches(detector, train, {"synthetic": synthetic, "reference": scored_reference}, cfg.compare, cfg.metric,
                       cfg.align, batch_size=cfg.batch_size, progress=True)

@@ -65,6 +65,8 @@ from memostudy.errors import ConfigError
 STAGES = ("rigid", "affine", "bspline")
 #: metrics of the registration
 METRICS = ("correlation", "mattes")
+#: scores of a registered pair: :func:`local_ncc_score` or :func:`memostudy.detect.blocks.block_score`
+SCORES = ("local-ncc", "blocks")
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,9 @@ class RegisterConfig:
         window: side of the local correlation's boxes (voxels, odd).
         flat: local standard deviation below which a box counts as flat (no anatomy to compare; scores 0).
         threads: SimpleITK threads (the cores are shared; 1 keeps one registration per core).
+        score: how a registered pair is scored: "local-ncc" (:func:`local_ncc_score`) or "blocks" (the block
+            correlation of :mod:`memostudy.detect.blocks` with its default blocks, blocks the registered training
+            volume does not fully cover scoring 0).
     """
 
     shortlist: int = 5
@@ -109,12 +114,15 @@ class RegisterConfig:
     window: int = 5
     flat: float = 0.01
     threads: int = 1
+    score: str = "local-ncc"
 
     def validate(self) -> RegisterConfig:
         """Check the settings; raises :class:`~memostudy.errors.ConfigError` naming the bad one."""
         if not self.stages or self.stages[0] != "rigid" or any(s not in STAGES for s in self.stages) \
                 or list(self.stages) != sorted(self.stages, key=STAGES.index):
             raise ConfigError(f"registration stages must start with 'rigid' and follow {STAGES}, got {self.stages}")
+        if self.score not in SCORES:
+            raise ConfigError(f"registration score must be one of {SCORES}, got {self.score!r}")
         if self.metric not in METRICS:
             raise ConfigError(f"registration metric must be one of {METRICS}, got {self.metric!r}")
         if len(self.shrink) != len(self.smoothing) or not self.shrink or min(self.shrink) < 1:
@@ -427,6 +435,10 @@ def _change(transform: Any, mirrored: bool, stage: str, shape: tuple[int, int, i
 
 
 def _score(q: torch.Tensor, moving: Any, fixed: Any, transform: Any, cfg: RegisterConfig) -> float:
+    if cfg.score == "blocks":
+        from memostudy.detect.blocks import block_score
+
+        return block_score(q[0], *_warp(moving, fixed, transform))
     return local_ncc_score(q[0], *_warp(moving, fixed, transform), cfg)
 
 

@@ -9,6 +9,9 @@ its own threshold, calibrated on real reference volumes scored the same way):
 - ``"contrastive-32d"``: the papers' 32-d embedding of the same detector, one vector per volume;
 - ``"pixel"``: the maximum voxel Pearson correlation (Akbar et al., :mod:`memostudy.detect.baseline`);
 - ``"pixel-oriented"``: the same, searched over every flip and 90-degree rotation of the query;
+- ``"blocks"``: the mean of the best half of the voxel correlations of 8^3 blocks at the same place
+  (:mod:`memostudy.detect.blocks`): the definition's "at least half of its voxels", so partial copies and
+  locally changed ones score like whole copies;
 - ``"aligned"``: the aligned pixel correlation (:mod:`memostudy.detect.alignment`) on a shortlist from the
   32-d embedding and the oriented pixel correlation;
 - ``"combined"``: a copy for either "contrastive" or "aligned": the higher of the two reference
@@ -39,6 +42,7 @@ from memostudy.detect.alignment import (
     smooth,
 )
 from memostudy.detect.baseline import pixel_nearest
+from memostudy.detect.blocks import BlockConfig, block_nearest
 from memostudy.detect.detector import Detector, embed, embed_latents
 from memostudy.detect.matching import CompareConfig, base_vectors, query_vectors
 from memostudy.detect.metrics import combine_nearest
@@ -46,7 +50,7 @@ from memostudy.detect.registration import RegisterConfig, registered_nearest
 from memostudy.detect.similarity import Nearest, nearest, set_nearest
 
 #: every detector, in the order results are reported
-DETECTORS = ("contrastive", "contrastive-32d", "pixel", "pixel-oriented", "aligned", "combined")
+DETECTORS = ("contrastive", "contrastive-32d", "pixel", "pixel-oriented", "blocks", "aligned", "combined")
 #: detectors run only when asked for by name (their cost is seconds per query)
 OPTIONAL_DETECTORS = ("registered",)
 #: the name of the training set among :class:`Searches`' volume sets
@@ -79,6 +83,7 @@ class Searches:
     metric: str = "pearson"
     align: AlignConfig = field(default_factory=AlignConfig)
     register: RegisterConfig = field(default_factory=RegisterConfig)
+    blocks: BlockConfig = field(default_factory=BlockConfig)
     reference: str = "reference"
     batch_size: int = 64
     progress: bool = False
@@ -168,6 +173,11 @@ def _pixel(oriented: bool) -> Callable[[Searches, str, bool], Nearest]:
     return search
 
 
+def _blocks(s: Searches, query: str, reverse: bool) -> Nearest:
+    a, b = _pair(query, reverse)
+    return block_nearest(s.volumes(a), s.volumes(b), s.blocks)
+
+
 def _smoothed_oriented(s: Searches, query: str, reverse: bool) -> torch.Tensor:
     """The aligned shortlist's oriented correlations of query set ``query`` with the training set (smoothed), computed
     once for both directions (:func:`memostudy.detect.alignment.oriented_correlations`)."""
@@ -210,6 +220,6 @@ def _combined(s: Searches, query: str, reverse: bool) -> Nearest:
 
 _SEARCH: dict[str, Callable[[Searches, str, bool], Nearest]] = {
     "contrastive": _contrastive, "contrastive-32d": _embedding_32d, "pixel": _pixel(False),
-    "pixel-oriented": _pixel(True), "aligned": _aligned, "combined": _combined,
+    "pixel-oriented": _pixel(True), "blocks": _blocks, "aligned": _aligned, "combined": _combined,
     "registered": _registered,
 }

@@ -159,7 +159,7 @@ def headline(assessment: Assessment) -> dict[str, str | int]:
     }
     if c.n_bh_copies is not None:
         rows[f"copies by Benjamini-Hochberg at FDR {cfg.fdr:g} (smallest p-value)"] = _bh_text(c, s.n_synthetic)
-    for name in ("combined", "aligned"):
+    for name in ("combined", "aligned", "blocks"):
         if name in s.detectors:
             rows[f"{name}: copy fraction"] = s.detectors[name].copies.text()
             rows[f"{name}: memorized fraction"] = s.detectors[name].memorized.text()

@@ -358,11 +358,12 @@ def in_short(headline: pd.DataFrame) -> str:
     return "In short: " + "; ".join(parts) + "."
 
 
-#: result columns shown beside a sweep's metrics in ``summary.md`` (mean per setting): the pixel baseline's
+#: result columns shown beside a sweep's metrics in ``summary.md`` (mean per setting): the pixel and block baselines'
 #: thresholded fractions, and the reference volumes' own authenticity, which the synthetic volumes' authenticity
 #: is read against (real volumes never trained on do not score 1 either, and their score depends on the
 #: training set, so it may differ between settings that change the training set)
-BESIDE_METRICS = ("pixel_memorized_fraction", "pixel_copy_fraction", "authenticity_reference")
+BESIDE_METRICS = ("pixel_memorized_fraction", "pixel_copy_fraction", "blocks_memorized_fraction", "blocks_copy_fraction",
+                  "authenticity_reference")
 
 
 def _interval(mean: float, low: float, high: float, scale: float, signed: bool = False) -> str:

@@ -11,6 +11,7 @@ from memostudy.data.phantom import phantom_volumes
 from memostudy.detect.alignment import AlignConfig
 from memostudy.detect.assessment import AssessConfig, AssessmentSummary, DetectorFigures, assess, scale_intensities
 from memostudy.detect.baseline import pixel_nearest
+from memostudy.detect.blocks import block_nearest
 from memostudy.detect.calibration import blur, conformal_p_values
 from memostudy.detect.detector import Detector, DetectorConfig, DetectorNet, embed
 from memostudy.detect.matching import CompareConfig
@@ -44,7 +45,7 @@ def test_summary_is_typed_and_matches_the_tables(inputs):
     a = _assess(inputs, aligned=True)
     s = a.summary
     assert isinstance(s, AssessmentSummary) and (s.n_train, s.n_reference, s.n_synthetic) == (6, 5, 5)
-    assert tuple(s.detectors) == tuple(d for d in DETECTORS if d in ("contrastive", "pixel", "aligned", "combined"))
+    assert tuple(s.detectors) == tuple(d for d in DETECTORS if d in ("contrastive", "pixel", "blocks", "aligned", "combined"))
     assert s.best_epoch == 4 and s.detector_config == inputs[0].config
     for name, f in s.detectors.items():
         p = "" if name == "contrastive" else f"{name}_"
@@ -65,9 +66,12 @@ def test_summary_json_layout_is_unchanged(inputs):
     assert list(d) == ["n_train", "n_reference", "n_synthetic", "metric", "percentile", "confidence", "threshold",
                        "memorized_fraction", "memorized_fraction_ci", "copy_fraction", "copy_fraction_ci",
                        "n_memorized", "n_copies", "synthetic_similarity_median", "reference_similarity_median",
-                       "n_bh_copies", "min_p_value", "pixel_baseline", "aligned", "combined", "detector", "assess_config",
+                       "n_bh_copies", "min_p_value", "pixel_baseline", "blocks", "aligned", "combined", "detector",
+                       "assess_config",
                        "fdr", "smoothness"]
     assert d["pixel_baseline"] is None and d["detector"]["best_epoch"] == 4
+    assert d["blocks"]["threshold"] == pytest.approx(np.percentile(
+        block_nearest(inputs[2], inputs[1]).values.numpy(), 95))  # on by default
     assert d["fdr"] == 0.05 and d["smoothness"]["reference_smoothness"] == "as-is"
     assert set(d["smoothness"]["roughness"]) == {"reference", "synthetic"}
     assert "representation" not in d["detector"]["config"]
@@ -76,9 +80,9 @@ def test_summary_json_layout_is_unchanged(inputs):
 
 @pytest.mark.slow
 def test_only_the_asked_detectors_run(inputs):
-    a = _assess(inputs, pixel_baseline=False)
+    a = _assess(inputs, pixel_baseline=False, blocks=False)
     assert list(a.summary.detectors) == ["contrastive"] and list(a.distributions) == ["contrastive"]
-    assert not any(c.startswith("pixel_") for c in a.synthetic_table.columns)
+    assert not any(c.startswith(("pixel_", "blocks_")) for c in a.synthetic_table.columns)
 
 
 @pytest.mark.slow
@@ -194,7 +198,7 @@ def test_2d_assessment_finds_mirrored_copies_and_reports_their_change():
     reference = phantom_volumes(5, 16, seed=3)[:, :, 8].contiguous()
     a = assess(train, reference, synthetic, det, [f"t{i}" for i in range(6)], [f"r{i}" for i in range(5)],
                [f"s{i}" for i in range(5)], cfg=AssessConfig(n_boot=50, align=FAST_ALIGN, aligned=True))
-    assert set(a.summary.detectors) == {"contrastive", "pixel", "aligned", "combined"}
+    assert set(a.summary.detectors) == {"contrastive", "pixel", "blocks", "aligned", "combined"}
     # the mirrored copies meet their sources exactly under the latent search over the 8 orientations of a square
     assert a.synthetic_table["nearest_train_id"][:2].tolist() == ["t0", "t1"]
     assert a.synthetic_table["aligned_similarity"][:2].min() > 0.999

@@ -8,6 +8,7 @@ import torch
 from memostudy.data.phantom import phantom_volumes
 from memostudy.detect.alignment import AlignConfig, aligned_nearest, candidates
 from memostudy.detect.baseline import pixel_nearest
+from memostudy.detect.blocks import block_nearest
 from memostudy.detect.detector import Detector, DetectorConfig, DetectorNet, embed
 from memostudy.detect.matching import CompareConfig, base_vectors, query_vectors
 from memostudy.detect.metrics import combine_nearest
@@ -54,6 +55,8 @@ def test_each_detector_is_its_pieces(setup):
     _same(s.nearest("pixel", "query"), pixel_nearest(query, train))
     _same(s.reverse("pixel", "query"), pixel_nearest(train, query))
     _same(s.nearest("pixel-oriented", "query"), pixel_nearest(query, train, orientations=True))
+    _same(s.nearest("blocks", "query"), block_nearest(query, train))
+    _same(s.reverse("blocks", "query"), block_nearest(train, query))
     shortlist = candidates(query, train, ALIGN, embed(det, query), embed(det, train))
     aligned = aligned_nearest(query, train, shortlist, ALIGN)
     _close(s.nearest("aligned", "query"), aligned)
@@ -94,7 +97,7 @@ def test_each_search_runs_once_and_names_are_checked(setup):
         s.nearest("ssim", "query")
     with pytest.raises(ValueError, match="unknown query set"):
         s.nearest("pixel", "synthetic")
-    assert DETECTORS == ("contrastive", "contrastive-32d", "pixel", "pixel-oriented", "aligned", "combined")
+    assert DETECTORS == ("contrastive", "contrastive-32d", "pixel", "pixel-oriented", "blocks", "aligned", "combined")
 
 
 @pytest.mark.slow

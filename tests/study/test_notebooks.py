@@ -160,7 +160,8 @@ def test_detector_validation_notebook_reports_each_family(env):
     res, summary = _run(env, "05_detector_validation", "validation",
                         data=str(env["data"]), copies_per_family=4, detector=TINY_DETECTOR)
     table = pd.DataFrame(summary["rows"])
-    assert set(table["detector"]) == {"contrastive", "contrastive-32d", "pixel", "pixel-oriented", "aligned", "combined"}
+    assert set(table["detector"]) == {"contrastive", "contrastive-32d", "pixel", "pixel-oriented", "blocks", "aligned",
+                                      "combined"}
     assert {"all", "all-inside", "rigid", "noise"} <= set(table["family"])
     assert (res.run_dir / "detector.pt").exists() and (res.run_dir / "validation.csv").exists()
     # the record's rows are the table validate-detector wrote, not numbers made up on the way

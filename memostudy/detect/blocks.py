@@ -1,0 +1,216 @@
+"""Block correlation: the broad copy definition's "at least half of its voxels", scored block by block.
+
+The definition (:mod:`memostudy.detect.families`, issue 17) calls a synthetic volume a copy of a training volume
+when *most of it* (at least half of its voxels) shows that training volume's anatomy. A correlation over the
+whole volume (Akbar et al., :mod:`memostudy.detect.baseline`) answers a different question: the half that was
+replaced by new content (a partial copy), or the part where a bias field or a local deformation changed the
+intensities, pulls the whole volume's correlation down with it. This detector asks the definition's question
+directly:
+
+1. Both volumes are cut into the same grid of blocks of ``side`` voxels per axis (8^3 = 512 voxels; the last
+   block of an axis whose length is not a multiple of ``side`` ends at the volume's edge, overlapping its
+   neighbour, so every voxel is in some block).
+2. Per block, the Pearson correlation of the two volumes' voxels at the same place (a flat block, constant in
+   either volume, correlates 0: it shows no anatomy).
+3. The score of the pair is the mean of the best ``keep`` fraction of its block correlations (default half:
+   the definition's limit). A copy that keeps half its source scores like a whole copy, while a novel volume
+   must match *many* blocks closely, which unrelated anatomy does not; a smooth bias field or contrast curve is
+   nearly affine within a block, which the correlation ignores, and a small local displacement moves a block's
+   content by a fraction of its side.
+
+The nearest training volume of a query is the one with the highest score. Like every detector here the score
+has its own scale (in [-1, 1], higher = more similar) and its own threshold, calibrated on real reference
+volumes scored the same way. ``orientations=True`` also tries every shape-preserving flip and 90-degree
+rotation of the query (48 for a cube), as the oriented pixel correlation does, at 48 times the cost.
+
+It does not search shifts or arbitrary rotations: a copy moved by more than a fraction of a block, or turned by
+more than a few degrees, is not aligned block to block (the registered detector,
+:mod:`memostudy.detect.registration`, can score its registered pairs with :func:`block_score` instead).
+
+Cost: the same multiply-adds as the pixel correlation (one batched matrix product per block), plus a top-k over
+the blocks of each pair; memory one ``chunk x base_chunk x blocks`` float32 block of scores. 2D images
+``(N, 1, H, W)`` work the same way with square blocks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import torch
+
+from memostudy.detect.similarity import Nearest
+from memostudy.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class BlockConfig:
+    """Settings of the block correlation (:func:`block_nearest`).
+
+    Attributes:
+        side: block side in voxels (pixels in 2D); volumes with an axis shorter than this use that axis's length
+            (one block along it).
+        keep: fraction of a pair's blocks, the best ones, whose correlations are averaged (0.5: the definition's
+            "at least half of its voxels").
+        orientations: also try every shape-preserving flip and 90-degree rotation of the query, keep the best.
+    """
+
+    side: int = 8
+    keep: float = 0.5
+    orientations: bool = False
+
+    def validate(self) -> BlockConfig:
+        """Check the settings; raises :class:`~memostudy.errors.ConfigError` naming the bad one."""
+        if self.side < 2:
+            raise ConfigError(f"block side must be >= 2 voxels, got {self.side}")
+        if not 0 < self.keep <= 1:
+            raise ConfigError(f"block keep must be in (0, 1], got {self.keep}")
+        return self
+
+
+def effective_side(spatial: tuple[int, ...], side: int) -> int:
+    """The block side used for volumes of ``spatial`` size: ``side``, or the shortest axis when that is shorter."""
+    return min(side, *spatial)
+
+
+def block_starts(length: int, side: int) -> list[int]:
+    """Start offsets of the blocks along one axis of ``length`` voxels: every ``side`` voxels, and a last block
+    ending at the edge when ``length`` is not a multiple of ``side`` (so every voxel is covered)."""
+    if length < side:
+        raise ValueError(f"an axis of {length} voxels is shorter than the block side {side}")
+    starts = list(range(0, length - side + 1, side))
+    if starts[-1] + side < length:
+        starts.append(length - side)
+    return starts
+
+
+def block_rows(volumes: torch.Tensor, side: int) -> torch.Tensor:
+    """The blocks of each volume as standardised rows (centred, unit norm; a constant block is all zeros), so
+    that a dot product of two rows is the Pearson correlation of two blocks.
+
+    Args:
+        volumes: (N, 1, D, H, W) volumes or (N, 1, H, W) images.
+        side: block side.
+
+    Returns:
+        (K, N, side^d) float32: block k of every volume (blocks in C order over the grid of
+        :func:`block_starts` per axis).
+    """
+    if volumes.dim() not in (4, 5) or volumes.shape[1] != 1:
+        raise ValueError(f"volumes must be (N, 1, D, H, W) or (N, 1, H, W), got {tuple(volumes.shape)}")
+    rows = _tiles(volumes[:, 0].float(), side).transpose(0, 1)
+    rows = rows - rows.mean(dim=2, keepdim=True)
+    return rows / torch.linalg.vector_norm(rows, dim=2, keepdim=True).clamp_min(1e-12)
+
+
+def _tiles(x: torch.Tensor, side: int) -> torch.Tensor:
+    """(N, *spatial) -> (N, K, side^d): the blocks of :func:`block_starts` per axis, in C order over the grid."""
+    nd = x.dim() - 1
+    for axis in range(1, nd + 1):
+        starts = torch.as_tensor(block_starts(x.shape[axis], side))
+        # (..., L - side + 1, ..., side) view, then the chosen starts only: one copy of the blocks
+        x = x.unfold(axis, side, 1).index_select(axis, starts)
+    return x.reshape(len(x), math.prod(x.shape[1:1 + nd]), side ** nd)
+
+
+def top_mean(correlations: torch.Tensor, keep: float) -> torch.Tensor:
+    """Mean of the best ``ceil(keep * K)`` values along the last axis (K blocks)."""
+    k = correlations.shape[-1]
+    m = max(1, math.ceil(keep * k - 1e-9))
+    if m >= k:
+        return correlations.mean(-1)
+    return correlations.topk(m, dim=-1).values.mean(-1)
+
+
+def block_score_matrix(query_rows: torch.Tensor, base_rows: torch.Tensor, keep: float) -> torch.Tensor:
+    """(Nq, Nb) block scores of every query with every base volume from their :func:`block_rows`."""
+    corr = torch.bmm(query_rows, base_rows.transpose(1, 2))  # (K, Nq, Nb)
+    return top_mean(corr.permute(1, 2, 0), keep)
+
+
+def _search(query: torch.Tensor, base_rows: list[tuple[int, torch.Tensor]], cfg: BlockConfig,
+            chunk: int) -> Nearest:
+    values = torch.full((len(query),), -math.inf)
+    indices = torch.zeros(len(query), dtype=torch.int64)
+    for i in range(0, len(query), chunk):
+        q = block_rows(query[i:i + chunk], cfg.side)
+        for j, b in base_rows:
+            v, idx = block_score_matrix(q, b, cfg.keep).max(dim=1)
+            better = v > values[i:i + chunk]
+            values[i:i + chunk] = torch.where(better, v, values[i:i + chunk])
+            indices[i:i + chunk] = torch.where(better, idx + j, indices[i:i + chunk])
+    return Nearest(values, indices)
+
+
+def block_nearest(query: torch.Tensor, base: torch.Tensor, cfg: BlockConfig = BlockConfig(),
+                  block_mb: float = 256.0) -> Nearest:
+    """For each query volume, the base volume with the highest block score (module docstring).
+
+    Args:
+        query: (Nq, 1, D, H, W) volumes or (Nq, 1, H, W) images.
+        base: (Nb, 1, ...) of the same shape.
+        cfg: block side, the kept fraction, and whether to search orientations.
+        block_mb: memory for one block of scores and the prepared rows (bounds the extra memory at a few times
+            this).
+
+    Returns:
+        :class:`~memostudy.detect.similarity.Nearest`: ``values`` (Nq,) the best block score in [-1, 1] (higher
+        = more similar), ``indices`` (Nq,) its base volume (ties go to the lowest index, and to the earliest
+        orientation, the identity first).
+    """
+    from memostudy.detect.views import orient, shape_preserving
+    from memostudy.detect.views import orientations as axis_orientations
+
+    cfg.validate()
+    if query.shape[1:] != base.shape[1:]:
+        raise ValueError(f"block correlation needs volumes of one shape, got {tuple(query.shape[1:])} "
+                         f"and {tuple(base.shape[1:])}")
+    if len(base) == 0:
+        raise ValueError("base is empty: nothing to search")
+    nd = query.dim() - 2
+    cfg = dataclasses.replace(cfg, side=effective_side(tuple(query.shape[2:]), cfg.side))
+    blocks = math.prod(len(block_starts(n, cfg.side)) for n in query.shape[2:])
+    row_bytes = 4 * blocks * cfg.side ** nd
+    fit = max(1, int(block_mb * 2**20 // max(row_bytes, 4 * blocks * 64)))
+    base_rows = [(j, block_rows(base[j:j + fit], cfg.side)) for j in range(0, len(base), fit)]
+    # a query chunk's score block is chunk x fit x blocks floats
+    chunk = max(1, min(fit, int(block_mb * 2**20 // (4 * blocks * min(fit, len(base))))))
+    best = _search(query, base_rows, cfg, chunk)
+    if not cfg.orientations:
+        return best
+    table = axis_orientations(nd)
+    for k in shape_preserving(query.shape, nd)[1:]:  # index 0, the identity, is done
+        res = _search(orient(query, table[k]).contiguous(), base_rows, cfg, chunk)
+        better = res.values > best.values
+        best = Nearest(torch.where(better, res.values, best.values), torch.where(better, res.indices, best.indices))
+    return best
+
+
+def block_score(query: torch.Tensor, warped: torch.Tensor, cover: torch.Tensor | None = None,
+                cfg: BlockConfig = BlockConfig()) -> float:
+    """The block score of one synthetic volume and one training volume already moved onto its grid.
+
+    Args:
+        query: (D, H, W) or (H, W) the synthetic volume.
+        warped: the training volume on the query's grid, same shape.
+        cover: where the moved training volume covers the query's grid (in [0, 1]); a block not fully covered
+            (any voxel < 0.99) scores 0, so an overlap smaller than half the volume cannot score high. None:
+            everywhere covered.
+        cfg: block side and kept fraction (``orientations`` is ignored).
+
+    Returns:
+        The mean of the best ``cfg.keep`` fraction of the block correlations, in [-1, 1].
+    """
+    cfg.validate()
+    if query.shape != warped.shape:
+        raise ValueError(f"block score needs two volumes of one shape, got {tuple(query.shape)} and {tuple(warped.shape)}")
+    cfg = dataclasses.replace(cfg, side=effective_side(tuple(query.shape), cfg.side))
+    q = block_rows(query[None, None], cfg.side)[:, 0]
+    w = block_rows(warped[None, None], cfg.side)[:, 0]
+    corr = (q * w).sum(-1)
+    if cover is not None:
+        # a block is covered when all of its voxels are
+        covered = _tiles((cover >= 0.99).float()[None], cfg.side)[0].amin(-1) > 0.5
+        corr = torch.where(covered, corr, torch.zeros_like(corr))
+    return float(top_mean(corr, cfg.keep))

@@ -1,0 +1,97 @@
+"""Block correlation: the mean of the best half of the block correlations, chunked, 3D and 2D."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from memostudy.data.phantom import phantom_volumes
+from memostudy.detect.baseline import pixel_nearest
+from memostudy.detect.blocks import BlockConfig, block_nearest, block_rows, block_score, block_starts, top_mean
+from memostudy.detect.families import keep_mask
+from memostudy.errors import ConfigError
+
+
+def test_block_starts_cover_every_voxel():
+    assert block_starts(32, 8) == [0, 8, 16, 24]
+    assert block_starts(20, 8) == [0, 8, 12]  # the last block ends at the edge
+    with pytest.raises(ValueError, match="shorter than the block side"):
+        block_starts(6, 8)
+
+
+def test_block_rows_give_the_pearson_correlation_of_each_block():
+    a, b = phantom_volumes(2, 12, seed=0)
+    ra, rb = block_rows(a[None], 4), block_rows(b[None], 4)
+    assert ra.shape == (27, 1, 64)
+    corr = (ra[:, 0] * rb[:, 0]).sum(-1)
+    # block (1, 2, 0) of the 3 x 3 x 3 grid: voxels [4:8, 8:12, 0:4]
+    k = 1 * 9 + 2 * 3 + 0
+    expect = np.corrcoef(a[0, 4:8, 8:12, 0:4].flatten().numpy(), b[0, 4:8, 8:12, 0:4].flatten().numpy())[0, 1]
+    assert corr[k].item() == pytest.approx(expect, abs=1e-5)
+
+
+def test_top_mean_averages_the_best_fraction():
+    x = torch.tensor([[0.1, 0.9, 0.5, 0.3]])
+    assert top_mean(x, 0.5).item() == pytest.approx(0.7)
+    assert top_mean(x, 1.0).item() == pytest.approx(0.45)
+    assert top_mean(x, 0.1).item() == pytest.approx(0.9)  # at least one block
+
+
+def test_a_copy_keeping_half_its_voxels_scores_like_a_whole_copy():
+    train = phantom_volumes(8, 16, seed=0)
+    other = phantom_volumes(1, 16, seed=5)[0]
+    mask = keep_mask((16, 16, 16), 0.6, np.array([1.0, 0.2, -0.3]))
+    partial = torch.where(mask, train[3], other)[None]
+    res = block_nearest(partial, train, BlockConfig(side=4))
+    assert res.indices.item() == 3
+    assert res.values.item() > 0.99  # the kept 60 % of the blocks alone reach the top half
+    whole = pixel_nearest(partial, train).values.item()
+    assert whole < 0.9  # the whole-volume correlation is pulled down by the new content
+    novel = block_nearest(phantom_volumes(1, 16, seed=9), train, BlockConfig(side=4)).values.item()
+    assert novel < res.values.item() - 0.1
+
+
+def test_orientation_search_and_chunking():
+    train = phantom_volumes(7, 12, seed=0)
+    copies = torch.cat([train[[2]].flip(2, 3), train[[5]] * 0.5 - 0.1])
+    plain = block_nearest(copies, train, BlockConfig(side=4))
+    oriented = block_nearest(copies, train, BlockConfig(side=4, orientations=True))
+    assert oriented.indices.tolist() == [2, 5] and (oriented.values > 0.999).all()
+    assert plain.indices[1] == 5 and plain.values[0] < 0.99  # the plain search misses the flipped copy
+    tiny = block_nearest(copies, train, BlockConfig(side=4), block_mb=0.01)  # one volume per chunk
+    assert torch.equal(tiny.indices, plain.indices) and torch.allclose(tiny.values, plain.values, atol=1e-6)
+
+
+def test_images_work_the_same_way():
+    train = phantom_volumes(6, 16, seed=0)[:, :, 8]  # (N, 1, 16, 16) images
+    copy = train[[4]] * 0.8 + 0.1
+    res = block_nearest(copy, train, BlockConfig(side=4))
+    assert res.indices.item() == 4
+    # every non-flat block correlates 1; flat (background) blocks show no anatomy and count 0
+    others = block_nearest(copy, train[[0, 1, 2, 3, 5]], BlockConfig(side=4))
+    assert res.values.item() > others.values.item() + 0.1
+
+
+def test_block_score_counts_uncovered_blocks_as_not_matching():
+    v = torch.randn(16, 16, 16, generator=torch.Generator().manual_seed(0))  # no flat block
+    assert block_score(v, v, cfg=BlockConfig(side=4)) == pytest.approx(1.0, abs=1e-5)
+    cover = torch.ones_like(v)
+    cover[:11] = 0  # less than half of the blocks fully covered: 1 of 4 block rows along D
+    assert block_score(v, v, cover, BlockConfig(side=4)) == pytest.approx(0.5, abs=1e-5)  # 16 of 32 kept blocks at 1
+
+
+def test_bad_settings_and_shapes_are_refused():
+    a = phantom_volumes(2, 12, seed=0)
+    with pytest.raises(ConfigError, match="block side"):
+        block_nearest(a, a, BlockConfig(side=1))
+    with pytest.raises(ConfigError, match="block keep"):
+        block_nearest(a, a, BlockConfig(keep=0.0))
+    with pytest.raises(ValueError, match="one shape"):
+        block_nearest(a, phantom_volumes(2, 16, seed=0))
+
+
+def test_volumes_smaller_than_a_block_are_one_block_along_that_axis():
+    train = torch.randn(4, 1, 6, 12, 12, generator=torch.Generator().manual_seed(0))
+    res = block_nearest(train[[2]] * 2.0, train)  # default side 8 > 6: blocks of 6 voxels
+    assert res.indices.item() == 2 and res.values.item() == pytest.approx(1.0, abs=1e-5)
