@@ -208,7 +208,8 @@ def trend_test(table: pd.DataFrame, column: str, metric: str, seed: str = "seed"
 #: metrics whose value grows with memorization (+1) or shrinks with it (-1): C_T is negative for copying and
 #: authenticity is low for copies; metrics not listed (losses, sample quality) get no verdict
 MEMORIZATION_SIGN = {"memorized_fraction": 1, "copy_fraction": 1, "pixel_memorized_fraction": 1,
-                     "pixel_copy_fraction": 1, "similarity_delta": 1, "c_t": -1, "authenticity": -1}
+                     "pixel_copy_fraction": 1, "blocks_memorized_fraction": 1, "blocks_copy_fraction": 1,
+                     "similarity_delta": 1, "c_t": -1, "authenticity": -1}
 
 
 def verdict(expected: str, metric: str, test: TrendTest, alpha: float = 0.05) -> str:

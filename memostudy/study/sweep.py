@@ -296,6 +296,8 @@ METRIC_WORDS = {
     "copy_fraction": "synthetic volumes that are copies (above the threshold)",
     "pixel_memorized_fraction": "training volumes memorized, pixel-correlation baseline",
     "pixel_copy_fraction": "synthetic volumes that are copies, pixel-correlation baseline",
+    "blocks_memorized_fraction": "training volumes memorized, block correlation (best half of 8^3 blocks)",
+    "blocks_copy_fraction": "synthetic volumes that are copies, block correlation (best half of 8^3 blocks)",
     "similarity_delta": "Cliff's delta, synthetic vs reference nearest-training similarity (> 0: closer to training)",
     "c_t": "data-copying statistic C_T (Meehan et al. 2020; < 0: copying)",
     "authenticity": "authenticity (Alaa et al. 2022; low: copies)",

@@ -10,10 +10,12 @@ from memostudy.detect.assessment import Assessment
 
 def detector_table(assessment: Assessment) -> pd.DataFrame:
     """The headline of one assessment: threshold, memorized % and copy % (95% bootstrap CIs) of the
-    contrastive detector and of the pixel-correlation baseline, one row per detector, with the number of
+    contrastive detector, the pixel-correlation baseline and the block correlation (when run), one row per
+    detector, with the number of
     synthetic volumes Benjamini-Hochberg flags at the assessment's false-discovery rate (conformal p-values)."""
     rows = []
-    for name, key in (("contrastive (this study)", "contrastive"), ("pixel correlation (Akbar et al.)", "pixel")):
+    for name, key in (("contrastive (this study)", "contrastive"), ("pixel correlation (Akbar et al.)", "pixel"),
+                      ("block correlation (best half of 8^3 blocks)", "blocks")):
         f = assessment.summary.detectors.get(key)
         if f is None:
             continue
