@@ -70,6 +70,7 @@ reference, novel, fill = held[perm[:N]], held[perm[N:2 * N]], held[perm[2 * N:3 
 print(f"data: train {tuple(train.shape)} reference {len(reference)} novel {len(novel)} fill {len(fill)}", flush=True)
 
 # copies
+SOURCE_STD = train.flatten(1).std(1).numpy()  # per training patch, for the breakdown by how much a source varies
 copies, meta, gen_seconds = [], [], {}
 for fi, fam in enumerate(COPY_FAMILIES):
     for s in (1, 2, 3):
@@ -158,6 +159,12 @@ for name, score in ((d, {"contrastive": contrastive, "pixel": pixel, "blocks": b
     inside = df[df.inside]
     rows.append({"detector": name, "family": "all-inside", "strength": 0, "inside": True,
                  "sensitivity": inside.hit.mean(), "median_score": inside.score.median()})
+    # by how much the source patch varies (terciles of the training patches' voxel standard deviation): a copy of a
+    # near-uniform patch shows little anatomy to recognise, whatever the detector
+    tercile = np.searchsorted(np.quantile(SOURCE_STD, [1 / 3, 2 / 3]), SOURCE_STD[inside.source.to_numpy()])
+    for t, g in inside.groupby(tercile):
+        rows.append({"detector": name, "family": f"all-inside, source std tercile {t + 1}", "strength": 0,
+                     "inside": True, "sensitivity": g.hit.mean(), "median_score": g.score.median()})
     spec = {"detector": name, "threshold": thr.value, "seconds_scoring": round(secs, 1),
             "plain": 1 - is_copy(nov, thr).mean()}
     for k in genlike:
@@ -182,7 +189,9 @@ for name, score in ((d, {"contrastive": contrastive, "pixel": pixel, "blocks": b
 tab = pd.DataFrame(rows)
 wide = tab.pivot_table(index=["family", "strength", "inside"], columns="detector", values="sensitivity", sort=False)
 pd.set_option("display.width", 200)
-print(f"\nSensitivity at the 95th-percentile threshold ({PER} copies per cell):")
+print(f"\nSensitivity at the 95th-percentile threshold ({PER} copies per cell; the last rows: the copies inside the "
+      "definition by their source patch's voxel standard deviation, terciles "
+      + ", ".join(f"{v:.3f}" for v in np.quantile(SOURCE_STD, [1 / 3, 2 / 3])) + "):")
 print(wide.round(3).to_string())
 if "registered" in DETS:
     reg_tab = tab[tab.detector == "registered"][["family", "strength", "inside", "sensitivity", "shortlist_recall", "top1"]]
