@@ -88,3 +88,18 @@ def test_the_registered_detector_is_3d_only() -> None:
     images = torch.zeros(2, 1, 16, 16)
     with pytest.raises(ConfigError, match="3D only"):
         registered_nearest(images, images)
+
+
+@pytest.mark.slow  # registrations on shared cores
+def test_the_block_score_can_score_registered_pairs() -> None:
+    # a copy turned by 90 degrees about D and rescaled in intensity: the coarse start (the cube's rotations) is exact
+    base = _blobs(3, 0)
+    copy = base[[1]].rot90(1, (3, 4)) * 0.8 + 0.1
+    cfg = RegisterConfig(shortlist=3, starts=1, extra_rotations=0, stages=("rigid",), iterations=5, score="blocks")
+    res = registered_nearest(copy, base, cfg=cfg)
+    assert res.nearest.indices.item() == 1
+    assert res.nearest.values.item() > 0.9
+    novel = registered_nearest(_blobs(1, 7), base, cfg=cfg).nearest.values.item()
+    assert novel < res.nearest.values.item() - 0.2
+    with pytest.raises(ConfigError, match="registration score"):
+        RegisterConfig(score="nope").validate()
