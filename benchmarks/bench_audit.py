@@ -153,8 +153,10 @@ def main_() -> None:
     stages = json.loads((out / "summary.json").read_text()).get("seconds", {})
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(f"\naudit ({args.data}) of {label}: {seconds:.0f} s, peak RSS {peak_gb:.2f} GB; stages (s): {stages}")
-    for col, name in (("is_copy", "contrastive"), ("pixel_is_copy", "pixel"), ("aligned_is_copy", "aligned"),
-                      ("combined_is_copy", "combined")):
+    for col, name in (("is_copy", "contrastive"), ("pixel_is_copy", "pixel"), ("blocks_is_copy", "blocks"),
+                      ("aligned_is_copy", "aligned"), ("combined_is_copy", "combined")):
+        if col not in syn.columns:  # a detector switched off
+            continue
         flagged = syn[col].astype(bool)
         print(f"{name:12s} copies found {int((flagged & truth).sum()):3d} / {int(truth.sum())}, "
               f"others flagged {int((flagged & ~truth).sum()):3d} / {int((~truth).sum())}")

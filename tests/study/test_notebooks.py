@@ -73,6 +73,7 @@ def test_memorization_notebook_writes_consistent_results(env, main_run):
     assert (train["memorized"] == (train["similarity"] > row["threshold"])).all()
     assert set(train["nearest_synthetic_id"]) <= set(synthetic["synthetic_id"])
     assert summary["key_figures"]["n_train"] == 8 and "pixel copies %" in summary["key_figures"]
+    assert summary["key_figures"]["block copies %"] == pytest.approx(100 * row["blocks_copy_fraction"], abs=0.05)
     assert summary["train_data"]["ids"] == list(train["train_id"])
     run = json.loads((res.run_dir / "run.json").read_text())
     assert run["status"] == "ok" and run["parameters"]["interactive"] is False
@@ -83,8 +84,8 @@ def test_memorization_notebook_writes_consistent_results(env, main_run):
     assert "main" in (env["reports"] / "index.html").read_text()
     if shutil.which("chromium"):
         assert run["browser"]["console_errors"] == []
-        # 2 histograms + 4 candidate pairs + 2 loss curves
-        assert run["browser"]["plots_drawn"] == run["browser"]["plots_total"] == 8
+        # 3 histograms (contrastive, pixel, blocks) + 4 candidate pairs + 2 loss curves
+        assert run["browser"]["plots_drawn"] == run["browser"]["plots_total"] == 9
         assert (res.run_dir / "screenshot.png").stat().st_size > 10_000
 
 
