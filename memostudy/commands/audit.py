@@ -33,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "percentile to [-1, 1] and apply that one map to all folders")
     p.add_argument("--no-pixel", action="store_true", help="skip the pixel-correlation baseline")
     p.add_argument("--no-blocks", action="store_true",
-                   help="skip the block correlation (the best half of 8^3 blocks; as cheap as the pixel baseline)")
+                   help="skip the block correlation (the best half of 8^3 blocks; a few times the pixel baseline's cost)")
     p.add_argument("--no-aligned", action="store_true",
                    help="skip the aligned pixel correlation and the combined detector (about 0.2 s per volume of 32^3)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

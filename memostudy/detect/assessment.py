@@ -78,7 +78,7 @@ class AssessConfig:
         seed: bootstrap seed.
         pixel_baseline: also run the pixel-correlation baseline.
         blocks: also run the block correlation (:mod:`memostudy.detect.blocks`: the best half of 8^3 blocks,
-            as cheap as the pixel baseline; it finds partial copies and locally changed ones).
+            a few times the pixel baseline's cost; it finds partial copies and locally changed ones).
         batch_size: volumes per detector forward pass.
         aligned: also run the aligned pixel correlation and its combination with the contrastive
             detector (the best of the validated detectors; about 0.2 s per volume of 32^3 on 2 cores,
