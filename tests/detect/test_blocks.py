@@ -95,3 +95,15 @@ def test_volumes_smaller_than_a_block_are_one_block_along_that_axis():
     train = torch.randn(4, 1, 6, 12, 12, generator=torch.Generator().manual_seed(0))
     res = block_nearest(train[[2]] * 2.0, train)  # default side 8 > 6: blocks of 6 voxels
     assert res.indices.item() == 2 and res.values.item() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_a_copy_stands_out_when_most_blocks_are_constant_background():
+    # anatomy in one corner (8 of 64 blocks), the rest exact background, as in an MRI with air around the body:
+    # the constant blocks correlate 0 for every pair, and the best half still ranks the source first
+    g = torch.Generator().manual_seed(0)
+    train = torch.full((5, 1, 32, 32, 32), -1.0)
+    train[:, :, :16, :16, :16] = torch.rand(5, 1, 16, 16, 16, generator=g)
+    res = block_nearest(train[[3]] * 0.7 + 0.1, train)
+    assert res.indices.item() == 3
+    others = block_nearest(train[[3]] * 0.7 + 0.1, train[[0, 1, 2, 4]])
+    assert res.values.item() > others.values.item() + 0.05
