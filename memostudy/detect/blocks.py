@@ -132,35 +132,31 @@ def block_score_matrix(query_rows: torch.Tensor, base_rows: torch.Tensor, keep: 
     return top_mean(corr.permute(1, 2, 0), keep)
 
 
-def _search(query: torch.Tensor, base_rows: list[tuple[int, torch.Tensor]], cfg: BlockConfig,
-            chunk: int) -> Nearest:
-    values = torch.full((len(query),), -math.inf)
-    indices = torch.zeros(len(query), dtype=torch.int64)
-    for i in range(0, len(query), chunk):
-        q = block_rows(query[i:i + chunk], cfg.side)
-        for j, b in base_rows:
-            v, idx = block_score_matrix(q, b, cfg.keep).max(dim=1)
-            better = v > values[i:i + chunk]
-            values[i:i + chunk] = torch.where(better, v, values[i:i + chunk])
-            indices[i:i + chunk] = torch.where(better, idx + j, indices[i:i + chunk])
-    return Nearest(values, indices)
-
-
 def block_nearest(query: torch.Tensor, base: torch.Tensor, cfg: BlockConfig = BlockConfig(),
                   block_mb: float = 256.0) -> Nearest:
-    """For each query volume, the base volume with the highest block score (module docstring).
+    """For each query volume, the base volume with the highest block score (module docstring): the first half of
+    :func:`block_nearest_both`."""
+    return block_nearest_both(query, base, cfg, block_mb)[0]
+
+
+def block_nearest_both(query: torch.Tensor, base: torch.Tensor, cfg: BlockConfig = BlockConfig(),
+                       block_mb: float = 256.0) -> tuple[Nearest, Nearest]:
+    """Nearest neighbours by block score in both directions from one pass over the pairs.
+
+    The score of a pair does not depend on which volume is the query (the same blocks are compared, and the
+    orientations of the search form a group), so one matrix of scores per chunk gives each query its nearest base
+    volume and each base volume its nearest query volume, as the assessment needs both.
 
     Args:
         query: (Nq, 1, D, H, W) volumes or (Nq, 1, H, W) images.
         base: (Nb, 1, ...) of the same shape.
-        cfg: block side, the kept fraction, and whether to search orientations.
+        cfg: block side, the kept fraction, and whether to search the query's orientations.
         block_mb: memory for one block of scores and the prepared rows (bounds the extra memory at a few times
             this).
 
     Returns:
-        :class:`~memostudy.detect.similarity.Nearest`: ``values`` (Nq,) the best block score in [-1, 1] (higher
-        = more similar), ``indices`` (Nq,) its base volume (ties go to the lowest index, and to the earliest
-        orientation, the identity first).
+        ``(query_to_base, base_to_query)`` :class:`~memostudy.detect.similarity.Nearest`: values the best block
+        score in [-1, 1] (higher = more similar), indices the other set's volume (ties go to the lowest index).
     """
     from memostudy.detect.views import orient, shape_preserving
     from memostudy.detect.views import orientations as axis_orientations
@@ -172,22 +168,31 @@ def block_nearest(query: torch.Tensor, base: torch.Tensor, cfg: BlockConfig = Bl
     if len(base) == 0:
         raise ValueError("base is empty: nothing to search")
     nd = query.dim() - 2
-    cfg = dataclasses.replace(cfg, side=effective_side(tuple(query.shape[2:]), cfg.side))
-    blocks = math.prod(len(block_starts(n, cfg.side)) for n in query.shape[2:])
-    row_bytes = 4 * blocks * cfg.side ** nd
-    fit = max(1, int(block_mb * 2**20 // row_bytes))  # base volumes per prepared chunk
-    base_rows = [(j, block_rows(base[j:j + fit], cfg.side)) for j in range(0, len(base), fit)]
+    side = effective_side(tuple(query.shape[2:]), cfg.side)
+    blocks = math.prod(len(block_starts(n, side)) for n in query.shape[2:])
+    fit = max(1, int(block_mb * 2**20 // (4 * blocks * side ** nd)))  # base volumes per prepared chunk
+    base_rows = [(j, block_rows(base[j:j + fit], side)) for j in range(0, len(base), fit)]
     # a query chunk's score block is chunk x fit x blocks floats
     chunk = max(1, min(fit, int(block_mb * 2**20 // (4 * blocks * min(fit, len(base))))))
-    best = _search(query, base_rows, cfg, chunk)
-    if not cfg.orientations:
-        return best
     table = axis_orientations(nd)
-    for k in shape_preserving(query.shape, nd)[1:]:  # index 0, the identity, is done
-        res = _search(orient(query, table[k]).contiguous(), base_rows, cfg, chunk)
-        better = res.values > best.values
-        best = Nearest(torch.where(better, res.values, best.values), torch.where(better, res.indices, best.indices))
-    return best
+    turns = [table[k] for k in shape_preserving(query.shape, nd)[1:]] if cfg.orientations else []
+    q2b = Nearest(torch.full((len(query),), -math.inf), torch.zeros(len(query), dtype=torch.int64))
+    b2q = Nearest(torch.full((len(base),), -math.inf), torch.zeros(len(base), dtype=torch.int64))
+    for i in range(0, len(query), chunk):
+        q = query[i:i + chunk]
+        rows = block_rows(q, side)
+        for j, b in base_rows:
+            pair = block_score_matrix(rows, b, cfg.keep)  # (chunk, fit): the identity first
+            for o in turns:
+                torch.maximum(pair, block_score_matrix(block_rows(orient(q, o).contiguous(), side), b, cfg.keep),
+                               out=pair)
+            v, idx = pair.max(dim=1)
+            better = v > q2b.values[i:i + len(q)]
+            q2b.values[i:i + len(q)][better], q2b.indices[i:i + len(q)][better] = v[better], idx[better] + j
+            v, idx = pair.max(dim=0)
+            better = v > b2q.values[j:j + len(v)]
+            b2q.values[j:j + len(v)][better], b2q.indices[j:j + len(v)][better] = v[better], idx[better] + i
+    return q2b, b2q
 
 
 def block_score(query: torch.Tensor, warped: torch.Tensor, cover: torch.Tensor | None = None,

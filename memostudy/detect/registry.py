@@ -42,7 +42,7 @@ from memostudy.detect.alignment import (
     smooth,
 )
 from memostudy.detect.baseline import pixel_nearest
-from memostudy.detect.blocks import BlockConfig, block_nearest
+from memostudy.detect.blocks import BlockConfig, block_nearest_both
 from memostudy.detect.detector import Detector, embed, embed_latents
 from memostudy.detect.matching import CompareConfig, base_vectors, query_vectors
 from memostudy.detect.metrics import combine_nearest
@@ -174,8 +174,9 @@ def _pixel(oriented: bool) -> Callable[[Searches, str, bool], Nearest]:
 
 
 def _blocks(s: Searches, query: str, reverse: bool) -> Nearest:
-    a, b = _pair(query, reverse)
-    return block_nearest(s.volumes(a), s.volumes(b), s.blocks)
+    # one pass gives both directions (the block score is symmetric)
+    both = s._once(("blocks", query), lambda: block_nearest_both(s.queries[query], s.train, s.blocks))
+    return both[1] if reverse else both[0]
 
 
 def _smoothed_oriented(s: Searches, query: str, reverse: bool) -> torch.Tensor:

@@ -8,7 +8,15 @@ import torch
 
 from memostudy.data.phantom import phantom_volumes
 from memostudy.detect.baseline import pixel_nearest
-from memostudy.detect.blocks import BlockConfig, block_nearest, block_rows, block_score, block_starts, top_mean
+from memostudy.detect.blocks import (
+    BlockConfig,
+    block_nearest,
+    block_nearest_both,
+    block_rows,
+    block_score,
+    block_starts,
+    top_mean,
+)
 from memostudy.detect.families import keep_mask
 from memostudy.errors import ConfigError
 
@@ -107,3 +115,15 @@ def test_a_copy_stands_out_when_most_blocks_are_constant_background():
     assert res.indices.item() == 3
     others = block_nearest(train[[3]] * 0.7 + 0.1, train[[0, 1, 2, 4]])
     assert res.values.item() > others.values.item() + 0.05
+
+
+@pytest.mark.parametrize("orientations", [False, True])
+def test_one_pass_gives_both_directions(orientations):
+    train = phantom_volumes(6, 12, seed=0)
+    query = torch.cat([train[[2]].flip(3), phantom_volumes(4, 12, seed=3)])
+    cfg = BlockConfig(side=4, orientations=orientations)
+    q2b, b2q = block_nearest_both(query, train, cfg, block_mb=0.01)  # one volume per chunk both ways
+    fwd = block_nearest(query, train, cfg)  # in one chunk: the same up to float rounding
+    assert torch.allclose(q2b.values, fwd.values, atol=1e-5) and torch.equal(q2b.indices, fwd.indices)
+    back = block_nearest(train, query, cfg)  # searched the other way round: the same scores
+    assert torch.allclose(b2q.values, back.values, atol=1e-5) and torch.equal(b2q.indices, back.indices)
