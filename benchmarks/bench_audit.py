@@ -22,6 +22,9 @@ draw (synthetic): a training volume may then have a near twin, which does not ch
 audit's stage times (its ``summary.json``), wall time, peak RSS and the hits.
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_audit.py --scale paper --work /tmp/bench_scale
+
+``--no-contrastive`` audits with the training-free detectors only (block correlation and pixel baseline: no
+detector training, no encoding), the fast path for sets of this size.
 """
 
 from __future__ import annotations
@@ -126,6 +129,8 @@ def main_() -> None:
     ap.add_argument("--scale", choices=sorted(SCALES), default=None,
                     help="paper: 1000 x 250 x 4000 volumes of 32^3; mrnet: 200 x 50 x 800 of 256 x 256 x 32")
     ap.add_argument("--fraction", type=float, default=1.0, help="with --scale: this fraction of every count")
+    ap.add_argument("--no-contrastive", action="store_true",
+                    help="audit with the training-free detectors only (memostudy audit --no-contrastive)")
     ap.add_argument("--copy-share", type=float, default=0.1, help="with --scale: share of synthetic volumes that are copies")
     args = ap.parse_args()
     work = Path(args.work)
@@ -143,6 +148,8 @@ def main_() -> None:
     cmd = ["audit", *(f"--{k}={v}" for k, v in paths.items()), f"--out={out}"]
     if args.detector:
         cmd.append(f"--detector={args.detector}")
+    if args.no_contrastive:
+        cmd.append("--no-contrastive")
     t0 = time.perf_counter()
     rc = main(cmd)
     seconds = time.perf_counter() - t0

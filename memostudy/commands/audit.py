@@ -36,6 +36,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="skip the block correlation (the best half of 8^3 blocks; a few times the pixel baseline's cost)")
     p.add_argument("--no-aligned", action="store_true",
                    help="skip the aligned pixel correlation and the combined detector (about 0.2 s per volume of 32^3)")
+    p.add_argument("--no-contrastive", action="store_true",
+                   help="skip the contrastive detector: no detector training and no encoding, the training-free block "
+                        "correlation and pixel baseline only (the block correlation is then the headline); the fast "
+                        "path for large sets. Implies --no-aligned (its shortlist is the contrastive embedding)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="detector or comparison setting, e.g. --set epochs=10 (repeatable); the comparison settings "
                         "(representation=latent|embedding, search_shift=VOXELS, orientation_pooling=true|false) apply "
@@ -55,17 +59,20 @@ def run(args: argparse.Namespace) -> int:
     from memostudy.detect.assessment import AssessConfig, assess, check_intensities, scale_intensities
     from memostudy.detect.detector import load_detector, load_or_train_detector
     from memostudy.detect.matching import configs_from_overrides
-    from memostudy.errors import DataError, RunExistsError
+    from memostudy.errors import ConfigError, DataError, RunExistsError
     from memostudy.report.audit import COMPLETE_MARKER, check_out_dir, locked, new_build, write_audit
 
     det_cfg, compare = configs_from_overrides(parse_set_options(args.set))
+    if args.no_contrastive and (args.detector or args.set):
+        raise ConfigError(f"--no-contrastive runs no contrastive detector, so --{'detector' if args.detector else 'set'} "
+                          "has nothing to apply to: pass one or the other")
     cfg = AssessConfig(percentile=args.percentile, metric=args.metric, pixel_baseline=not args.no_pixel,
-                       blocks=not args.no_blocks,
-                       aligned=not args.no_aligned, compare=compare, fdr=args.fdr,
+                       contrastive=not args.no_contrastive, blocks=not args.no_blocks,
+                       aligned=not (args.no_aligned or args.no_contrastive), compare=compare, fdr=args.fdr,
                        reference_smoothness=args.reference_smoothness).validate()
     out = check_out_dir(args.out, args.force, create=False)
     own_detector = out / "detector.pt"
-    if not args.detector and own_detector.exists() and not args.force:
+    if not args.detector and not args.no_contrastive and own_detector.exists() and not args.force:
         raise RunExistsError(f"{own_detector}: a detector is already there and would be replaced; pass --detector "
                              f"{own_detector} to use it, --force to replace it, or choose another --out")
     t0 = time.perf_counter()
@@ -94,7 +101,10 @@ def run(args: argparse.Namespace) -> int:
         check_out_dir(out, args.force)  # again: another audit may have finished while this one read its inputs
         build = new_build(out)
         try:
-            if loaded is not None:
+            if args.no_contrastive:
+                print("detector: none (--no-contrastive: the block correlation and pixel baseline need no training)")
+                detector = None
+            elif loaded is not None:
                 print(f"detector: loading {args.detector}")
                 detector = loaded
             else:
@@ -106,7 +116,8 @@ def run(args: argparse.Namespace) -> int:
                        cfg=cfg)
             t_assess = time.perf_counter() - t0 - t_read - t_train
             extra = {"inputs": {"train": str(args.train), "reference": str(args.reference), "synthetic": str(args.synthetic),
-                                "detector": args.detector or str(out / "detector.pt"), "shape": list(shape)},
+                                "detector": None if args.no_contrastive else args.detector or str(out / "detector.pt"),
+                                "shape": list(shape)},
                      "intensity": intensity,
                      "seconds": {"read": round(t_read, 2), "detector": round(t_train, 2), "assess": round(t_assess, 2)}}
             write_audit(a, out, extra=extra, force=args.force, build=build,
@@ -117,8 +128,9 @@ def run(args: argparse.Namespace) -> int:
             raise
         for old in out.glob("detector_training.aside-*"):  # training folders of the results just replaced
             shutil.rmtree(old, ignore_errors=True)
-    c, found = a.summary.contrastive, a.summary.detectors
-    print(f"threshold {c.threshold:.6g} ({cfg.metric}, {cfg.percentile:g}th percentile of reference)")
+    c, found, lead = a.summary.headline, a.summary.detectors, a.summary.headline_detector
+    print(f"headline detector: {lead}; threshold {c.threshold:.6g} ({cfg.metric if lead == 'contrastive' else lead}, "
+          f"{cfg.percentile:g}th percentile of reference)")
     print(f"memorized: {c.memorized.value:.1%} of training volumes [{c.memorized.lo:.1%}, {c.memorized.hi:.1%}]")
     print(f"copies: {c.copies.value:.1%} of synthetic volumes [{c.copies.lo:.1%}, {c.copies.hi:.1%}]")
     print(f"copies by Benjamini-Hochberg at FDR {cfg.fdr:g}: {c.n_bh_copies} of {a.summary.n_synthetic} "
@@ -130,7 +142,11 @@ def run(args: argparse.Namespace) -> int:
         co = found["combined"]
         print(f"combined (contrastive or aligned): copies {co.copies.value:.1%}, memorized {co.memorized.value:.1%}, "
               f"BH {co.n_bh_copies}")
-    if "pixel" in found:
+    if "blocks" in found and lead != "blocks":
+        bl = found["blocks"]
+        print(f"block correlation: copies {bl.copies.value:.1%}, memorized {bl.memorized.value:.1%} "
+              f"(threshold {bl.threshold:.4g})")
+    if "pixel" in found and lead != "pixel":
         px = found["pixel"]
         print(f"pixel baseline: copies {px.copies.value:.1%}, memorized {px.memorized.value:.1%} "
               f"(threshold {px.threshold:.4g})")

@@ -30,10 +30,11 @@ Output columns (``synthetic.csv``): synthetic_id (file name), nearest_train_id, 
 higher = more similar), is_copy (0/1), pixel_nearest_train_id, pixel_similarity (max voxel Pearson
 correlation), pixel_is_copy (0/1). ``train.csv``: train_id, nearest_synthetic_id, similarity,
 memorized (0/1), and the same three pixel_* columns. ``reference.csv``: reference_id,
-nearest_train_id, similarity, pixel_nearest_train_id, pixel_similarity. With ``aligned``, the same
-columns again with the prefixes ``blocks_`` (the block correlation, on by default), ``aligned_`` (best normalised
-cross-correlation after alignment) and
-``combined_`` (the higher of the two detectors' reference percentile ranks, in [0, 1]). ``synthetic.csv`` also
+nearest_train_id, similarity, pixel_nearest_train_id, pixel_similarity. The same columns again with the
+prefixes ``blocks_`` (the block correlation, on by default) and, with ``aligned``, ``aligned_`` (best normalised
+cross-correlation after alignment) and ``combined_`` (the higher of the two detectors' reference percentile ranks,
+in [0, 1]); without the contrastive detector (``contrastive=False``) the unprefixed columns are absent
+(:func:`column_prefix`). ``synthetic.csv`` also
 has, per detector prefix, ``p_value`` (conformal, in [1 / (1 + n_reference), 1], small = copy-like),
 ``q_value`` (BH-adjusted) and ``bh_copy`` (0/1, ``q_value <= fdr``). ``evidence.csv``: see
 :func:`memostudy.detect.evidence.evidence_table`.
@@ -77,6 +78,11 @@ class AssessConfig:
         confidence: CI level.
         seed: bootstrap seed.
         pixel_baseline: also run the pixel-correlation baseline.
+        contrastive: run the contrastive detector (it needs a trained detector). False runs the training-free
+            detectors only (``pixel_baseline`` and ``blocks``; the headline is then the block correlation, or the
+            pixel baseline without it): no detector training and no encoding, the fast path for large sets
+            (README, "Audit at the papers' scale"). The aligned detector's shortlist is the contrastive
+            embedding, so ``aligned`` needs it.
         blocks: also run the block correlation (:mod:`memostudy.detect.blocks`: the best half of 8^3 blocks,
             a few times the pixel baseline's cost; it finds partial copies and locally changed ones).
         batch_size: volumes per detector forward pass.
@@ -99,6 +105,7 @@ class AssessConfig:
     confidence: float = 0.95
     seed: int = 0
     pixel_baseline: bool = True
+    contrastive: bool = True
     blocks: bool = True
     batch_size: int = 64
     aligned: bool = False
@@ -119,6 +126,12 @@ class AssessConfig:
             raise ConfigError(f"n_boot must be >= 1, got {self.n_boot}")
         if not 0 < self.fdr < 1:
             raise ConfigError(f"fdr must be in (0, 1), e.g. 0.05, got {self.fdr}")
+        if not self.contrastive and self.aligned:
+            raise ConfigError("the aligned detector needs the contrastive one (its shortlist is the contrastive "
+                              "embedding): run both, or neither")
+        if not (self.contrastive or self.pixel_baseline or self.blocks):
+            raise ConfigError("no detector to run: keep the contrastive detector, the block correlation or the "
+                              "pixel baseline")
         if self.reference_smoothness not in REFERENCE_SMOOTHNESS:
             raise ConfigError(f"reference_smoothness must be one of {', '.join(REFERENCE_SMOOTHNESS)}, "
                               f"got {self.reference_smoothness!r}")
@@ -175,6 +188,14 @@ class DetectorFigures:
 
 #: names of the optional detectors in ``summary.json`` (``pixel`` is written as ``pixel_baseline``)
 _SUMMARY_KEYS = {"pixel": "pixel_baseline", "blocks": "blocks", "aligned": "aligned", "combined": "combined"}
+#: the headline detector: the first of these that ran (the contrastive detector unless it was switched off)
+HEADLINE_ORDER = ("contrastive", "blocks", "pixel")
+
+
+def column_prefix(detector: str) -> str:
+    """The prefix of a detector's columns in the assessment's tables: none for the contrastive detector
+    (``similarity``, ``is_copy`` ...), ``<name>_`` for the others (``blocks_similarity`` ...)."""
+    return "" if detector == "contrastive" else f"{detector}_"
 
 
 @dataclass(frozen=True)
@@ -183,10 +204,10 @@ class AssessmentSummary:
 
     Attributes:
         n_train, n_reference, n_synthetic: numbers of volumes.
-        detectors: detector name ("contrastive", and "pixel", "blocks", "aligned", "combined" when run) -> its
+        detectors: detector name ("contrastive", "pixel", "blocks", "aligned", "combined", those that ran) -> its
             figures.
-        detector_config: the contrastive detector's architecture and training config.
-        best_epoch: the detector's kept epoch (0 = untrained).
+        detector_config: the contrastive detector's architecture and training config (None when it did not run).
+        best_epoch: the detector's kept epoch (0 = untrained; None when it did not run).
         config: the :class:`AssessConfig` used (metric, percentile, confidence, comparison ...).
         smoothness: the measured smoothness of each set and how the reference was treated (see
             :func:`measure_smoothness`); empty when not measured.
@@ -196,29 +217,41 @@ class AssessmentSummary:
     n_reference: int
     n_synthetic: int
     detectors: dict[str, DetectorFigures]
-    detector_config: DetectorConfig
-    best_epoch: int
+    detector_config: DetectorConfig | None
+    best_epoch: int | None
     config: AssessConfig
     smoothness: dict[str, Any] = field(default_factory=dict)
 
     @property
     def contrastive(self) -> DetectorFigures:
-        """The contrastive detector's figures (the headline)."""
+        """The contrastive detector's figures (the study's headline; KeyError when it did not run)."""
         return self.detectors["contrastive"]
+
+    @property
+    def headline_detector(self) -> str:
+        """The name of the headline detector: the first of :data:`HEADLINE_ORDER` that ran."""
+        return next(name for name in HEADLINE_ORDER if name in self.detectors)
+
+    @property
+    def headline(self) -> DetectorFigures:
+        """The headline detector's figures (:attr:`headline_detector`)."""
+        return self.detectors[self.headline_detector]
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready, in the layout of the audit's ``summary.json``: n_train, n_reference, n_synthetic,
-        metric, percentile, confidence, the contrastive figures (:meth:`DetectorFigures.as_dict`) at the
-        top level, ``pixel_baseline`` / ``blocks`` / ``aligned`` / ``combined`` (the same figures, or None when not
-        run), ``detector`` (config and best epoch), ``assess_config``, then ``fdr`` and ``smoothness``."""
+        metric, percentile, confidence, ``headline`` (the headline detector's name) and its figures
+        (:meth:`DetectorFigures.as_dict`) at the top level, ``pixel_baseline`` / ``blocks`` / ``aligned`` / ``combined``
+        (the same figures, or None when not run), ``detector`` (config and best epoch; None without the contrastive
+        detector), ``assess_config``, then ``fdr`` and ``smoothness``."""
         cfg = self.config
+        detector = None if self.detector_config is None else {"config": to_dict(self.detector_config),
+                                                              "best_epoch": self.best_epoch}
         return {"n_train": self.n_train, "n_reference": self.n_reference, "n_synthetic": self.n_synthetic,
                 "metric": cfg.metric, "percentile": cfg.percentile, "confidence": cfg.confidence,
-                **self.contrastive.as_dict(),
+                "headline": self.headline_detector, **self.headline.as_dict(),
                 **{key: (self.detectors[name].as_dict() if name in self.detectors else None)
                    for name, key in _SUMMARY_KEYS.items()},
-                "detector": {"config": to_dict(self.detector_config), "best_epoch": self.best_epoch},
-                "assess_config": asdict(cfg), "fdr": cfg.fdr, "smoothness": self.smoothness}
+                "detector": detector, "assess_config": asdict(cfg), "fdr": cfg.fdr, "smoothness": self.smoothness}
 
 
 @dataclass
@@ -297,7 +330,7 @@ def treat_reference(reference: torch.Tensor, synthetic: torch.Tensor, rule: str,
                          "blur_sigma": m.sigma, "added_noise_std": m.noise}
 
 
-def assess(train: torch.Tensor, reference: torch.Tensor, synthetic: torch.Tensor, detector: Detector,
+def assess(train: torch.Tensor, reference: torch.Tensor, synthetic: torch.Tensor, detector: Detector | None,
            train_ids: list[str], reference_ids: list[str], synthetic_ids: list[str],
            percentile: float = 95.0, metric: str = "pearson", pixel_baseline: bool = True,
            cfg: AssessConfig | None = None) -> Assessment:
@@ -308,7 +341,8 @@ def assess(train: torch.Tensor, reference: torch.Tensor, synthetic: torch.Tensor
             detector's range ([-1, 1]; see :func:`scale_intensities` for a user's folders).
         reference: (Nr, 1, D, H, W) real volumes never in train (calibrate the threshold).
         synthetic: (Ns, 1, D, H, W) generated volumes.
-        detector: trained contrastive detector (compared as ``cfg.compare`` says).
+        detector: trained contrastive detector (compared as ``cfg.compare`` says); None with ``cfg.contrastive``
+            False (the training-free detectors only).
         train_ids, reference_ids, synthetic_ids: names of the volumes (file names in the audit).
         percentile: threshold percentile (0-100) of the reference's nearest-training similarities.
         metric: embedding similarity, "pearson" (journal) or "msd" (conference, negated: higher = more similar).
@@ -318,10 +352,13 @@ def assess(train: torch.Tensor, reference: torch.Tensor, synthetic: torch.Tensor
 
     Returns:
         :class:`Assessment` with an :class:`AssessmentSummary` per detector of
-        :mod:`memostudy.detect.registry` run: "contrastive", "pixel" (with ``pixel_baseline``), "blocks"
-        (with ``cfg.blocks``), "aligned" and "combined" (with ``aligned``).
+        :mod:`memostudy.detect.registry` run: "contrastive" (with ``cfg.contrastive``), "pixel" (with
+        ``pixel_baseline``), "blocks" (with ``cfg.blocks``), "aligned" and "combined" (with ``aligned``).
     """
     cfg = (cfg or AssessConfig(percentile=percentile, metric=metric, pixel_baseline=pixel_baseline)).validate()
+    if cfg.contrastive and detector is None:
+        raise ConfigError("the contrastive detector needs a trained detector: pass one, or switch the contrastive "
+                          "detector off (AssessConfig.contrastive=False)")
     for name, vols, ids in (("train", train, train_ids), ("reference", reference, reference_ids),
                             ("synthetic", synthetic, synthetic_ids)):
         if len(vols) == 0:
@@ -331,7 +368,7 @@ def assess(train: torch.Tensor, reference: torch.Tensor, synthetic: torch.Tensor
         if vols.shape[1:] != train.shape[1:]:
             raise DataError(f"{name} volumes have shape {tuple(vols.shape[2:])} but train volumes {tuple(train.shape[2:])}; "
                             "crop or resample every folder to one shape")
-    names = ["contrastive", *(["pixel"] if cfg.pixel_baseline else []), *(["blocks"] if cfg.blocks else []),
+    names = [*(["contrastive"] if cfg.contrastive else []), *(["pixel"] if cfg.pixel_baseline else []), *(["blocks"] if cfg.blocks else []),
              *(["aligned", "combined"] if cfg.aligned else [])]
     scored_reference, smoothness = treat_reference(reference, synthetic, cfg.reference_smoothness, cfg.seed)
     search = Searches(detector, train, {"synthetic": synthetic, "reference": scored_reference}, cfg.compare, cfg.metric,
@@ -344,7 +381,7 @@ def assess(train: torch.Tensor, reference: torch.Tensor, synthetic: torch.Tensor
         t2s, s2t, r2t = search.reverse(det, "synthetic"), search.nearest(det, "synthetic"), search.nearest(det, "reference")
         d = copy_decisions(s2t.values, r2t.values, cfg.fdr)
         figures[det] = f = _figures(t2s, s2t, r2t, cfg, d.n_flagged, float(d.p_values.min()))
-        p = "" if det == "contrastive" else f"{det}_"
+        p = column_prefix(det)
         pct = is_copy(s2t.values, f.threshold)
         flagged[det] = (s2t, d, pct)
         tables["train"].update({f"{p}nearest_synthetic_id": sid[t2s.indices.numpy()], f"{p}similarity": t2s.values.numpy(),
@@ -355,8 +392,9 @@ def assess(train: torch.Tensor, reference: torch.Tensor, synthetic: torch.Tensor
         tables["reference"].update({f"{p}nearest_train_id": tid[r2t.indices.numpy()], f"{p}similarity": r2t.values.numpy()})
         distributions[det] = {"candidates": t2s.values.double().numpy(), "synthetic": s2t.values.double().numpy(),
                               "reference": r2t.values.double().numpy()}
-    summary = AssessmentSummary(len(train), len(reference), len(synthetic), figures, detector.config,
-                                detector.best_epoch, cfg, smoothness)
+    det_config, best_epoch = (detector.config, detector.best_epoch) if cfg.contrastive else (None, None)
+    summary = AssessmentSummary(len(train), len(reference), len(synthetic), figures, det_config, best_epoch, cfg,
+                                smoothness)
     evidence = copy_evidence(flagged, train, synthetic, train_ids, synthetic_ids, cfg.align if cfg.evidence else None,
                              known=search.alignments("synthetic"))
     return Assessment(summary, pd.DataFrame(tables["train"]), pd.DataFrame(tables["synthetic"]),

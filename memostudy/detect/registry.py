@@ -53,6 +53,8 @@ from memostudy.detect.similarity import Nearest, nearest, set_nearest
 DETECTORS = ("contrastive", "contrastive-32d", "pixel", "pixel-oriented", "blocks", "aligned", "combined")
 #: detectors run only when asked for by name (their cost is seconds per query)
 OPTIONAL_DETECTORS = ("registered",)
+#: detectors that need no trained detector (:attr:`Searches.detector` may be None for these)
+TRAINING_FREE = ("pixel", "pixel-oriented", "blocks")
 #: the name of the training set among :class:`Searches`' volume sets
 TRAIN = "train"
 
@@ -63,7 +65,8 @@ class Searches:
     set, computed on first use and kept.
 
     Attributes:
-        detector: the trained contrastive detector.
+        detector: the trained contrastive detector (None when only detectors that need none are searched:
+            the pixel correlations and the block correlation).
         train: (Nt, 1, D, H, W) training volumes (the searched set).
         queries: name -> (N, 1, D, H, W) query volumes of the same shape (e.g. "synthetic", "reference").
         compare: how the contrastive detector compares volumes.
@@ -76,7 +79,7 @@ class Searches:
             and registered searches.
     """
 
-    detector: Detector
+    detector: Detector | None
     train: torch.Tensor
     queries: dict[str, torch.Tensor]
     compare: CompareConfig = field(default_factory=CompareConfig)
@@ -103,6 +106,9 @@ class Searches:
             raise ValueError(f"unknown detector {name!r}; choose from {', '.join(DETECTORS + OPTIONAL_DETECTORS)}")
         if query not in self.queries:
             raise ValueError(f"unknown query set {query!r}; have {', '.join(self.queries)}")
+        if self.detector is None and name not in TRAINING_FREE:
+            raise ValueError(f"detector {name!r} needs a trained contrastive detector and none was given; without one "
+                             f"only {', '.join(TRAINING_FREE)} run")
         return self._once((name, query, reverse), lambda: _SEARCH[name](self, query, reverse))
 
     def _once(self, key: Any, compute: Callable[[], Any]) -> Any:

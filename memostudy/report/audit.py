@@ -34,7 +34,7 @@ from filelock import FileLock, Timeout
 
 from memostudy.config import provenance
 from memostudy.data.prepare import pause_point  # the test hook of the fault tests
-from memostudy.detect.assessment import Assessment
+from memostudy.detect.assessment import Assessment, column_prefix
 from memostudy.detect.evidence import evidence_table
 from memostudy.errors import DataError, RunExistsError
 from memostudy.report.figures import assessment_figures
@@ -147,25 +147,28 @@ def _move_into_place(build: Path, out: Path) -> None:
 
 
 def headline(assessment: Assessment) -> dict[str, str | int]:
-    """The report's summary table: counts, threshold, and each detector's fractions with their CIs."""
+    """The report's summary table: counts, the headline detector's threshold and fractions with their CIs, then
+    each other detector's."""
     s, cfg = assessment.summary, assessment.config
-    c = s.contrastive
+    c, name = s.headline, s.headline_detector
     ci = f"{cfg.confidence:.0%} CI"
+    score = {"contrastive": cfg.metric, "blocks": "block correlation", "pixel": "max voxel correlation"}[name]
     rows: dict[str, str | int] = {
         "training volumes": s.n_train, "reference volumes": s.n_reference, "synthetic volumes": s.n_synthetic,
-        f"threshold ({cfg.metric}, {cfg.percentile:g}th percentile of reference)": f"{c.threshold:.6g}",
+        "headline detector": name if name == "contrastive" else f"{name} (the contrastive detector was not run)",
+        f"threshold ({score}, {cfg.percentile:g}th percentile of reference)": f"{c.threshold:.6g}",
         f"memorized fraction of training volumes ({ci})": c.memorized.text(),
         f"copy fraction of synthetic volumes ({ci})": c.copies.text(),
     }
     if c.n_bh_copies is not None:
         rows[f"copies by Benjamini-Hochberg at FDR {cfg.fdr:g} (smallest p-value)"] = _bh_text(c, s.n_synthetic)
     for name in ("combined", "aligned", "blocks"):
-        if name in s.detectors:
+        if name in s.detectors and name != s.headline_detector:
             rows[f"{name}: copy fraction"] = s.detectors[name].copies.text()
             rows[f"{name}: memorized fraction"] = s.detectors[name].memorized.text()
             if s.detectors[name].n_bh_copies is not None:
                 rows[f"{name}: copies by BH at FDR {cfg.fdr:g}"] = _bh_text(s.detectors[name], s.n_synthetic)
-    if "pixel" in s.detectors:
+    if "pixel" in s.detectors and s.headline_detector != "pixel":
         px = s.detectors["pixel"]
         rows["pixel baseline: threshold (max voxel correlation)"] = f"{px.threshold:.6g}"
         rows["pixel baseline: copy fraction"] = px.copies.text()
@@ -268,7 +271,8 @@ def write_audit(assessment: Assessment, out_dir: str | Path, extra: dict[str, An
     evidence = evidence_table(assessment.evidence)
     evidence.to_csv(paths["evidence.csv"], index=False)
     pause_point("audit-writing")
-    top = assessment.synthetic_table.sort_values("similarity", ascending=False).head(20)
+    lead = assessment.summary.headline_detector
+    top = assessment.synthetic_table.sort_values(f"{column_prefix(lead)}similarity", ascending=False).head(20)
     pairs = aligned_pairs(assessment, volumes["train"][0], volumes["synthetic"][0], volumes["train"][1],
                           volumes["synthetic"][1]) if volumes else []
     sections: list[tuple[str | None, Any]] = [
@@ -283,7 +287,7 @@ def write_audit(assessment: Assessment, out_dir: str | Path, extra: dict[str, An
                              "novel volumes among those flagged is at most the FDR (columns p_value, q_value, bh_copy "
                              "of synthetic.csv)."),
         *[(f"Similarity distributions: {name}", fig) for name, fig in assessment_figures(assessment).items()],
-        ("Most similar synthetic volumes (contrastive)", top),
+        (f"Most similar synthetic volumes ({lead})", top),
         (f"Evidence: flagged copies ({len(evidence)} rows in evidence.csv, first 50)",
          evidence.head(50) if len(evidence) else "No synthetic volume was flagged by any detector."),
         *[(f"Flagged pair aligned: {title}", fig) for title, fig in pairs],

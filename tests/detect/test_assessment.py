@@ -63,13 +63,14 @@ def test_summary_is_typed_and_matches_the_tables(inputs):
 @pytest.mark.slow
 def test_summary_json_layout_is_unchanged(inputs):
     d = _assess(inputs, pixel_baseline=False).summary.as_dict()
-    assert list(d) == ["n_train", "n_reference", "n_synthetic", "metric", "percentile", "confidence", "threshold",
+    assert list(d) == ["n_train", "n_reference", "n_synthetic", "metric", "percentile", "confidence", "headline",
+                       "threshold",
                        "memorized_fraction", "memorized_fraction_ci", "copy_fraction", "copy_fraction_ci",
                        "n_memorized", "n_copies", "synthetic_similarity_median", "reference_similarity_median",
                        "n_bh_copies", "min_p_value", "pixel_baseline", "blocks", "aligned", "combined", "detector",
                        "assess_config",
                        "fdr", "smoothness"]
-    assert d["pixel_baseline"] is None and d["detector"]["best_epoch"] == 4
+    assert d["pixel_baseline"] is None and d["detector"]["best_epoch"] == 4 and d["headline"] == "contrastive"
     assert d["blocks"]["threshold"] == pytest.approx(np.percentile(
         block_nearest(inputs[2], inputs[1]).values.numpy(), 95))  # on by default
     assert d["fdr"] == 0.05 and d["smoothness"]["reference_smoothness"] == "as-is"
@@ -83,6 +84,36 @@ def test_only_the_asked_detectors_run(inputs):
     a = _assess(inputs, pixel_baseline=False, blocks=False)
     assert list(a.summary.detectors) == ["contrastive"] and list(a.distributions) == ["contrastive"]
     assert not any(c.startswith(("pixel_", "blocks_")) for c in a.synthetic_table.columns)
+
+
+def test_training_free_detectors_run_without_a_detector(inputs):
+    _, train, reference, synthetic = inputs
+    ids = ([f"t{i}" for i in range(6)], [f"r{i}" for i in range(5)], [f"s{i}" for i in range(5)])
+    a = assess(train, reference, synthetic, None, *ids, cfg=AssessConfig(n_boot=200, contrastive=False))
+    s = a.summary
+    assert list(s.detectors) == ["pixel", "blocks"] and s.headline_detector == "blocks"
+    assert s.detector_config is None and s.best_epoch is None
+    d = s.as_dict()
+    assert d["headline"] == "blocks" and d["detector"] is None
+    assert d["threshold"] == d["blocks"]["threshold"] == pytest.approx(np.percentile(
+        block_nearest(reference, train).values.numpy(), 95))
+    assert d["copy_fraction"] == d["blocks"]["copy_fraction"]
+    cols = set(a.synthetic_table.columns)
+    assert {"blocks_similarity", "blocks_is_copy", "pixel_p_value"} <= cols and not {"similarity", "is_copy"} & cols
+    # without the block correlation the pixel baseline is the headline
+    px = assess(train, reference, synthetic, None, *ids, cfg=AssessConfig(n_boot=200, contrastive=False, blocks=False))
+    assert px.summary.headline_detector == "pixel" and px.summary.as_dict()["threshold"] == px.thresholds["pixel"]
+
+
+def test_contrastive_settings_that_need_a_detector_are_refused(inputs):
+    _, train, reference, synthetic = inputs
+    ids = ([f"t{i}" for i in range(6)], [f"r{i}" for i in range(5)], [f"s{i}" for i in range(5)])
+    with pytest.raises(ConfigError, match="needs a trained detector"):
+        assess(train, reference, synthetic, None, *ids, cfg=AssessConfig(n_boot=10))
+    with pytest.raises(ConfigError, match="aligned detector needs the contrastive"):
+        AssessConfig(contrastive=False, aligned=True).validate()
+    with pytest.raises(ConfigError, match="no detector to run"):
+        AssessConfig(contrastive=False, blocks=False, pixel_baseline=False).validate()
 
 
 @pytest.mark.slow

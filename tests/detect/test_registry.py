@@ -12,7 +12,7 @@ from memostudy.detect.blocks import block_nearest
 from memostudy.detect.detector import Detector, DetectorConfig, DetectorNet, embed
 from memostudy.detect.matching import CompareConfig, base_vectors, query_vectors
 from memostudy.detect.metrics import combine_nearest
-from memostudy.detect.registry import DETECTORS, Searches
+from memostudy.detect.registry import DETECTORS, TRAINING_FREE, Searches
 from memostudy.detect.similarity import nearest, set_nearest
 
 ALIGN = AlignConfig(max_shift=2, shortlist=2, subvoxel=(0.0,), blurs=(0.0,))
@@ -99,6 +99,17 @@ def test_each_search_runs_once_and_names_are_checked(setup):
     with pytest.raises(ValueError, match="unknown query set"):
         s.nearest("pixel", "synthetic")
     assert DETECTORS == ("contrastive", "contrastive-32d", "pixel", "pixel-oriented", "blocks", "aligned", "combined")
+
+
+def test_without_a_detector_only_the_training_free_searches_run(setup):
+    _, train, query, reference = setup
+    s = Searches(None, train, {"query": query, "reference": reference})
+    _same(s.nearest("blocks", "query"), block_nearest(query, train))
+    _same(s.nearest("pixel", "query"), pixel_nearest(query, train))
+    assert TRAINING_FREE == ("pixel", "pixel-oriented", "blocks")
+    for name in ("contrastive", "contrastive-32d", "aligned", "combined"):
+        with pytest.raises(ValueError, match="needs a trained contrastive detector"):
+            s.nearest(name, "query")
 
 
 @pytest.mark.slow

@@ -121,6 +121,31 @@ def test_audit_fdr_reference_smoothness_and_evidence(folders, tmp_path, capsys):
     assert "copies by Benjamini-Hochberg at FDR 0.5" in capsys.readouterr().out
 
 
+def test_audit_without_the_contrastive_detector_trains_nothing(folders, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = ["audit", "--train", str(folders["train"]), "--reference", str(folders["reference"]),
+            "--synthetic", str(folders["synthetic"]), "--out", str(out), "--no-contrastive"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "detector: none" in printed and "headline detector: blocks" in printed
+    assert not (out / "detector.pt").exists()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["headline"] == "blocks" and summary["detector"] is None and summary["inputs"]["detector"] is None
+    assert summary["threshold"] == summary["blocks"]["threshold"] and summary["aligned"] is None
+    syn = pd.read_csv(out / "synthetic.csv").set_index("synthetic_id")
+    assert "similarity" not in syn.columns
+    # s03 is t03 scaled by 0.9: every block correlates 1, above every reference phantom
+    assert syn.loc["s03.nii.gz", "blocks_nearest_train_id"] == "t03.nii.gz"
+    assert syn.loc["s03.nii.gz", "blocks_similarity"] > 0.999 and syn.loc["s03.nii.gz", "blocks_is_copy"] == 1
+    html = (out / "report.html").read_text()
+    assert "<th>headline detector</th><td>blocks (the contrastive detector was not run)</td>" in html
+    assert "Most similar synthetic volumes (blocks)" in html
+    # a detector or detector setting has nothing to apply to
+    assert main([*args, "--force", "--detector", str(tmp_path / "d.pt")]) == 2
+    assert "--no-contrastive" in capsys.readouterr().err
+    assert main([*args, "--force", "--set", "epochs=3"]) == 2
+
+
 @pytest.mark.slow
 def test_comparison_settings_apply_to_a_loaded_detector(folders, tmp_path):
     out = tmp_path / "out"
@@ -192,6 +217,7 @@ def test_headline_formats_each_fraction_once():
     assert rows["memorized fraction of training volumes (95% CI)"] == "25.0% [12.5%, 50.0%]"
     assert rows["copy fraction of synthetic volumes (95% CI)"] == "50.0% [25.0%, 75.0%]"
     assert rows["threshold (pearson, 95th percentile of reference)"] == "0.75"
+    assert rows["headline detector"] == "contrastive"
     assert rows["pixel baseline: copy fraction"] == "25.0% [0.0%, 50.0%]"
     assert rows["pixel baseline: memorized fraction"] == "12.5%"
     assert not any(k.startswith("pixel") for k in headline(_assessment(pixel=False)))
