@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     sets = {}
     for name in ("train", "reference", "synthetic"):
-        vols, ids, spacing = read_volume_folder(getattr(args, name))
+        vols, ids, spacing = read_volume_folder(getattr(args, name), progress=True)
         sets[name] = (vols, ids)
         kind = "2D image(s)" if vols.ndim == 4 else "volume(s)"
         print(f"{name}: {len(ids)} {kind} of shape {tuple(vols.shape[2:])} from {getattr(args, name)}")

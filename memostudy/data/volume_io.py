@@ -322,12 +322,19 @@ def list_volumes(folder: str | Path, images: bool = False) -> list[Path]:
     return items
 
 
-def read_volume_folder(folder: str | Path) -> tuple[torch.Tensor, list[str], tuple[float, ...]]:
+def read_volume_folder(folder: str | Path, progress: bool = False) -> tuple[torch.Tensor, list[str], tuple[float, ...]]:
     """Read every volume, or every 2D image, in a folder; all must have the same shape.
 
     3D volumes: NIfTI/NRRD/NumPy/MetaImage files and DICOM-series folders. 2D images: PNG (8/16-bit grey),
     2D NIfTI (also (X, Y, 1)), single-frame DICOM files, 2D ``.npy``. See :func:`list_volumes` for a folder
     of ``.dcm`` files.
+
+    The volumes are read into one array allocated after the first file (no list of copies to stack: a folder
+    of 800 volumes of 256 x 256 x 32 holds 6.7 GB, once).
+
+    Args:
+        folder: the folder.
+        progress: a progress bar (with ETA) on stderr, shown once reading has taken 2 s.
 
     Returns:
         ``(volumes, ids, spacing)``: volumes (N, 1, X, Y, Z) or, for 2D images, (N, 1, X, Y) float32 as
@@ -337,12 +344,15 @@ def read_volume_folder(folder: str | Path) -> tuple[torch.Tensor, list[str], tup
         DataError: empty folder, unreadable file, 2D images and 3D volumes mixed, or shapes that differ
             (the message names the first file of another shape and says to crop/resample to one shape).
     """
+    from tqdm.auto import tqdm
+
     paths = list_volumes(folder, images=True)
-    arrays, ids, spacing, shape0 = [], [], (1.0, 1.0, 1.0), None
-    for p in paths:
+    out, ids, spacing, shape0 = None, [], (1.0, 1.0, 1.0), None
+    for k, p in enumerate(tqdm(paths, desc=f"reading {Path(folder).name}", delay=2, disable=not progress)):
         arr, sp = read_volume(p, dims=(2, 3))
         if shape0 is None:
             shape0, spacing = arr.shape, sp
+            out = np.empty((len(paths), *shape0), dtype=np.float32)
         elif arr.ndim != len(shape0):
             raise DataError(
                 f"{p}: {_KIND[arr.ndim]} of shape {arr.shape}, but {paths[0].name} is {_KIND[len(shape0)]} {shape0}; "
@@ -353,6 +363,6 @@ def read_volume_folder(folder: str | Path) -> tuple[torch.Tensor, list[str], tup
                 f"{p}: shape {arr.shape} differs from {paths[0].name} {shape0}; crop or resample all "
                 f"{'images' if arr.ndim == 2 else 'volumes'} of a folder to one shape (e.g. the patch size of the study)"
             )
-        arrays.append(arr)
+        out[k] = arr
         ids.append(p.name)
-    return torch.from_numpy(np.stack(arrays)).unsqueeze(1), ids, spacing
+    return torch.from_numpy(out).unsqueeze(1), ids, spacing

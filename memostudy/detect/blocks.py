@@ -111,10 +111,15 @@ def _tiles(x: torch.Tensor, side: int) -> torch.Tensor:
     """(N, *spatial) -> (N, K, side^d): the blocks of :func:`block_starts` per axis, in C order over the grid."""
     nd = x.dim() - 1
     for axis in range(1, nd + 1):
-        starts = torch.as_tensor(block_starts(x.shape[axis], side))
-        # (..., L - side + 1, ..., side) view, then the chosen starts only: one copy of the blocks
-        x = x.unfold(axis, side, 1).index_select(axis, starts)
-    return x.reshape(len(x), math.prod(x.shape[1:1 + nd]), side ** nd)
+        length = x.shape[axis]
+        block_starts(length, side)  # checks the axis is long enough
+        # a view of the windows at 0, side, 2 side, ...; the last block ending at the edge appended when the axis
+        # is not a multiple of the side (the starts of block_starts)
+        windows = x.unfold(axis, side, side)
+        if length % side:
+            windows = torch.cat([windows, x.narrow(axis, length - side, side).unfold(axis, side, side)], dim=axis)
+        x = windows
+    return x.reshape(len(x), math.prod(x.shape[1:1 + nd]), side ** nd)  # the one copy of the blocks
 
 
 def top_mean(correlations: torch.Tensor, keep: float) -> torch.Tensor:
@@ -140,7 +145,7 @@ def block_nearest(query: torch.Tensor, base: torch.Tensor, cfg: BlockConfig = Bl
 
 
 def block_nearest_both(query: torch.Tensor, base: torch.Tensor, cfg: BlockConfig = BlockConfig(),
-                       block_mb: float = 256.0) -> tuple[Nearest, Nearest]:
+                       block_mb: float = 256.0, progress: bool = False) -> tuple[Nearest, Nearest]:
     """Nearest neighbours by block score in both directions from one pass over the pairs.
 
     The score of a pair does not depend on which volume is the query (the same blocks are compared, and the
@@ -153,6 +158,7 @@ def block_nearest_both(query: torch.Tensor, base: torch.Tensor, cfg: BlockConfig
         cfg: block side, the kept fraction, and whether to search the query's orientations.
         block_mb: memory for one block of scores and the prepared rows (bounds the extra memory at a few times
             this).
+        progress: a progress bar (with ETA) over the query chunks, shown once the search has taken 2 s.
 
     Returns:
         ``(query_to_base, base_to_query)`` :class:`~memostudy.detect.similarity.Nearest`: values the best block
@@ -178,7 +184,10 @@ def block_nearest_both(query: torch.Tensor, base: torch.Tensor, cfg: BlockConfig
     turns = [table[k] for k in shape_preserving(query.shape, nd)[1:]] if cfg.orientations else []
     q2b = Nearest(torch.full((len(query),), -math.inf), torch.zeros(len(query), dtype=torch.int64))
     b2q = Nearest(torch.full((len(base),), -math.inf), torch.zeros(len(base), dtype=torch.int64))
-    for i in range(0, len(query), chunk):
+    from tqdm.auto import tqdm
+
+    what = f"block correlation{f' x {len(turns) + 1} orientations' if turns else ''} {len(query)} x {len(base)}"
+    for i in tqdm(range(0, len(query), chunk), desc=what, delay=2, disable=not progress):
         q = query[i:i + chunk]
         rows = block_rows(q, side)
         for j, b in base_rows:

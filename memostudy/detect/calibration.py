@@ -24,6 +24,7 @@ scores; a synthetic volume is a copy candidate when it scores higher than novel 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -136,11 +137,24 @@ def noise_std(volumes: torch.Tensor) -> torch.Tensor:
     Returns:
         (N,) float32 >= 0, in intensity units.
     """
-    h = volumes.float()
-    nd = h.dim() - 2
-    for a in range(nd):
-        h = torch.diff(h, dim=2 + a)
-    return h.flatten(1).abs().median(1).values / (0.6745 * 2 ** (nd / 2))
+    def one_chunk(h: torch.Tensor) -> torch.Tensor:
+        nd = h.dim() - 2
+        for a in range(nd):
+            h = torch.diff(h, dim=2 + a)
+        return h.flatten(1).abs().median(1).values / (0.6745 * 2 ** (nd / 2))
+
+    return per_volume_chunks(one_chunk, volumes)
+
+
+def per_volume_chunks(fn: Callable[[torch.Tensor], torch.Tensor], volumes: torch.Tensor,
+                      chunk_mb: float = 256.0) -> torch.Tensor:
+    """``fn`` (a per-volume statistic of an (n, 1, ...) batch -> (n,)) over chunks of about ``chunk_mb`` of float32
+    volumes, concatenated: the same values as one call, with the temporaries of one chunk instead of several copies
+    of the whole set (800 volumes of 256 x 256 x 32 are 6.7 GB)."""
+    if len(volumes) == 0:
+        return torch.zeros(0)
+    per = max(1, int(chunk_mb * 2**20 // (4 * max(1, volumes[0].numel()))))
+    return torch.cat([fn(volumes[i:i + per].float()) for i in range(0, len(volumes), per)])
 
 
 def roughness(volumes: torch.Tensor) -> torch.Tensor:
@@ -161,12 +175,14 @@ def roughness(volumes: torch.Tensor) -> torch.Tensor:
     Returns:
         (N,) float32 >= 0 (0 for a constant volume).
     """
-    x = volumes.float()
-    nd = x.dim() - 2
-    d1 = sum(torch.diff(x, dim=2 + a).pow(2).flatten(1).mean(1) for a in range(nd)) / nd
-    s2 = noise_std(x).pow(2)
-    var = x.flatten(1).var(1, unbiased=False) - s2
-    return torch.where(var > 1e-12, (d1 - 2 * s2).clamp_min(0) / var.clamp_min(1e-12), torch.zeros_like(var))
+    def one_chunk(x: torch.Tensor) -> torch.Tensor:
+        nd = x.dim() - 2
+        d1 = sum(torch.diff(x, dim=2 + a).pow(2).flatten(1).mean(1) for a in range(nd)) / nd
+        s2 = noise_std(x).pow(2)
+        var = x.flatten(1).var(1, unbiased=False) - s2
+        return torch.where(var > 1e-12, (d1 - 2 * s2).clamp_min(0) / var.clamp_min(1e-12), torch.zeros_like(var))
+
+    return per_volume_chunks(one_chunk, volumes)
 
 
 def blur(volumes: torch.Tensor, sigma: float) -> torch.Tensor:

@@ -181,7 +181,7 @@ def _pixel(oriented: bool) -> Callable[[Searches, str, bool], Nearest]:
 
 def _blocks(s: Searches, query: str, reverse: bool) -> Nearest:
     # one pass gives both directions (the block score is symmetric)
-    both = s._once(("blocks", query), lambda: block_nearest_both(s.queries[query], s.train, s.blocks))
+    both = s._once(("blocks", query), lambda: block_nearest_both(s.queries[query], s.train, s.blocks, progress=s.progress))
     return both[1] if reverse else both[0]
 
 

@@ -15,6 +15,7 @@ from memostudy.detect.calibration import (
     copy_decisions,
     matched_smoothness,
     noise_std,
+    per_volume_chunks,
     roughness,
 )
 
@@ -89,6 +90,16 @@ def test_noise_std_reads_added_white_noise() -> None:
     noisy = x + 0.05 * torch.randn(x.shape, generator=g)
     assert float(noise_std(x).median()) < 0.01
     assert abs(float(noise_std(noisy).median()) - 0.05) < 0.005
+
+
+def test_statistics_in_chunks_equal_one_call() -> None:
+    x = _fields(7, 1.0, seed=2)
+    # 16^3 float32 volumes are 16 kB: chunks of 0.04 MB hold 2 of them, so 7 volumes take 4 calls
+    calls = []
+    got = per_volume_chunks(lambda v: calls.append(len(v)) or v.flatten(1).std(1), x, chunk_mb=0.04)
+    assert calls == [2, 2, 2, 1]
+    torch.testing.assert_close(got, x.flatten(1).std(1))
+    assert per_volume_chunks(lambda v: v.flatten(1).mean(1), x[:0]).shape == (0,)
 
 
 def test_roughness_drops_with_blur_and_ignores_noise_and_scale() -> None:
