@@ -19,7 +19,8 @@ definition at strengths 1 and 2, :func:`memostudy.detect.families.make_copies`);
 versions of held-out patches (:func:`memostudy.detect.families.generator_like`). demo-ct has 494 training and 243
 validation patches, so larger folders repeat them with a contrast change (training) or another generator-like
 draw (synthetic): a training volume may then have a near twin, which does not change the cost. Prints the
-audit's stage times (its ``summary.json``), wall time, peak RSS and the hits.
+audit's stage times (its ``summary.json``), wall time, peak RSS (of the audit alone: it runs as a child process)
+and the hits.
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_audit.py --scale paper --work /tmp/bench_scale
 
@@ -32,13 +33,14 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pandas as pd
 import torch
 
-from memostudy.cli import main
 from memostudy.data.patches import load_patches
 from memostudy.data.volume_io import write_nifti
 from memostudy.detect.families import COPY_FAMILIES, generator_like, make_copies
@@ -62,13 +64,14 @@ def make_folders(work: Path, n: int, seed: int = 0, data: str = "demo-ct") -> tu
     return paths, {f"s{i:03d}.nii.gz" for i in range(len(copies))}
 
 
-def write_folders(work: Path, folders: dict[str, torch.Tensor], digits: int) -> dict[str, Path]:
-    """Each set of volumes (N, 1, ...) as NIfTI files ``<first letter><index>.nii.gz`` in ``work/<name>``."""
+def write_folders(work: Path, folders: dict[str, torch.Tensor], digits: int, start: int = 0) -> dict[str, Path]:
+    """Each set of volumes (N, 1, ...) as NIfTI files ``<first letter><index>.nii.gz`` in ``work/<name>``, indices
+    from ``start``."""
     paths = {}
     for name, vols in folders.items():
         paths[name] = work / name
         paths[name].mkdir(parents=True, exist_ok=True)
-        for i, v in enumerate(vols):
+        for i, v in enumerate(vols, start=start):
             write_nifti(paths[name] / f"{name[0]}{i:0{digits}d}.nii.gz", v[0])
     return paths
 
@@ -114,8 +117,14 @@ def make_scale_folders(work: Path, scale: str, fraction: float, copy_share: floa
         idx = torch.arange(k, n_copies, len(cells))
         if len(idx):
             copies[idx] = make_copies(train[src[idx]], family, strength, seed=seed + k, others=reference)
-    novel = generator_like(_mosaics(pool_held, n_syn - n_copies, tiles, g), "mixed", seed=seed)
-    paths = write_folders(work, {"train": train, "reference": reference, "synthetic": torch.cat([copies, novel])}, digits=5)
+    paths = write_folders(work, {"train": train, "reference": reference, "synthetic": copies}, digits=5)
+    del copies
+    # the novel volumes in chunks of about 2 GB, each written before the next is made (800 mosaics of 256 x 256 x 32
+    # are 6.7 GB, and making them takes a few copies); the papers' scale is one chunk
+    per = max(1, (2 << 30) // (4 * train[0].numel()))
+    for c, start in enumerate(range(n_copies, n_syn, per)):
+        novel = generator_like(_mosaics(pool_held, min(per, n_syn - start), tiles, g), "mixed", seed=seed + c)
+        write_folders(work, {"synthetic": novel}, digits=5, start=start)
     counts = {"train": n_train, "reference": n_ref, "synthetic": n_syn, "copies": n_copies}
     return paths, {f"s{i:05d}.nii.gz" for i in range(n_copies)}, counts
 
@@ -151,14 +160,15 @@ def main_() -> None:
     if args.no_contrastive:
         cmd.append("--no-contrastive")
     t0 = time.perf_counter()
-    rc = main(cmd)
+    # a child process, so that its peak RSS is the audit's own, not that of making the inputs
+    rc = subprocess.run([sys.executable, "-m", "memostudy", *cmd]).returncode
     seconds = time.perf_counter() - t0
     if rc != 0:
         raise SystemExit(f"audit failed with exit code {rc}")
     syn = pd.read_csv(out / "synthetic.csv")
     truth = syn["synthetic_id"].isin(copies)
     stages = json.loads((out / "summary.json").read_text()).get("seconds", {})
-    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
     print(f"\naudit ({args.data}) of {label}: {seconds:.0f} s, peak RSS {peak_gb:.2f} GB; stages (s): {stages}")
     for col, name in (("is_copy", "contrastive"), ("pixel_is_copy", "pixel"), ("blocks_is_copy", "blocks"),
                       ("aligned_is_copy", "aligned"), ("combined_is_copy", "combined")):

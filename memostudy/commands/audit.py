@@ -34,12 +34,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-pixel", action="store_true", help="skip the pixel-correlation baseline")
     p.add_argument("--no-blocks", action="store_true",
                    help="skip the block correlation (the best half of 8^3 blocks; a few times the pixel baseline's cost)")
+    p.add_argument("--no-oriented-blocks", action="store_true",
+                   help="skip blocks-either (the block correlation also in each pair's best flip or 90-degree rotation, "
+                        "on a shortlist of pairs; it finds flipped and rotated copies)")
     p.add_argument("--no-aligned", action="store_true",
                    help="skip the aligned pixel correlation and the combined detector (about 0.2 s per volume of 32^3)")
     p.add_argument("--no-contrastive", action="store_true",
                    help="skip the contrastive detector: no detector training and no encoding, the training-free block "
-                        "correlation and pixel baseline only (the block correlation is then the headline); the fast "
-                        "path for large sets. Implies --no-aligned (its shortlist is the contrastive embedding)")
+                        "correlations and pixel baseline only (blocks-either is then the headline); the fast path for "
+                        "large sets. Implies --no-aligned (its shortlist is the contrastive embedding)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="detector or comparison setting, e.g. --set epochs=10 (repeatable); the comparison settings "
                         "(representation=latent|embedding, search_shift=VOXELS, orientation_pooling=true|false) apply "
@@ -68,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
                           "has nothing to apply to: pass one or the other")
     cfg = AssessConfig(percentile=args.percentile, metric=args.metric, pixel_baseline=not args.no_pixel,
                        contrastive=not args.no_contrastive, blocks=not args.no_blocks,
+                       blocks_oriented=not (args.no_blocks or args.no_oriented_blocks),
                        aligned=not (args.no_aligned or args.no_contrastive), compare=compare, fdr=args.fdr,
                        reference_smoothness=args.reference_smoothness).validate()
     out = check_out_dir(args.out, args.force, create=False)
@@ -142,10 +146,11 @@ def run(args: argparse.Namespace) -> int:
         co = found["combined"]
         print(f"combined (contrastive or aligned): copies {co.copies.value:.1%}, memorized {co.memorized.value:.1%}, "
               f"BH {co.n_bh_copies}")
-    if "blocks" in found and lead != "blocks":
-        bl = found["blocks"]
-        print(f"block correlation: copies {bl.copies.value:.1%}, memorized {bl.memorized.value:.1%} "
-              f"(threshold {bl.threshold:.4g})")
+    for name, words in (("blocks-either", "block correlation, plain or oriented"), ("blocks", "block correlation")):
+        if name in found and lead != name:
+            bl = found[name]
+            print(f"{words}: copies {bl.copies.value:.1%}, memorized {bl.memorized.value:.1%} "
+                  f"(threshold {bl.threshold:.4g})")
     if "pixel" in found and lead != "pixel":
         px = found["pixel"]
         print(f"pixel baseline: copies {px.copies.value:.1%}, memorized {px.memorized.value:.1%} "

@@ -6,7 +6,7 @@
 of its own; it returns typed results (:class:`Assessment`, :class:`AssessmentSummary`), and
 :mod:`memostudy.report.audit` writes the files of ``memostudy audit``.
 
-Decisions (for each detector: contrastive, pixel, blocks, and with ``aligned`` the aligned pixel correlation of
+Decisions (for each detector: contrastive, pixel, blocks, blocks-either, and with ``aligned`` the aligned pixel correlation of
 :mod:`memostudy.detect.alignment` and "combined", a copy for either the contrastive or the aligned detector):
 - threshold = ``percentile`` of the reference volumes' nearest-training similarities;
 - a training volume is *memorized* when its nearest synthetic volume (its copy candidate) is
@@ -31,7 +31,8 @@ higher = more similar), is_copy (0/1), pixel_nearest_train_id, pixel_similarity 
 correlation), pixel_is_copy (0/1). ``train.csv``: train_id, nearest_synthetic_id, similarity,
 memorized (0/1), and the same three pixel_* columns. ``reference.csv``: reference_id,
 nearest_train_id, similarity, pixel_nearest_train_id, pixel_similarity. The same columns again with the
-prefixes ``blocks_`` (the block correlation, on by default) and, with ``aligned``, ``aligned_`` (best normalised
+prefixes ``blocks_`` (the block correlation, on by default), ``blocks_either_`` (plain or oriented block
+correlation, the higher reference rank in [0, 1]; on by default) and, with ``aligned``, ``aligned_`` (best normalised
 cross-correlation after alignment) and ``combined_`` (the higher of the two detectors' reference percentile ranks,
 in [0, 1]); without the contrastive detector (``contrastive=False``) the unprefixed columns are absent
 (:func:`column_prefix`). ``synthetic.csv`` also
@@ -85,6 +86,10 @@ class AssessConfig:
             embedding, so ``aligned`` needs it.
         blocks: also run the block correlation (:mod:`memostudy.detect.blocks`: the best half of 8^3 blocks,
             a few times the pixel baseline's cost; it finds partial copies and locally changed ones).
+        blocks_oriented: with ``blocks`` (else ignored), also run "blocks-either" (:mod:`memostudy.detect.registry`): a copy for
+            the plain block correlation or for the block correlation of the query in its best flip or 90-degree
+            rotation on a shortlist of pairs, by the higher reference rank; it finds flipped and rotated copies,
+            which the plain block correlation misses.
         batch_size: volumes per detector forward pass.
         aligned: also run the aligned pixel correlation and its combination with the contrastive
             detector (the best of the validated detectors; about 0.2 s per volume of 32^3 on 2 cores,
@@ -107,6 +112,7 @@ class AssessConfig:
     pixel_baseline: bool = True
     contrastive: bool = True
     blocks: bool = True
+    blocks_oriented: bool = True
     batch_size: int = 64
     aligned: bool = False
     align: AlignConfig = field(default_factory=AlignConfig)
@@ -187,15 +193,17 @@ class DetectorFigures:
 
 
 #: names of the optional detectors in ``summary.json`` (``pixel`` is written as ``pixel_baseline``)
-_SUMMARY_KEYS = {"pixel": "pixel_baseline", "blocks": "blocks", "aligned": "aligned", "combined": "combined"}
+_SUMMARY_KEYS = {"pixel": "pixel_baseline", "blocks": "blocks", "blocks-either": "blocks_either", "aligned": "aligned",
+                 "combined": "combined"}
 #: the headline detector: the first of these that ran (the contrastive detector unless it was switched off)
-HEADLINE_ORDER = ("contrastive", "blocks", "pixel")
+HEADLINE_ORDER = ("contrastive", "blocks-either", "blocks", "pixel")
 
 
 def column_prefix(detector: str) -> str:
     """The prefix of a detector's columns in the assessment's tables: none for the contrastive detector
-    (``similarity``, ``is_copy`` ...), ``<name>_`` for the others (``blocks_similarity`` ...)."""
-    return "" if detector == "contrastive" else f"{detector}_"
+    (``similarity``, ``is_copy`` ...), ``<name>_`` for the others with ``-`` as ``_`` (``blocks_similarity``,
+    ``blocks_either_similarity`` ...)."""
+    return "" if detector == "contrastive" else f"{detector.replace('-', '_')}_"
 
 
 @dataclass(frozen=True)
@@ -240,7 +248,8 @@ class AssessmentSummary:
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready, in the layout of the audit's ``summary.json``: n_train, n_reference, n_synthetic,
         metric, percentile, confidence, ``headline`` (the headline detector's name) and its figures
-        (:meth:`DetectorFigures.as_dict`) at the top level, ``pixel_baseline`` / ``blocks`` / ``aligned`` / ``combined``
+        (:meth:`DetectorFigures.as_dict`) at the top level, ``pixel_baseline`` / ``blocks`` / ``blocks_either`` /
+        ``aligned`` / ``combined``
         (the same figures, or None when not run), ``detector`` (config and best epoch; None without the contrastive
         detector), ``assess_config``, then ``fdr`` and ``smoothness``."""
         cfg = self.config
@@ -353,7 +362,8 @@ def assess(train: torch.Tensor, reference: torch.Tensor, synthetic: torch.Tensor
     Returns:
         :class:`Assessment` with an :class:`AssessmentSummary` per detector of
         :mod:`memostudy.detect.registry` run: "contrastive" (with ``cfg.contrastive``), "pixel" (with
-        ``pixel_baseline``), "blocks" (with ``cfg.blocks``), "aligned" and "combined" (with ``aligned``).
+        ``pixel_baseline``), "blocks" (with ``cfg.blocks``), "blocks-either" (with ``cfg.blocks_oriented`` too),
+        "aligned" and "combined" (with ``aligned``).
     """
     cfg = (cfg or AssessConfig(percentile=percentile, metric=metric, pixel_baseline=pixel_baseline)).validate()
     if cfg.contrastive and detector is None:
@@ -369,6 +379,7 @@ def assess(train: torch.Tensor, reference: torch.Tensor, synthetic: torch.Tensor
             raise DataError(f"{name} volumes have shape {tuple(vols.shape[2:])} but train volumes {tuple(train.shape[2:])}; "
                             "crop or resample every folder to one shape")
     names = [*(["contrastive"] if cfg.contrastive else []), *(["pixel"] if cfg.pixel_baseline else []), *(["blocks"] if cfg.blocks else []),
+             *(["blocks-either"] if cfg.blocks and cfg.blocks_oriented else []),
              *(["aligned", "combined"] if cfg.aligned else [])]
     scored_reference, smoothness = treat_reference(reference, synthetic, cfg.reference_smoothness, cfg.seed)
     search = Searches(detector, train, {"synthetic": synthetic, "reference": scored_reference}, cfg.compare, cfg.metric,

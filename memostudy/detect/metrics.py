@@ -161,7 +161,7 @@ def combined_score(references, scores, leave_one_out: bool = False) -> np.ndarra
     return np.max([reference_rank(r, s, leave_one_out) for r, s in zip(references, scores)], axis=0)
 
 
-def combine_nearest(references, queries):
+def combine_nearest(references, queries, same_scale: bool = False):
     """The "copy for either detector" result of two detectors on the same queries.
 
     Args:
@@ -171,10 +171,13 @@ def combine_nearest(references, queries):
             order under both detectors. When they are the references themselves (equal values under both
             detectors), the reference volumes are ranked leave-one-out (:func:`reference_rank`).
 
+        same_scale: the two detectors score on one scale (e.g. the block correlation plain and oriented): on equal
+            ranks (both above every reference volume, say) the nearest volume is the one of the higher score.
+
     Returns:
         :class:`~memostudy.detect.similarity.Nearest`: values = :func:`combined_score` (float32 reference
         ranks in [0, 1]), indices = the nearest volume of whichever detector ranks the query higher
-        (the first on ties).
+        (on ties the first, or with ``same_scale`` the higher scoring).
     """
     import torch
 
@@ -184,7 +187,10 @@ def combine_nearest(references, queries):
     qs = [_arr(q.values) for q in queries]
     loo = all(r.shape == q.shape and np.array_equal(r, q) for r, q in zip(refs, qs))
     ranks = [reference_rank(r, q, loo) for r, q in zip(refs, qs)]
-    second = torch.from_numpy(ranks[1] > ranks[0])
+    second = ranks[1] > ranks[0]
+    if same_scale:
+        second |= (ranks[1] == ranks[0]) & (qs[1] > qs[0])
+    second = torch.from_numpy(second)
     values = combined_score(refs, qs, loo)
     return Nearest(torch.from_numpy(values).float(), torch.where(second, queries[1].indices, queries[0].indices))
 

@@ -12,6 +12,11 @@ its own threshold, calibrated on real reference volumes scored the same way):
 - ``"blocks"``: the mean of the best half of the voxel correlations of 8^3 blocks at the same place
   (:mod:`memostudy.detect.blocks`): the definition's "at least half of its voxels", so partial copies and
   locally changed ones score like whole copies;
+- ``"blocks-oriented"``: the same score with the query in its best flip or 90-degree rotation, on a shortlist of
+  pairs preselected on pooled volumes (:func:`memostudy.detect.blocks.block_oriented_nearest_both`);
+- ``"blocks-either"``: a copy for either "blocks" or "blocks-oriented": the higher of the two reference
+  percentile ranks, as "combined" below (so flipped and rotated copies are found without every novel volume's
+  best of 48 orientations raising the plain score's threshold);
 - ``"aligned"``: the aligned pixel correlation (:mod:`memostudy.detect.alignment`) on a shortlist from the
   32-d embedding and the oriented pixel correlation;
 - ``"combined"``: a copy for either "contrastive" or "aligned": the higher of the two reference
@@ -42,7 +47,7 @@ from memostudy.detect.alignment import (
     smooth,
 )
 from memostudy.detect.baseline import pixel_nearest
-from memostudy.detect.blocks import BlockConfig, block_nearest_both
+from memostudy.detect.blocks import BlockConfig, block_nearest_both, block_oriented_nearest_both
 from memostudy.detect.detector import Detector, embed, embed_latents
 from memostudy.detect.matching import CompareConfig, base_vectors, query_vectors
 from memostudy.detect.metrics import combine_nearest
@@ -50,11 +55,12 @@ from memostudy.detect.registration import RegisterConfig, registered_nearest
 from memostudy.detect.similarity import Nearest, nearest, set_nearest
 
 #: every detector, in the order results are reported
-DETECTORS = ("contrastive", "contrastive-32d", "pixel", "pixel-oriented", "blocks", "aligned", "combined")
+DETECTORS = ("contrastive", "contrastive-32d", "pixel", "pixel-oriented", "blocks", "blocks-oriented", "blocks-either",
+             "aligned", "combined")
 #: detectors run only when asked for by name (their cost is seconds per query)
 OPTIONAL_DETECTORS = ("registered",)
 #: detectors that need no trained detector (:attr:`Searches.detector` may be None for these)
-TRAINING_FREE = ("pixel", "pixel-oriented", "blocks")
+TRAINING_FREE = ("pixel", "pixel-oriented", "blocks", "blocks-oriented", "blocks-either")
 #: the name of the training set among :class:`Searches`' volume sets
 TRAIN = "train"
 
@@ -185,6 +191,18 @@ def _blocks(s: Searches, query: str, reverse: bool) -> Nearest:
     return both[1] if reverse else both[0]
 
 
+def _blocks_oriented(s: Searches, query: str, reverse: bool) -> Nearest:
+    both = s._once(("blocks-oriented", query), lambda: block_oriented_nearest_both(s.queries[query], s.train, s.blocks,
+                                                                                     progress=s.progress))
+    return both[1] if reverse else both[0]
+
+
+def _blocks_either(s: Searches, query: str, reverse: bool) -> Nearest:
+    refs = (s.nearest("blocks", s.reference), s.nearest("blocks-oriented", s.reference))
+    return combine_nearest(refs, (s._search("blocks", query, reverse), s._search("blocks-oriented", query, reverse)),
+                           same_scale=True)
+
+
 def _smoothed_oriented(s: Searches, query: str, reverse: bool) -> torch.Tensor:
     """The aligned shortlist's oriented correlations of query set ``query`` with the training set (smoothed), computed
     once for both directions (:func:`memostudy.detect.alignment.oriented_correlations`)."""
@@ -227,6 +245,7 @@ def _combined(s: Searches, query: str, reverse: bool) -> Nearest:
 
 _SEARCH: dict[str, Callable[[Searches, str, bool], Nearest]] = {
     "contrastive": _contrastive, "contrastive-32d": _embedding_32d, "pixel": _pixel(False),
-    "pixel-oriented": _pixel(True), "blocks": _blocks, "aligned": _aligned, "combined": _combined,
+    "pixel-oriented": _pixel(True), "blocks": _blocks, "blocks-oriented": _blocks_oriented,
+    "blocks-either": _blocks_either, "aligned": _aligned, "combined": _combined,
     "registered": _registered,
 }

@@ -152,7 +152,8 @@ def headline(assessment: Assessment) -> dict[str, str | int]:
     s, cfg = assessment.summary, assessment.config
     c, name = s.headline, s.headline_detector
     ci = f"{cfg.confidence:.0%} CI"
-    score = {"contrastive": cfg.metric, "blocks": "block correlation", "pixel": "max voxel correlation"}[name]
+    score = {"contrastive": cfg.metric, "blocks-either": "reference rank of the plain or oriented block correlation",
+             "blocks": "block correlation", "pixel": "max voxel correlation"}[name]
     rows: dict[str, str | int] = {
         "training volumes": s.n_train, "reference volumes": s.n_reference, "synthetic volumes": s.n_synthetic,
         "headline detector": name if name == "contrastive" else f"{name} (the contrastive detector was not run)",
@@ -162,7 +163,7 @@ def headline(assessment: Assessment) -> dict[str, str | int]:
     }
     if c.n_bh_copies is not None:
         rows[f"copies by Benjamini-Hochberg at FDR {cfg.fdr:g} (smallest p-value)"] = _bh_text(c, s.n_synthetic)
-    for name in ("combined", "aligned", "blocks"):
+    for name in ("combined", "aligned", "blocks-either", "blocks"):
         if name in s.detectors and name != s.headline_detector:
             rows[f"{name}: copy fraction"] = s.detectors[name].copies.text()
             rows[f"{name}: memorized fraction"] = s.detectors[name].memorized.text()

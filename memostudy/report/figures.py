@@ -47,11 +47,12 @@ def similarity_histogram(distributions: Mapping[str, Sequence[float] | np.ndarra
 
 
 def assessment_figures(assessment: Assessment) -> dict[str, go.Figure]:
-    """One histogram per detector ("contrastive", "pixel", "blocks", and "aligned"/"combined" when run): candidates, synthetic and reference
+    """One histogram per detector ("contrastive", "pixel", "blocks", "blocks-either", and "aligned"/"combined" when run): candidates, synthetic and reference
     similarity distributions with that detector's threshold."""
     titles = {"contrastive": f"Contrastive detector ({assessment.config.metric} of embeddings)",
               "pixel": "Pixel baseline (max voxel Pearson correlation, Akbar et al.)",
               "blocks": "Block correlation (mean of the best half of 8^3 block correlations)",
+              "blocks-either": "Block correlation, plain or oriented (higher reference percentile rank)",
               "aligned": "Aligned pixel correlation (orientations, shifts, sub-voxel offsets, blur)",
               "combined": "Combined: contrastive or aligned (higher reference percentile rank)"}
     return {name: similarity_histogram(dist, assessment.thresholds.get(name), titles.get(name, name))

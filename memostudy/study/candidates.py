@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from memostudy.detect.assessment import Assessment
+from memostudy.detect.assessment import Assessment, column_prefix
 
 
 def top_candidates(assessment: Assessment, k: int = 4) -> pd.DataFrame:
@@ -62,7 +62,7 @@ def shareable_synthetic(assessment: Assessment, k: int = 4, percentile: float = 
     withheld = []
     flagged = pd.Series(False, index=syn.index)
     for name in assessment.summary.detectors:
-        p = "" if name == "contrastive" else f"{name}_"
+        p = column_prefix(name)
         margin = float(np.percentile(ref[f"{p}similarity"].to_numpy(dtype=float), percentile))
         over = (syn[f"{p}similarity"] > margin) | (syn[f"{p}is_copy"] == 1)
         flagged |= over

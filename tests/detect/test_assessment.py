@@ -9,7 +9,14 @@ from scipy.stats import kstest
 
 from memostudy.data.phantom import phantom_volumes
 from memostudy.detect.alignment import AlignConfig
-from memostudy.detect.assessment import AssessConfig, AssessmentSummary, DetectorFigures, assess, scale_intensities
+from memostudy.detect.assessment import (
+    AssessConfig,
+    AssessmentSummary,
+    DetectorFigures,
+    assess,
+    column_prefix,
+    scale_intensities,
+)
 from memostudy.detect.baseline import pixel_nearest
 from memostudy.detect.blocks import block_nearest
 from memostudy.detect.calibration import blur, conformal_p_values
@@ -45,10 +52,11 @@ def test_summary_is_typed_and_matches_the_tables(inputs):
     a = _assess(inputs, aligned=True)
     s = a.summary
     assert isinstance(s, AssessmentSummary) and (s.n_train, s.n_reference, s.n_synthetic) == (6, 5, 5)
-    assert tuple(s.detectors) == tuple(d for d in DETECTORS if d in ("contrastive", "pixel", "blocks", "aligned", "combined"))
+    assert tuple(s.detectors) == tuple(d for d in DETECTORS if d in ("contrastive", "pixel", "blocks", "blocks-either",
+                                                                    "aligned", "combined"))
     assert s.best_epoch == 4 and s.detector_config == inputs[0].config
     for name, f in s.detectors.items():
-        p = "" if name == "contrastive" else f"{name}_"
+        p = column_prefix(name)
         assert isinstance(f, DetectorFigures) and isinstance(f.copies, Fraction)
         assert f.threshold == pytest.approx(np.percentile(a.reference_table[f"{p}similarity"], 95))
         assert f.copies.value == pytest.approx(a.synthetic_table[f"{p}is_copy"].mean())
@@ -67,7 +75,7 @@ def test_summary_json_layout_is_unchanged(inputs):
                        "threshold",
                        "memorized_fraction", "memorized_fraction_ci", "copy_fraction", "copy_fraction_ci",
                        "n_memorized", "n_copies", "synthetic_similarity_median", "reference_similarity_median",
-                       "n_bh_copies", "min_p_value", "pixel_baseline", "blocks", "aligned", "combined", "detector",
+                       "n_bh_copies", "min_p_value", "pixel_baseline", "blocks", "blocks_either", "aligned", "combined", "detector",
                        "assess_config",
                        "fdr", "smoothness"]
     assert d["pixel_baseline"] is None and d["detector"]["best_epoch"] == 4 and d["headline"] == "contrastive"
@@ -91,16 +99,21 @@ def test_training_free_detectors_run_without_a_detector(inputs):
     ids = ([f"t{i}" for i in range(6)], [f"r{i}" for i in range(5)], [f"s{i}" for i in range(5)])
     a = assess(train, reference, synthetic, None, *ids, cfg=AssessConfig(n_boot=200, contrastive=False))
     s = a.summary
-    assert list(s.detectors) == ["pixel", "blocks"] and s.headline_detector == "blocks"
+    assert list(s.detectors) == ["pixel", "blocks", "blocks-either"] and s.headline_detector == "blocks-either"
     assert s.detector_config is None and s.best_epoch is None
     d = s.as_dict()
-    assert d["headline"] == "blocks" and d["detector"] is None
-    assert d["threshold"] == d["blocks"]["threshold"] == pytest.approx(np.percentile(
-        block_nearest(reference, train).values.numpy(), 95))
-    assert d["copy_fraction"] == d["blocks"]["copy_fraction"]
+    assert d["headline"] == "blocks-either" and d["detector"] is None
+    assert d["threshold"] == d["blocks_either"]["threshold"] and d["copy_fraction"] == d["blocks_either"]["copy_fraction"]
+    assert d["blocks"]["threshold"] == pytest.approx(np.percentile(block_nearest(reference, train).values.numpy(), 95))
     cols = set(a.synthetic_table.columns)
-    assert {"blocks_similarity", "blocks_is_copy", "pixel_p_value"} <= cols and not {"similarity", "is_copy"} & cols
-    # without the block correlation the pixel baseline is the headline
+    assert {"blocks_similarity", "blocks_either_is_copy", "pixel_p_value"} <= cols and not {"similarity", "is_copy"} & cols
+    # the flipped copies s0, s1 are found by the oriented block correlation: reference ranks of 1
+    assert a.synthetic_table["blocks_either_nearest_train_id"][:2].tolist() == ["t0", "t1"]
+    assert (a.synthetic_table["blocks_either_similarity"][:2] == 1.0).all()
+    # without the oriented search the plain block correlation is the headline, without both the pixel baseline
+    bl = assess(train, reference, synthetic, None, *ids, cfg=AssessConfig(n_boot=200, contrastive=False,
+                                                                           blocks_oriented=False))
+    assert list(bl.summary.detectors) == ["pixel", "blocks"] and bl.summary.headline_detector == "blocks"
     px = assess(train, reference, synthetic, None, *ids, cfg=AssessConfig(n_boot=200, contrastive=False, blocks=False))
     assert px.summary.headline_detector == "pixel" and px.summary.as_dict()["threshold"] == px.thresholds["pixel"]
 
@@ -157,7 +170,7 @@ def test_p_values_and_bh_decisions_match_a_computation_by_hand(inputs):
     a = _assess(inputs, aligned=True, fdr=0.5)
     syn, ref = a.synthetic_table, a.reference_table
     for name, f in a.summary.detectors.items():
-        px = "" if name == "contrastive" else f"{name}_"
+        px = column_prefix(name)
         r = ref[f"{px}similarity"].to_numpy()
         p = np.array([(1 + (r >= s).sum()) / (1 + len(r)) for s in syn[f"{px}similarity"]])
         assert np.allclose(syn[f"{px}p_value"], p)
@@ -169,7 +182,7 @@ def test_p_values_and_bh_decisions_match_a_computation_by_hand(inputs):
     # each flagged volume has evidence, aligned to its training volume: the flip along D that made it
     flagged = {(e.detector, e.synthetic_id) for e in a.evidence}
     for name in a.summary.detectors:
-        px = "" if name == "contrastive" else f"{name}_"
+        px = column_prefix(name)
         want = syn[(syn[f"{px}is_copy"] == 1) | (syn[f"{px}bh_copy"] == 1)]["synthetic_id"]
         assert {(name, s) for s in want} == {f for f in flagged if f[0] == name}
     e = next(e for e in a.evidence if e.detector == "aligned" and e.synthetic_id == "s0")
@@ -229,9 +242,11 @@ def test_2d_assessment_finds_mirrored_copies_and_reports_their_change():
     reference = phantom_volumes(5, 16, seed=3)[:, :, 8].contiguous()
     a = assess(train, reference, synthetic, det, [f"t{i}" for i in range(6)], [f"r{i}" for i in range(5)],
                [f"s{i}" for i in range(5)], cfg=AssessConfig(n_boot=50, align=FAST_ALIGN, aligned=True))
-    assert set(a.summary.detectors) == {"contrastive", "pixel", "blocks", "aligned", "combined"}
-    # the mirrored copies meet their sources exactly under the latent search over the 8 orientations of a square
+    assert set(a.summary.detectors) == {"contrastive", "pixel", "blocks", "blocks-either", "aligned", "combined"}
+    # the mirrored copies meet their sources exactly under the latent search over the 8 orientations of a square,
+    # and under the oriented block correlation
     assert a.synthetic_table["nearest_train_id"][:2].tolist() == ["t0", "t1"]
+    assert a.synthetic_table["blocks_either_nearest_train_id"][:2].tolist() == ["t0", "t1"]
     assert a.synthetic_table["aligned_similarity"][:2].min() > 0.999
     found = {(e.synthetic_id, e.detector): e.change for e in a.evidence}
     change = found[("s0", "aligned")]  # flagged: above every reference image

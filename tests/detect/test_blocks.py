@@ -12,12 +12,15 @@ from memostudy.detect.blocks import (
     BlockConfig,
     block_nearest,
     block_nearest_both,
+    block_oriented_nearest_both,
     block_rows,
     block_score,
     block_starts,
+    oriented_shortlist,
     top_mean,
 )
 from memostudy.detect.families import keep_mask
+from memostudy.detect.views import orient, orientations
 from memostudy.errors import ConfigError
 
 
@@ -127,3 +130,40 @@ def test_one_pass_gives_both_directions(orientations):
     assert torch.allclose(q2b.values, fwd.values, atol=1e-5) and torch.equal(q2b.indices, fwd.indices)
     back = block_nearest(train, query, cfg)  # searched the other way round: the same scores
     assert torch.allclose(b2q.values, back.values, atol=1e-5) and torch.equal(b2q.indices, back.indices)
+
+
+def test_the_shortlist_gives_each_pair_its_best_orientation_and_covers_both_directions():
+    train = phantom_volumes(6, 16, seed=0)
+    turned = orient(train[[4]], orientations(3)[17]).contiguous()
+    query = torch.cat([train[[1]].flip(2), turned, phantom_volumes(3, 16, seed=5)])
+    pairs, turn = oriented_shortlist(query, train, BlockConfig(side=4, shortlist=2))
+    assert pairs.shape == turn.shape == (5, 6)
+    # the flipped and the turned copy: their source is shortlisted, turned back by the orientation that made them
+    assert pairs[0, 1] and pairs[1, 4]
+    assert orient(query[[0]], orientations(3)[int(turn[0, 1])]).equal(train[[1]])
+    assert orient(query[[1]], orientations(3)[int(turn[1, 4])]).equal(train[[4]])
+    # each query has at least its 2 best base volumes, each base volume at least its 2 best queries
+    assert (pairs.sum(1) >= 2).all() and (pairs.sum(0) >= 2).all()
+    everything, _ = oriented_shortlist(query, train, BlockConfig(side=4, shortlist=6))
+    assert everything.all()
+
+
+def test_oriented_block_search_finds_flipped_and_turned_copies_both_ways():
+    train = phantom_volumes(6, 16, seed=0)
+    turned = orient(train[[4]], orientations(3)[17]).contiguous()
+    query = torch.cat([train[[1]].flip(2) * 0.5, turned, phantom_volumes(3, 16, seed=5)])
+    cfg = BlockConfig(side=4, shortlist=2)
+    q2b, b2q = block_oriented_nearest_both(query, train, cfg)
+    assert q2b.indices[:2].tolist() == [1, 4] and (q2b.values[:2] > 0.999).all()
+    assert b2q.indices[[1, 4]].tolist() == [0, 1] and (b2q.values[[1, 4]] > 0.999).all()
+    assert block_nearest(query[:2], train, cfg).values.max() < 0.99  # the plain score misses both
+    # a shortlist of pairs in one orientation each never scores more than every orientation of every pair
+    full = block_nearest(query, train, BlockConfig(side=4, orientations=True))
+    assert (q2b.values <= full.values + 1e-5).all()
+    # 2D images: 8 orientations
+    imgs = train[:, :, 8]
+    flipped = imgs[[3]].flip(3)
+    q2b, _ = block_oriented_nearest_both(flipped, imgs, cfg)
+    assert q2b.indices.item() == 3 and q2b.values.item() > 0.999
+    with pytest.raises(ConfigError, match="shortlist and pool"):
+        block_oriented_nearest_both(query, train, BlockConfig(shortlist=0))

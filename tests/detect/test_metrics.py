@@ -103,6 +103,11 @@ def test_reference_volumes_rank_leave_one_out_in_the_combined_score():
     # a query beyond every reference volume of one detector ranks 1.0, above every reference volume
     q = (Nearest(torch.tensor([0.9]), torch.tensor([0])), Nearest(torch.tensor([0.0]), torch.tensor([0])))
     assert combine_nearest((a, b), q).values.tolist() == [1.0]
+    # both detectors rank the query 1.0: the first detector's volume, or with one scale the higher score's
+    refs = (a, Nearest(torch.tensor(ref), torch.arange(4)))
+    tie = (Nearest(torch.tensor([0.9]), torch.tensor([2])), Nearest(torch.tensor([0.95]), torch.tensor([3])))
+    assert combine_nearest(refs, tie).indices.tolist() == [2]
+    assert combine_nearest(refs, tie, same_scale=True).indices.tolist() == [3]
 
 
 def test_combined_detector_calls_clear_copies_and_its_interval_holds_its_point_estimate():

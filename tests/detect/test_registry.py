@@ -8,7 +8,7 @@ import torch
 from memostudy.data.phantom import phantom_volumes
 from memostudy.detect.alignment import AlignConfig, aligned_nearest, candidates
 from memostudy.detect.baseline import pixel_nearest
-from memostudy.detect.blocks import block_nearest
+from memostudy.detect.blocks import block_nearest, block_oriented_nearest_both
 from memostudy.detect.detector import Detector, DetectorConfig, DetectorNet, embed
 from memostudy.detect.matching import CompareConfig, base_vectors, query_vectors
 from memostudy.detect.metrics import combine_nearest
@@ -58,6 +58,12 @@ def test_each_detector_is_its_pieces(setup):
     _same(s.nearest("blocks", "query"), block_nearest(query, train))
     # the reverse comes from the same matrix of scores, transposed: the same search up to float rounding
     _close(s.reverse("blocks", "query"), block_nearest(train, query))
+    oq, ob = block_oriented_nearest_both(query, train)
+    _same(s.nearest("blocks-oriented", "query"), oq)
+    _same(s.reverse("blocks-oriented", "query"), ob)
+    brefs = (s.nearest("blocks", "reference"), s.nearest("blocks-oriented", "reference"))
+    _same(s.nearest("blocks-either", "query"), combine_nearest(brefs, (s.nearest("blocks", "query"), oq), same_scale=True))
+    _same(s.reverse("blocks-either", "query"), combine_nearest(brefs, (s.reverse("blocks", "query"), ob), same_scale=True))
     shortlist = candidates(query, train, ALIGN, embed(det, query), embed(det, train))
     aligned = aligned_nearest(query, train, shortlist, ALIGN)
     _close(s.nearest("aligned", "query"), aligned)
@@ -72,7 +78,7 @@ def test_each_detector_is_its_pieces(setup):
 @pytest.mark.slow
 def test_flipped_copies_meet_their_source_under_the_orientation_searches(setup):
     s = _searches(setup)
-    for name in ("contrastive", "pixel-oriented", "aligned"):
+    for name in ("contrastive", "pixel-oriented", "blocks-oriented", "blocks-either", "aligned"):
         res = s.nearest(name, "query")
         assert res.indices[:2].tolist() == [0, 1], name
     # the plain pixel correlation is blind to the flip: a flipped copy scores below its own source
@@ -98,7 +104,8 @@ def test_each_search_runs_once_and_names_are_checked(setup):
         s.nearest("ssim", "query")
     with pytest.raises(ValueError, match="unknown query set"):
         s.nearest("pixel", "synthetic")
-    assert DETECTORS == ("contrastive", "contrastive-32d", "pixel", "pixel-oriented", "blocks", "aligned", "combined")
+    assert DETECTORS == ("contrastive", "contrastive-32d", "pixel", "pixel-oriented", "blocks", "blocks-oriented",
+                         "blocks-either", "aligned", "combined")
 
 
 def test_without_a_detector_only_the_training_free_searches_run(setup):
@@ -106,7 +113,8 @@ def test_without_a_detector_only_the_training_free_searches_run(setup):
     s = Searches(None, train, {"query": query, "reference": reference})
     _same(s.nearest("blocks", "query"), block_nearest(query, train))
     _same(s.nearest("pixel", "query"), pixel_nearest(query, train))
-    assert TRAINING_FREE == ("pixel", "pixel-oriented", "blocks")
+    assert TRAINING_FREE == ("pixel", "pixel-oriented", "blocks", "blocks-oriented", "blocks-either")
+    assert s.nearest("blocks-either", "query").indices[:2].tolist() == [0, 1]  # the flipped copies
     for name in ("contrastive", "contrastive-32d", "aligned", "combined"):
         with pytest.raises(ValueError, match="needs a trained contrastive detector"):
             s.nearest(name, "query")

@@ -127,19 +127,23 @@ def test_audit_without_the_contrastive_detector_trains_nothing(folders, tmp_path
             "--synthetic", str(folders["synthetic"]), "--out", str(out), "--no-contrastive"]
     assert main(args) == 0
     printed = capsys.readouterr().out
-    assert "detector: none" in printed and "headline detector: blocks" in printed
+    assert "detector: none" in printed and "headline detector: blocks-either" in printed
     assert not (out / "detector.pt").exists()
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["headline"] == "blocks" and summary["detector"] is None and summary["inputs"]["detector"] is None
-    assert summary["threshold"] == summary["blocks"]["threshold"] and summary["aligned"] is None
+    assert summary["headline"] == "blocks-either" and summary["detector"] is None and summary["inputs"]["detector"] is None
+    assert summary["threshold"] == summary["blocks_either"]["threshold"] and summary["aligned"] is None
     syn = pd.read_csv(out / "synthetic.csv").set_index("synthetic_id")
     assert "similarity" not in syn.columns
     # s03 is t03 scaled by 0.9: every block correlates 1, above every reference phantom
     assert syn.loc["s03.nii.gz", "blocks_nearest_train_id"] == "t03.nii.gz"
     assert syn.loc["s03.nii.gz", "blocks_similarity"] > 0.999 and syn.loc["s03.nii.gz", "blocks_is_copy"] == 1
     html = (out / "report.html").read_text()
-    assert "<th>headline detector</th><td>blocks (the contrastive detector was not run)</td>" in html
-    assert "Most similar synthetic volumes (blocks)" in html
+    # the flipped copies s00-s02: found by the oriented block correlation (reference rank 1, above every reference)
+    for i in range(3):
+        assert syn.loc[f"s{i:02d}.nii.gz", "blocks_either_nearest_train_id"] == f"t{i:02d}.nii.gz"
+        assert syn.loc[f"s{i:02d}.nii.gz", "blocks_either_is_copy"] == 1
+    assert "<th>headline detector</th><td>blocks-either (the contrastive detector was not run)</td>" in html
+    assert "Most similar synthetic volumes (blocks-either)" in html
     # a detector or detector setting has nothing to apply to
     assert main([*args, "--force", "--detector", str(tmp_path / "d.pt")]) == 2
     assert "--no-contrastive" in capsys.readouterr().err

@@ -11,7 +11,7 @@ import torch
 from scipy.ndimage import gaussian_filter
 
 from memostudy.data.phantom import phantom_volumes
-from memostudy.detect.assessment import AssessConfig, assess
+from memostudy.detect.assessment import AssessConfig, assess, column_prefix
 from memostudy.detect.detector import DetectorConfig, train_detector
 from memostudy.report.leaks import calibrate_similarity, find_similar_slices, find_volume_leaks
 from memostudy.report.page import html_page
@@ -56,7 +56,7 @@ def test_every_copy_is_withheld_and_listed_by_id_and_score_only(run):
     assert list(shareable.withheld.columns) == ["synthetic_id", "detector", "similarity", "margin"]
     w = shareable.withheld  # each row: above the margin under its detector, or that detector's copy
     called = {(r.synthetic_id, d) for d in a.summary.detectors for r in a.synthetic_table.itertuples()
-              if getattr(r, "is_copy" if d == "contrastive" else f"{d}_is_copy") == 1}
+              if getattr(r, f"{column_prefix(d)}is_copy") == 1}
     assert all(r.similarity > r.margin or (r.synthetic_id, r.detector) in called for r in w.itertuples())
     # a margin of 0: everything withheld
     assert shareable_synthetic(a, percentile=0).shown.empty
