@@ -97,6 +97,11 @@ def _mosaics(pool: torch.Tensor, n: int, tiles: tuple[int, int] | None, g: torch
     return torch.cat([rows[:, j] for j in range(b)], dim=-1)  # (n, 1, D, a*H, b*W)
 
 
+def scale_cells() -> list[tuple[str, int]]:
+    """The (family, strength) cells of ``--scale``'s copies: copy ``i`` (file ``s<i>``) is of cell ``i % len``."""
+    return [(f, s) for f in COPY_FAMILIES for s in (1, 2)]
+
+
 def make_scale_folders(work: Path, scale: str, fraction: float, copy_share: float, seed: int = 0,
                        data: str = "demo-ct") -> tuple[dict[str, Path], set[str], dict[str, int]]:
     """The three input folders of ``--scale`` and the synthetic file names that are copies (see the module
@@ -110,7 +115,7 @@ def make_scale_folders(work: Path, scale: str, fraction: float, copy_share: floa
         train[len(pool_train):] = make_copies(train[len(pool_train):], "contrast", 1, seed=seed + 1)
     reference = _mosaics(pool_held, n_ref, tiles, g)
     n_copies = round(copy_share * n_syn)
-    cells = [(f, s) for f in COPY_FAMILIES for s in (1, 2)]
+    cells = scale_cells()
     src = torch.randint(0, n_train, (n_copies,), generator=g)
     copies = torch.empty((n_copies, *train.shape[1:]))
     for k, (family, strength) in enumerate(cells[:n_copies]):
@@ -171,12 +176,23 @@ def main_() -> None:
     peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
     print(f"\naudit ({args.data}) of {label}: {seconds:.0f} s, peak RSS {peak_gb:.2f} GB; stages (s): {stages}")
     for col, name in (("is_copy", "contrastive"), ("pixel_is_copy", "pixel"), ("blocks_is_copy", "blocks"),
+                      ("blocks_either_is_copy", "blocks-either"),
                       ("aligned_is_copy", "aligned"), ("combined_is_copy", "combined")):
         if col not in syn.columns:  # a detector switched off
             continue
         flagged = syn[col].astype(bool)
-        print(f"{name:12s} copies found {int((flagged & truth).sum()):3d} / {int(truth.sum())}, "
+        print(f"{name:13s} copies found {int((flagged & truth).sum()):3d} / {int(truth.sum())}, "
               f"others flagged {int((flagged & ~truth).sum()):3d} / {int((~truth).sum())}")
+    if args.scale:  # the share of each family's copies found, per strength
+        cells = scale_cells()
+        copies_ = syn[truth].copy()
+        index = copies_["synthetic_id"].str[1:6].astype(int)
+        copies_["family"] = [cells[i % len(cells)][0] for i in index]
+        copies_["strength"] = [cells[i % len(cells)][1] for i in index]
+        cols = [c for c in ("is_copy", "pixel_is_copy", "blocks_is_copy", "blocks_either_is_copy", "aligned_is_copy",
+                            "combined_is_copy") if c in syn.columns]
+        print("\nshare of each family's copies found (columns: detectors, then strength):")
+        print(copies_.groupby(["family", "strength"])[cols].mean().unstack("strength").round(2).to_string())
 
 
 if __name__ == "__main__":

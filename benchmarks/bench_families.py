@@ -16,6 +16,9 @@ nearest training volume is the source, and seconds per registered pair.
 pixel baseline in 2D; "registered" is 3D only):
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_families.py --data demo-ct-2d
 
+``--oriented`` turns each copy's source into a random flip or 90-degree rotation first (the LDM augmentation's
+kind of change, on top of every family); "blocks-either" is the registry's plain-or-oriented block correlation.
+
 Prints sensitivity per family and strength and specificity per kind of novel volume; writes them to
 ``DIR/families.json``. About 10 minutes on 2 cores (the detector trains on the 60 patches).
 """
@@ -33,19 +36,23 @@ import torch
 from memostudy.data.patches import load_patches
 from memostudy.detect.alignment import AlignConfig, aligned_nearest, candidates
 from memostudy.detect.baseline import pixel_nearest
-from memostudy.detect.blocks import block_nearest
+from memostudy.detect.blocks import block_nearest, block_oriented_nearest_both
 from memostudy.detect.calibration import copy_decisions, matched_smoothness, noise_std, roughness
 from memostudy.detect.detector import DetectorConfig, embed, train_detector
 from memostudy.detect.families import COPY_FAMILIES, FAMILY_TABLE, GENERATOR_KINDS, generator_like, make_copies
 from memostudy.detect.matching import base_vectors, query_vectors
-from memostudy.detect.metrics import calibrate_threshold, is_copy
+from memostudy.detect.metrics import calibrate_threshold, combine_nearest, is_copy
 from memostudy.detect.registration import RegisterConfig, Registered, registered_nearest
 from memostudy.detect.similarity import set_nearest
+from memostudy.detect.views import random_orientation
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--data", default="demo-ct", help="prepared data set (3D volumes or 2D images), train and validation splits")
 parser.add_argument("--work", default=None, help="folder for the detector and families.json (default: a temporary one)")
-parser.add_argument("--detectors", default="contrastive,pixel", help="comma-separated: contrastive, pixel, blocks, aligned, registered")
+parser.add_argument("--detectors", default="contrastive,pixel",
+                    help="comma-separated: contrastive, pixel, blocks, blocks-either, aligned, registered")
+parser.add_argument("--oriented", action="store_true",
+                    help="turn each copy's source patch into a random one of its flips and 90-degree rotations first")
 parser.add_argument("--align-fine-pairs", type=int, default=AlignConfig().fine_pairs,
                     help="(candidate, orientation) pairs the aligned search searches in full (0 = all; AlignConfig.fine_pairs)")
 parser.add_argument("--per-cell", type=int, default=40, help="copies per family and strength")
@@ -76,7 +83,10 @@ for fi, fam in enumerate(COPY_FAMILIES):
     for s in (1, 2, 3):
         src = np.sort(rng.choice(len(train), PER, replace=False))
         t = time.perf_counter()
-        copies.append(make_copies(train[torch.from_numpy(src)], fam, s, seed=100 * fi + s, others=fill))
+        sources = train[torch.from_numpy(src)]
+        if args.oriented:
+            sources = random_orientation(sources, torch.Generator().manual_seed(100 * fi + s))
+        copies.append(make_copies(sources, fam, s, seed=100 * fi + s, others=fill))
         gen_seconds[f"{fam}/{s}"] = (time.perf_counter() - t) / len(src)
         meta += [(fam, s, FAMILY_TABLE[fam].levels[s].inside, int(i)) for i in src]
 copies = torch.cat(copies)
@@ -131,10 +141,22 @@ def blocks(x: torch.Tensor) -> np.ndarray:
     return block_nearest(x, train).values.numpy()
 
 
+EITHER_REFS = []  # the reference's plain and oriented block searches, once
+
+
+def blocks_either(x: torch.Tensor) -> np.ndarray:
+    # the registry's "blocks-either": plain or oriented block correlation, the higher reference rank
+    if not EITHER_REFS:
+        EITHER_REFS.extend((block_nearest(reference, train), block_oriented_nearest_both(reference, train)[0]))
+    q = (block_nearest(x, train), block_oriented_nearest_both(x, train)[0])
+    return combine_nearest(tuple(EITHER_REFS), q, same_scale=True).values.numpy()
+
+
 # matched-smoothness references (one per generator-like kind, matched to that set alone)
 matched = {k: matched_smoothness(reference, v) for k, v in genlike.items()}
 rows, spec_rows, fdr_rows = [], [], []
-for name, score in ((d, {"contrastive": contrastive, "pixel": pixel, "blocks": blocks, "aligned": aligned,
+for name, score in ((d, {"contrastive": contrastive, "pixel": pixel, "blocks": blocks,
+                                                 "blocks-either": blocks_either, "aligned": aligned,
                                                  "registered": registered}[d]) for d in DETS):
     t = time.perf_counter()
     ref = score(reference)
