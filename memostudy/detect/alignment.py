@@ -448,7 +448,7 @@ def aligned_nearest(query: torch.Tensor, base: torch.Tensor, shortlist: torch.Te
 
 
 def align_pairs(query: torch.Tensor, base: torch.Tensor, pairs: list[tuple[int, int]],
-                cfg: AlignConfig = AlignConfig()) -> list[Alignment]:
+                cfg: AlignConfig = AlignConfig(), progress: bool = False) -> list[Alignment]:
     """The :class:`Alignment` of given (query index, base index) pairs, e.g. flagged copies and the training
     volume a detector matched them to: the aligned search with a shortlist of that one base volume.
 
@@ -456,7 +456,10 @@ def align_pairs(query: torch.Tensor, base: torch.Tensor, pairs: list[tuple[int, 
         query: (Nq, C, D, H, W); base: (Nb, C, D, H, W) of the same shape.
         pairs: (query index, base index) per pair.
         cfg: the alignment settings.
+        progress: a progress bar (with ETA) over the pairs, shown once aligning has taken 2 s.
     """
+    from tqdm.auto import tqdm
+
     if not pairs:
         return []
     if query.shape[1:] != base.shape[1:]:
@@ -465,4 +468,6 @@ def align_pairs(query: torch.Tensor, base: torch.Tensor, pairs: list[tuple[int, 
     qi, bi = sorted({q for q, _ in pairs}), sorted({b for _, b in pairs})
     q_s, b_s = dict(zip(qi, smooth(query[qi], cfg.sigma))), dict(zip(bi, smooth(base[bi], cfg.sigma)))
     with torch.no_grad():
-        return [_align_one(q_s[q], base, torch.tensor([b]), b_s[b][None], cfg) for q, b in pairs]
+        return [_align_one(q_s[q], base, torch.tensor([b]), b_s[b][None], cfg)
+                for q, b in tqdm(pairs, desc=f"aligning {len(pairs)} flagged pairs (evidence)", delay=2,
+                                 disable=not progress)]

@@ -310,8 +310,8 @@ def measure_smoothness(sets: dict[str, torch.Tensor]) -> dict[str, dict[str, flo
     """Set medians of :func:`~memostudy.detect.calibration.roughness` (mean squared spatial frequency with
     the noise taken out; lower = smoother) and :func:`~memostudy.detect.calibration.noise_std` per named
     set of ``(N, 1, D, H, W)`` volumes: ``{"roughness": {name: value}, "noise_std": {name: value}}``."""
-    return {"roughness": {k: float(roughness(v).median()) for k, v in sets.items()},
-            "noise_std": {k: float(noise_std(v).median()) for k, v in sets.items()}}
+    return {"roughness": {k: float(roughness(v, f"roughness of {k}").median()) for k, v in sets.items()},
+            "noise_std": {k: float(noise_std(v, f"noise of {k}").median()) for k, v in sets.items()}}
 
 
 def treat_reference(reference: torch.Tensor, synthetic: torch.Tensor, rule: str,
@@ -441,7 +441,7 @@ def copy_evidence(flagged: dict[str, tuple[Nearest, Any, np.ndarray]], train: to
     if align is not None and pairs:
         known = known or {}
         todo_pairs = [pair for pair in pairs if pair not in known]
-        found = dict(zip(todo_pairs, align_pairs(synthetic, train, todo_pairs, align))) | {
+        found = dict(zip(todo_pairs, align_pairs(synthetic, train, todo_pairs, align, progress=True))) | {
             pair: known[pair] for pair in pairs if pair in known}
         for pair, a in found.items():
             changes[pair] = a.change() | {"aligned_correlation": round(a.correlation, 6)}

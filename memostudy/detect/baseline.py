@@ -24,7 +24,7 @@ def flatten(volumes: torch.Tensor) -> torch.Tensor:
 
 
 def pixel_nearest(query: torch.Tensor, base: torch.Tensor, chunk: int | None = None, base_chunk: int | None = None,
-                  block_mb: float = 256.0, orientations: bool = False) -> Nearest:
+                  block_mb: float = 256.0, orientations: bool = False, progress: bool = False) -> Nearest:
     """For each query volume, its most correlated base volume in voxel space.
 
     Args:
@@ -37,6 +37,7 @@ def pixel_nearest(query: torch.Tensor, base: torch.Tensor, chunk: int | None = N
             32^3, 256 of 64^3), which bounds the extra memory at about twice this.
         orientations: also try every flip/90-degree rotation of each query volume that keeps its shape
             (48 for a cube, 8 for a square) and keep the highest correlation (ties go to the earliest orientation, the identity first).
+        progress: a progress bar (with ETA) over the query blocks, shown once a search has taken 2 s.
 
     Returns:
         :class:`~memostudy.detect.similarity.Nearest`: ``values`` (Nq,) max Pearson correlation in [-1, 1]
@@ -47,8 +48,9 @@ def pixel_nearest(query: torch.Tensor, base: torch.Tensor, chunk: int | None = N
     fit = max(1, int(block_mb * 2**20 // (4 * max(1, base[0].numel() if len(base) else 1))))
     flat_base = flatten(base)
 
-    def search(q: torch.Tensor) -> Nearest:
-        return nearest(flatten(q), flat_base, metric="pearson", chunk=chunk or fit, base_chunk=base_chunk or fit)
+    def search(q: torch.Tensor, what: str = "") -> Nearest:
+        return nearest(flatten(q), flat_base, metric="pearson", chunk=chunk or fit, base_chunk=base_chunk or fit,
+                       progress=f"pixel correlation{what} {len(query)} x {len(base)}" if progress else None)
 
     best = search(query)
     if not orientations:
@@ -56,7 +58,7 @@ def pixel_nearest(query: torch.Tensor, base: torch.Tensor, chunk: int | None = N
     nd = query.dim() - 2
     table = axis_orientations(nd)
     for k in shape_preserving(query.shape, nd)[1:]:  # index 0, the identity, is done
-        res = search(orient(query, table[k]).contiguous())
+        res = search(orient(query, table[k]).contiguous(), f", orientation {k}")
         better = res.values > best.values
         best = Nearest(torch.where(better, res.values, best.values), torch.where(better, res.indices, best.indices))
     return best

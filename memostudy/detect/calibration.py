@@ -123,7 +123,7 @@ def copy_decisions(synthetic_scores, reference_scores, q: float = 0.05) -> CopyD
     return CopyDecisions(p, adjusted, flagged, float(q), len(_scores(reference_scores, "reference_scores")))
 
 
-def noise_std(volumes: torch.Tensor) -> torch.Tensor:
+def noise_std(volumes: torch.Tensor, progress: str | None = None) -> torch.Tensor:
     """Per volume, the standard deviation of additive white noise, estimated robustly (Donoho &
     Johnstone, "Ideal spatial adaptation by wavelet shrinkage", Biometrika 1994): the median absolute
     finest Haar detail coefficient (a difference along every spatial axis, ``/ sqrt(2^dims)`` so white
@@ -133,6 +133,7 @@ def noise_std(volumes: torch.Tensor) -> torch.Tensor:
 
     Args:
         volumes: (N, 1, D, H, W) or (N, 1, H, W).
+        progress: the description of a progress bar over the chunks (:func:`per_volume_chunks`); None: none.
 
     Returns:
         (N,) float32 >= 0, in intensity units.
@@ -143,21 +144,25 @@ def noise_std(volumes: torch.Tensor) -> torch.Tensor:
             h = torch.diff(h, dim=2 + a)
         return h.flatten(1).abs().median(1).values / (0.6745 * 2 ** (nd / 2))
 
-    return per_volume_chunks(one_chunk, volumes)
+    return per_volume_chunks(one_chunk, volumes, progress=progress)
 
 
 def per_volume_chunks(fn: Callable[[torch.Tensor], torch.Tensor], volumes: torch.Tensor,
-                      chunk_mb: float = 256.0) -> torch.Tensor:
+                      chunk_mb: float = 256.0, progress: str | None = None) -> torch.Tensor:
     """``fn`` (a per-volume statistic of an (n, 1, ...) batch -> (n,)) over chunks of about ``chunk_mb`` of float32
     volumes, concatenated: the same values as one call, with the temporaries of one chunk instead of several copies
-    of the whole set (800 volumes of 256 x 256 x 32 are 6.7 GB)."""
+    of the whole set (800 volumes of 256 x 256 x 32 are 6.7 GB). ``progress``: the description of a progress bar
+    (with ETA) over the chunks, shown once it has taken 2 s; None: no bar."""
+    from tqdm.auto import tqdm
+
     if len(volumes) == 0:
         return torch.zeros(0)
     per = max(1, int(chunk_mb * 2**20 // (4 * max(1, volumes[0].numel()))))
-    return torch.cat([fn(volumes[i:i + per].float()) for i in range(0, len(volumes), per)])
+    starts = tqdm(range(0, len(volumes), per), desc=progress, delay=2, disable=progress is None)
+    return torch.cat([fn(volumes[i:i + per].float()) for i in starts])
 
 
-def roughness(volumes: torch.Tensor) -> torch.Tensor:
+def roughness(volumes: torch.Tensor, progress: str | None = None) -> torch.Tensor:
     """Per volume, the squared gradient over the variance of the signal, with the white noise of
     :func:`noise_std` taken out of both: ``(D1 - 2 s^2) / (Var - s^2)``, where ``D1`` is the mean squared
     one-voxel difference (averaged over the axes) and ``s`` the noise std. Lower = smoother.
@@ -171,6 +176,7 @@ def roughness(volumes: torch.Tensor) -> torch.Tensor:
 
     Args:
         volumes: (N, 1, D, H, W) or (N, 1, H, W).
+        progress: the description of a progress bar over the chunks (:func:`per_volume_chunks`); None: none.
 
     Returns:
         (N,) float32 >= 0 (0 for a constant volume).
@@ -182,7 +188,7 @@ def roughness(volumes: torch.Tensor) -> torch.Tensor:
         var = x.flatten(1).var(1, unbiased=False) - s2
         return torch.where(var > 1e-12, (d1 - 2 * s2).clamp_min(0) / var.clamp_min(1e-12), torch.zeros_like(var))
 
-    return per_volume_chunks(one_chunk, volumes)
+    return per_volume_chunks(one_chunk, volumes, progress=progress)
 
 
 def blur(volumes: torch.Tensor, sigma: float) -> torch.Tensor:

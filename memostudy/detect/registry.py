@@ -180,7 +180,7 @@ def _embedding_32d(s: Searches, query: str, reverse: bool) -> Nearest:
 def _pixel(oriented: bool) -> Callable[[Searches, str, bool], Nearest]:
     def search(s: Searches, query: str, reverse: bool) -> Nearest:
         a, b = _pair(query, reverse)
-        return pixel_nearest(s.volumes(a), s.volumes(b), orientations=oriented)
+        return pixel_nearest(s.volumes(a), s.volumes(b), orientations=oriented, progress=s.progress)
 
     return search
 

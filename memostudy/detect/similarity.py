@@ -61,7 +61,7 @@ def _check(query: torch.Tensor, base: torch.Tensor, metric: str) -> None:
 
 
 def nearest(query: torch.Tensor, base: torch.Tensor, metric: str = "pearson",
-            chunk: int = 1024, base_chunk: int = 2048) -> Nearest:
+            chunk: int = 1024, base_chunk: int = 2048, progress: str | None = None) -> Nearest:
     """For every query row, the most similar base row.
 
     Args:
@@ -72,6 +72,8 @@ def nearest(query: torch.Tensor, base: torch.Tensor, metric: str = "pearson",
         chunk: query rows per block.
         base_chunk: base rows per block; a block's score matrix is ``chunk x base_chunk`` float32
             (the default 1024 x 2048 = 8 MiB).
+        progress: the description of a progress bar (with ETA) over the query blocks, shown once the search has
+            taken 2 s; None: no bar.
 
     Returns:
         :class:`Nearest` with ``values`` (Nq,) and ``indices`` (Nq,). Ties go to the lowest index.
@@ -87,8 +89,10 @@ def nearest(query: torch.Tensor, base: torch.Tensor, metric: str = "pearson",
     indices = torch.empty(nq, dtype=torch.int64)
     single = len(base) <= base_chunk
     prepared = _prepare_base(base, metric) if single else None
+    from tqdm.auto import tqdm
+
     with torch.no_grad():
-        for q0 in range(0, nq, chunk):
+        for q0 in tqdm(range(0, nq, chunk), desc=progress, delay=2, disable=progress is None):
             q, qscale = _prepare_query(query[q0:q0 + chunk], metric)
             best = torch.full((len(q),), -float("inf"))
             arg = torch.zeros(len(q), dtype=torch.int64)

@@ -209,6 +209,7 @@ def trend_test(table: pd.DataFrame, column: str, metric: str, seed: str = "seed"
 #: authenticity is low for copies; metrics not listed (losses, sample quality) get no verdict
 MEMORIZATION_SIGN = {"memorized_fraction": 1, "copy_fraction": 1, "pixel_memorized_fraction": 1,
                      "pixel_copy_fraction": 1, "blocks_memorized_fraction": 1, "blocks_copy_fraction": 1,
+                     "blocks_either_memorized_fraction": 1, "blocks_either_copy_fraction": 1,
                      "similarity_delta": 1, "c_t": -1, "authenticity": -1}
 
 

@@ -95,7 +95,7 @@ class MemorizationResult:
         for ck, a in self.assessments.items():
             s = a.summary.as_dict()
             px = s["pixel_baseline"] or {}
-            bl = s.get("blocks") or {}
+            bl, be = s.get("blocks") or {}, s.get("blocks_either") or {}
             row = dict(labels) | {
                 "seed": self.config.seed, "checkpoint": str(ck), "epoch": self.samples[ck].epoch,
                 "n_train": s["n_train"], "n_reference": s["n_reference"], "n_synthetic": s["n_synthetic"],
@@ -105,6 +105,8 @@ class MemorizationResult:
                 "copy_lo": s["copy_fraction_ci"][0], "copy_hi": s["copy_fraction_ci"][1],
                 "pixel_memorized_fraction": px.get("memorized_fraction"), "pixel_copy_fraction": px.get("copy_fraction"),
                 "blocks_memorized_fraction": bl.get("memorized_fraction"), "blocks_copy_fraction": bl.get("copy_fraction"),
+                "blocks_either_memorized_fraction": be.get("memorized_fraction"),
+                "blocks_either_copy_fraction": be.get("copy_fraction"),
                 "detector": str(self.detector_path), "percentile": s["percentile"], "metric": s["metric"],
                 "fdr": s["fdr"], "n_bh_copies": s["n_bh_copies"], "min_p_value": s["min_p_value"],
                 "pixel_n_bh_copies": px.get("n_bh_copies"), "calibrate_on": self.config.calibrate_on,

@@ -298,6 +298,8 @@ METRIC_WORDS = {
     "pixel_copy_fraction": "synthetic volumes that are copies, pixel-correlation baseline",
     "blocks_memorized_fraction": "training volumes memorized, block correlation (best half of 8^3 blocks)",
     "blocks_copy_fraction": "synthetic volumes that are copies, block correlation (best half of 8^3 blocks)",
+    "blocks_either_memorized_fraction": "training volumes memorized, block correlation plain or oriented",
+    "blocks_either_copy_fraction": "synthetic volumes that are copies, block correlation plain or oriented",
     "similarity_delta": "Cliff's delta, synthetic vs reference nearest-training similarity (> 0: closer to training)",
     "c_t": "data-copying statistic C_T (Meehan et al. 2020; < 0: copying)",
     "authenticity": "authenticity (Alaa et al. 2022; low: copies)",
@@ -365,7 +367,7 @@ def in_short(headline: pd.DataFrame) -> str:
 #: is read against (real volumes never trained on do not score 1 either, and their score depends on the
 #: training set, so it may differ between settings that change the training set)
 BESIDE_METRICS = ("pixel_memorized_fraction", "pixel_copy_fraction", "blocks_memorized_fraction", "blocks_copy_fraction",
-                  "authenticity_reference")
+                  "blocks_either_memorized_fraction", "blocks_either_copy_fraction", "authenticity_reference")
 
 
 def _interval(mean: float, low: float, high: float, scale: float, signed: bool = False) -> str:

@@ -10,12 +10,13 @@ from memostudy.detect.assessment import Assessment
 
 def detector_table(assessment: Assessment) -> pd.DataFrame:
     """The headline of one assessment: threshold, memorized % and copy % (95% bootstrap CIs) of the
-    contrastive detector, the pixel-correlation baseline and the block correlation (when run), one row per
-    detector, with the number of
+    contrastive detector, the pixel-correlation baseline and the block correlations, plain and plain-or-oriented
+    (when run), one row per detector, with the number of
     synthetic volumes Benjamini-Hochberg flags at the assessment's false-discovery rate (conformal p-values)."""
     rows = []
     for name, key in (("contrastive (this study)", "contrastive"), ("pixel correlation (Akbar et al.)", "pixel"),
-                      ("block correlation (best half of 8^3 blocks)", "blocks")):
+                      ("block correlation (best half of 8^3 blocks)", "blocks"),
+                      ("block correlation, plain or oriented (flips, 90-degree rotations)", "blocks-either")):
         f = assessment.summary.detectors.get(key)
         if f is None:
             continue

@@ -80,9 +80,12 @@ def test_fractions_with_their_interval_are_written_one_way(tiny_result) -> None:
     table = detector_table(tiny_result.assessments["final"])
     s = tiny_result.assessments["final"].summary.as_dict()
     assert list(table.index) == ["contrastive (this study)", "pixel correlation (Akbar et al.)",
-                                 "block correlation (best half of 8^3 blocks)"]
+                                 "block correlation (best half of 8^3 blocks)",
+                                 "block correlation, plain or oriented (flips, 90-degree rotations)"]
     lo, hi = s["memorized_fraction_ci"]
     assert table.loc["contrastive (this study)", "training volumes memorized"] == \
         f"{100 * s['memorized_fraction']:.1f}% [{100 * lo:.1f}%, {100 * hi:.1f}%]"
     assert table.loc["pixel correlation (Akbar et al.)", "threshold"] == s["pixel_baseline"]["threshold"]
     assert table.loc["block correlation (best half of 8^3 blocks)", "threshold"] == s["blocks"]["threshold"]
+    either = table.loc["block correlation, plain or oriented (flips, 90-degree rotations)"]
+    assert either["synthetic volumes that are copies"].startswith(f"{100 * s['blocks_either']['copy_fraction']:.1f}%")
