@@ -465,9 +465,18 @@ def align_pairs(query: torch.Tensor, base: torch.Tensor, pairs: list[tuple[int, 
     if query.shape[1:] != base.shape[1:]:
         raise ValueError(f"aligned correlation needs volumes of one shape, got {tuple(query.shape[1:])} and {tuple(base.shape[1:])}")
     cfg.validate(query.shape)
-    qi, bi = sorted({q for q, _ in pairs}), sorted({b for _, b in pairs})
-    q_s, b_s = dict(zip(qi, smooth(query[qi], cfg.sigma))), dict(zip(bi, smooth(base[bi], cfg.sigma)))
+    # smoothed one volume at a time, each query once (pairs in query order) and each base volume once: smoothing
+    # every flagged volume in one batch took several copies of them (gigabytes at 256 x 256 x 32)
+    order = sorted(range(len(pairs)), key=lambda k: pairs[k])
+    found: list[Alignment | None] = [None] * len(pairs)
+    smoothed_base: dict[int, torch.Tensor] = {}
+    current: tuple[int, torch.Tensor] | None = None
     with torch.no_grad():
-        return [_align_one(q_s[q], base, torch.tensor([b]), b_s[b][None], cfg)
-                for q, b in tqdm(pairs, desc=f"aligning {len(pairs)} flagged pairs (evidence)", delay=2,
-                                 disable=not progress)]
+        for k in tqdm(order, desc=f"aligning {len(pairs)} flagged pairs (evidence)", delay=2, disable=not progress):
+            q, b = pairs[k]
+            if current is None or current[0] != q:
+                current = (q, smooth(query[q:q + 1], cfg.sigma)[0])
+            if b not in smoothed_base:
+                smoothed_base[b] = smooth(base[b:b + 1], cfg.sigma)[0]
+            found[k] = _align_one(current[1], base, torch.tensor([b]), smoothed_base[b][None], cfg)
+    return found  # type: ignore[return-value]

@@ -123,6 +123,23 @@ def test_alignment_reports_the_orientation_and_shift_that_made_the_copy(orientat
     assert same == (a.base_index, a.orientation, a.shift, a.blur)  # one pair or a batch: rounding may differ
 
 
+def test_pairs_are_aligned_in_the_order_given():
+    from memostudy.detect.alignment import align_pairs
+    from memostudy.detect.views import orient, orientations
+
+    train = _fields(4, 16, seed=0)
+    query = torch.cat([orient(train[[2]], orientations()[4]), train[[1]], _fields(1, 16, seed=9)])
+    cfg = AlignConfig(subvoxel=(0.0,), blurs=(0.0,))
+    pairs = [(2, 3), (0, 2), (1, 1), (0, 3)]  # not sorted; one query twice, one base twice
+    together = align_pairs(query, train, pairs, cfg)
+    alone = [align_pairs(query, train, [p], cfg)[0] for p in pairs]
+    assert [a.base_index for a in together] == [3, 2, 1, 3]
+    for a, b in zip(together, alone):
+        assert (a.orientation, a.shift, a.blur) == (b.orientation, b.shift, b.blur)
+        assert a.correlation == pytest.approx(b.correlation, abs=1e-6)
+    assert (together[1].orientation, together[2].correlation > 0.999) == (4, True)
+
+
 @pytest.mark.parametrize(("orientation", "shift_voxels"), [(2, (2.0, -1.0)), (5, (-2.0, 0.0)), (7, (1.0, 2.0))])
 def test_2d_alignment_reports_the_d4_orientation_and_shift_that_made_the_copy(orientation, shift_voxels):
     from memostudy.detect.alignment import align_pairs, aligned_search, apply_change

@@ -91,6 +91,6 @@ def test_evidence_reuses_the_aligned_searchs_alignments_and_gets_the_same_change
     assert (2, 3) in known
     calls = []
     real = assessment.align_pairs
-    monkeypatch.setattr(assessment, "align_pairs", lambda q, b, pairs, c: calls.append(list(pairs)) or real(q, b, pairs, c))
+    monkeypatch.setattr(assessment, "align_pairs", lambda q, b, pairs, c, **kw: calls.append(list(pairs)) or real(q, b, pairs, c))
     reused = copy_evidence(*args, known=known)[0].change
     assert reused == fresh and calls in ([], [[]])  # the flagged pair was not aligned again
