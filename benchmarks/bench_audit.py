@@ -183,6 +183,13 @@ def main_() -> None:
         flagged = syn[col].astype(bool)
         print(f"{name:13s} copies found {int((flagged & truth).sum()):3d} / {int(truth.sum())}, "
               f"others flagged {int((flagged & ~truth).sum()):3d} / {int((~truth).sum())}")
+    if not args.scale:  # the copies found per family (files s000... are the copies, FAMILIES in turn)
+        per = len(copies) // len(FAMILIES)
+        fams = syn.loc[truth, "synthetic_id"].map(lambda name: FAMILIES[int(name[1:4]) // per])
+        cols = [c for c in ("is_copy", "pixel_is_copy", "blocks_is_copy", "blocks_either_is_copy", "aligned_is_copy",
+                            "combined_is_copy") if c in syn.columns]
+        print("\ncopies found per family (columns: detectors):")
+        print(syn.loc[truth, cols].groupby(fams).sum().to_string())
     if args.scale:  # the share of each family's copies found, per strength
         cells = scale_cells()
         copies_ = syn[truth].copy()
