@@ -21,7 +21,11 @@ directly:
 The nearest training volume of a query is the one with the highest score. Like every detector here the score
 has its own scale (in [-1, 1], higher = more similar) and its own threshold, calibrated on real reference
 volumes scored the same way. ``orientations=True`` also tries every shape-preserving flip and 90-degree
-rotation of the query (48 for a cube), as the oriented pixel correlation does, at 48 times the cost.
+rotation of the query (48 for a cube), as the oriented pixel correlation does, at 48 times the cost; every novel
+volume then picks its best of 48, which raises the threshold. :func:`block_oriented_nearest_both` instead gives each
+pair its best orientation on pooled volumes and scores a shortlist of pairs in that orientation only (a few times
+the plain search's cost); :mod:`memostudy.detect.registry` combines it with the plain score ("blocks-either") so
+that flipped and rotated copies are found while the plain score keeps its own threshold.
 
 It does not search shifts or arbitrary rotations: a copy moved by more than a fraction of a block, or turned by
 more than a few degrees, is not aligned block to block (the registered detector,
@@ -145,6 +149,16 @@ def block_score_matrix(query_rows: torch.Tensor, base_rows: torch.Tensor, keep: 
     return top_mean(corr.permute(1, 2, 0), keep)
 
 
+def _check_search(query: torch.Tensor, base: torch.Tensor, cfg: BlockConfig) -> None:
+    """Refuse bad settings (:class:`~memostudy.errors.ConfigError`), sets of two shapes or an empty base (ValueError)."""
+    cfg.validate()
+    if query.shape[1:] != base.shape[1:]:
+        raise ValueError(f"block correlation needs volumes of one shape, got {tuple(query.shape[1:])} "
+                         f"and {tuple(base.shape[1:])}")
+    if len(base) == 0:
+        raise ValueError("base is empty: nothing to search")
+
+
 def block_nearest(query: torch.Tensor, base: torch.Tensor, cfg: BlockConfig = BlockConfig(),
                   block_mb: float = 256.0) -> Nearest:
     """For each query volume, the base volume with the highest block score (module docstring): the first half of
@@ -175,12 +189,7 @@ def block_nearest_both(query: torch.Tensor, base: torch.Tensor, cfg: BlockConfig
     from memostudy.detect.views import orient, shape_preserving
     from memostudy.detect.views import orientations as axis_orientations
 
-    cfg.validate()
-    if query.shape[1:] != base.shape[1:]:
-        raise ValueError(f"block correlation needs volumes of one shape, got {tuple(query.shape[1:])} "
-                         f"and {tuple(base.shape[1:])}")
-    if len(base) == 0:
-        raise ValueError("base is empty: nothing to search")
+    _check_search(query, base, cfg)
     nd = query.dim() - 2
     side = effective_side(tuple(query.shape[2:]), cfg.side)
     blocks = math.prod(len(block_starts(n, side)) for n in query.shape[2:])
@@ -286,12 +295,7 @@ def block_oriented_nearest_both(query: torch.Tensor, base: torch.Tensor, cfg: Bl
     from memostudy.detect.views import orient
     from memostudy.detect.views import orientations as axis_orientations
 
-    cfg.validate()
-    if query.shape[1:] != base.shape[1:]:
-        raise ValueError(f"block correlation needs volumes of one shape, got {tuple(query.shape[1:])} "
-                         f"and {tuple(base.shape[1:])}")
-    if len(base) == 0:
-        raise ValueError("base is empty: nothing to search")
+    _check_search(query, base, cfg)
     nd = query.dim() - 2
     table = axis_orientations(nd)
     side = effective_side(tuple(query.shape[2:]), cfg.side)
