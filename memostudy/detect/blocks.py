@@ -23,8 +23,8 @@ has its own scale (in [-1, 1], higher = more similar) and its own threshold, cal
 volumes scored the same way. ``orientations=True`` also tries every shape-preserving flip and 90-degree
 rotation of the query (48 for a cube), as the oriented pixel correlation does, at 48 times the cost; every novel
 volume then picks its best of 48, which raises the threshold. :func:`block_oriented_nearest_both` instead gives each
-pair its best orientation on pooled volumes and scores a shortlist of pairs in that orientation only (a few times
-the plain search's cost); :mod:`memostudy.detect.registry` combines it with the plain score ("blocks-either") so
+pair its best orientation on pooled volumes and scores a shortlist of pairs in that orientation only (far less
+than every orientation of every pair); :mod:`memostudy.detect.registry` combines it with the plain score ("blocks-either") so
 that flipped and rotated copies are found while the plain score keeps its own threshold.
 
 It does not search shifts or arbitrary rotations: a copy moved by more than a fraction of a block, or turned by
