@@ -10,8 +10,9 @@ from memostudy.detect.alignment import AlignConfig, aligned_nearest, candidates
 from memostudy.detect.baseline import pixel_nearest
 from memostudy.detect.blocks import block_nearest, block_oriented_nearest_both
 from memostudy.detect.detector import Detector, DetectorConfig, DetectorNet, embed
+from memostudy.detect.families import COPY_FAMILIES, make_copies
 from memostudy.detect.matching import CompareConfig, base_vectors, query_vectors
-from memostudy.detect.metrics import combine_nearest
+from memostudy.detect.metrics import calibrate_threshold, combine_nearest, is_copy
 from memostudy.detect.registry import DETECTORS, TRAINING_FREE, Searches
 from memostudy.detect.similarity import nearest, set_nearest
 
@@ -135,3 +136,21 @@ def test_registered_is_optional_and_its_pieces(setup):
     _same(s.nearest("registered", "query"), direct.nearest)
     assert registered_changes(s, "query") == direct.changes
     assert len(s.reverse("registered", "query").values) == len(train)
+
+
+@pytest.fixture(scope="module")
+def phantoms():
+    return phantom_volumes(8, 32, seed=0), phantom_volumes(12, 32, seed=50), phantom_volumes(4, 32, seed=90)
+
+
+@pytest.mark.parametrize("family", COPY_FAMILIES)
+def test_every_family_yields_copies_the_block_correlation_finds_on_tiny_data(phantoms, family):
+    train, reference, fill = phantoms
+    copies = make_copies(train[:4], family, 1, seed=1, others=fill)
+    s = Searches(None, train, {"copies": copies, "reference": reference})
+    found = s.nearest("blocks-either", "copies")
+    threshold = calibrate_threshold(s.nearest("blocks-either", "reference").values, 95.0)
+    hits = (found.indices == torch.arange(4)) & torch.from_numpy(is_copy(found.values, threshold))
+    # a found copy: its nearest training volume is its source and it scores above the reference's 95th percentile;
+    # at least three of the four copies of a family at strength 1 (rigid motion and combinations: at least two)
+    assert int(hits.sum()) >= (2 if family in ("rigid", "combined") else 3), (family, hits.tolist())
