@@ -78,6 +78,19 @@ def case(name: str) -> dict:
         return {"case": "block correlation as the audit runs it at the papers' scale (4,000 synthetic x 1,000 "
                         "training, both ways in one pass, 250 reference)", "seconds": secs, "gflops": flops / secs / 1e9,
                 "peak_added_mb": _rss_mb() - before, "input_mb": (t.numel() + r.numel() + sy.numel()) * 4 / 2**20}
+    if name == "blocks-oriented-audit":
+        from memostudy.detect.blocks import block_oriented_nearest_both
+
+        # what blocks-either adds at the papers' scale: the oriented shortlist search, synthetic <-> training and
+        # reference -> training (the plain searches are the case above); flops: the pooled preselection's GEMMs
+        # (48 orientations of 8^3 pooled volumes)
+        t, r, sy = (torch.rand(n, 1, 32, 32, 32, generator=g) for n in (1_000, 250, 4_000))
+        before = _rss_mb()
+        secs = _timed(lambda: (block_oriented_nearest_both(sy, t), block_oriented_nearest_both(r, t)))
+        flops = 2 * 48 * (4_000 + 250) * 1_000 * 8**3
+        return {"case": "oriented block correlation (shortlist of 3) as the audit runs it at the papers' scale",
+                "seconds": secs, "gflops": flops / secs / 1e9, "peak_added_mb": _rss_mb() - before,
+                "input_mb": (t.numel() + r.numel() + sy.numel()) * 4 / 2**20}
     q, b = torch.rand(1_000, 1, 32, 32, 32, generator=g), torch.rand(1_000, 1, 32, 32, 32, generator=g)
     flops = 2 * 1_000 * 1_000 * 32**3
     before = _rss_mb()
@@ -99,7 +112,7 @@ def main() -> None:
         return
     peak = matmul_peak()
     print(f"fp32 matmul peak (torch.mm 2048^3, {torch.get_num_threads()} threads): {peak:.1f} GFLOP/s")
-    for name in ("embeddings", "latent", "pixel", "blocks", "blocks-audit"):
+    for name in ("embeddings", "latent", "pixel", "blocks", "blocks-audit", "blocks-oriented-audit"):
         out = subprocess.run([sys.executable, __file__, "--case", name], capture_output=True, text=True, check=True)
         r = json.loads(out.stdout.strip().splitlines()[-1])
         extra = f", msd {r['seconds_msd'] * 1e3:.1f} ms" if "seconds_msd" in r else ""
