@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     check_intensities({name: (v, ids, getattr(args, name)) for name, (v, ids) in sets.items()})
     _check_reference_apart(args.train, args.reference, sets["train"], sets["reference"])
     (train, reference, synthetic), intensity = scale_intensities(sets["train"][0], sets["reference"][0],
-                                                                 sets["synthetic"][0], args.intensity)
+                                                                 sets["synthetic"][0], args.intensity, in_place=True)
     print(f"intensities: {intensity['rule']}" + (f" (train [{intensity['lo']:.4g}, {intensity['hi']:.4g}] -> [-1, 1])"
                                                 if intensity["rule"] == "joint" else ""))
     loaded = load_detector(args.detector) if args.detector else None  # a bad checkpoint fails before --out exists

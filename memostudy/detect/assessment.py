@@ -453,8 +453,8 @@ def copy_evidence(flagged: dict[str, tuple[Nearest, Any, np.ndarray]], train: to
     return out
 
 
-def scale_intensities(train: torch.Tensor, reference: torch.Tensor, synthetic: torch.Tensor,
-                      rule: str = "auto") -> tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor], dict[str, Any]]:
+def scale_intensities(train: torch.Tensor, reference: torch.Tensor, synthetic: torch.Tensor, rule: str = "auto",
+                      in_place: bool = False) -> tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor], dict[str, Any]]:
     """Bring the three sets of volumes to the detector's [-1, 1] range by ONE shared linear map.
 
     Rules:
@@ -466,24 +466,37 @@ def scale_intensities(train: torch.Tensor, reference: torch.Tensor, synthetic: t
             patches; synthetic volumes of a generator trained on them may overshoot a little and
             are not checked), else "joint".
 
+    Args:
+        in_place: write the mapped values into the given (float) tensors instead of new ones: for a caller
+            that owns them (the audit's volumes as read), so that 800 volumes of 256 x 256 x 32 are held
+            once (6.7 GB), not twice. Either way the map runs in chunks of volumes, without whole-set
+            temporaries.
+
     Returns:
         ((train, reference, synthetic), info) with info = {"rule", "lo", "hi"} (lo/hi of the map, or None).
     """
     if rule not in INTENSITY_RULES:
         raise ConfigError(f"intensity rule must be one of {', '.join(INTENSITY_RULES)}, got {rule!r}")
     if rule == "auto":
-        inside = all(float(v.abs().max()) <= 1.0 + 1e-4 for v in (train, reference))
+        inside = all(max(float(v.max()), -float(v.min())) <= 1.0 + 1e-4 for v in (train, reference))
         rule = "as-stored" if inside else "joint"
     if rule == "as-stored":
         return (train, reference, synthetic), {"rule": rule, "lo": None, "hi": None}
-    flat = train.flatten()
-    sample = flat[torch.randperm(len(flat), generator=generator(Stream.INTENSITY_SUBSAMPLE, 0))[:2_000_000]]
-    lo, hi = (float(x) for x in torch.quantile(sample, torch.tensor([0.005, 0.995])))
+    flat, n_sample = train.flatten(), 2_000_000
+    if len(flat) <= n_sample:
+        sample = flat
+    else:  # indices drawn with replacement: a permutation of every voxel would be 8 bytes per voxel
+        sample = flat[torch.randint(len(flat), (n_sample,), generator=generator(Stream.INTENSITY_SUBSAMPLE, 0))]
+    lo, hi = (float(x) for x in torch.quantile(sample.float(), torch.tensor([0.005, 0.995])))
     if hi <= lo:
         raise DataError(f"training volumes are constant (value {lo}); cannot scale intensities — check the --train folder")
 
     def f(v: torch.Tensor) -> torch.Tensor:
-        return ((v - lo) / (hi - lo) * 2 - 1).clamp(-1, 1)
+        out = v if in_place else torch.empty_like(v, dtype=torch.float32)
+        per = max(1, 2**26 // max(1, v[0].numel()))  # about 256 MB of float32 at a time
+        for i in range(0, len(v), per):
+            out[i:i + per] = ((v[i:i + per].float() - lo) / (hi - lo) * 2 - 1).clamp(-1, 1)
+        return out
 
     return (f(train), f(reference), f(synthetic)), {"rule": "joint", "lo": lo, "hi": hi}
 
@@ -505,20 +518,23 @@ def check_intensities(folders: dict[str, tuple[torch.Tensor, list[str], str]]) -
             the typical scale of the training and reference volumes (a unit or export error); one line
             naming the file.
     """
+    from memostudy.detect.calibration import per_volume_chunks
+
     scales = []
     for name in ("train", "reference"):
         if name in folders:
-            vols = folders[name][0].flatten(1).double()
-            q = torch.quantile(vols[:, :: max(1, vols.shape[1] // 100_000)], torch.tensor([0.005, 0.995], dtype=vols.dtype), dim=1)
+            flat = folders[name][0].flatten(1)
+            sample = flat[:, :: max(1, flat.shape[1] // 100_000)].double()  # subsample first: no copy of the whole set
+            q = torch.quantile(sample, torch.tensor([0.005, 0.995], dtype=sample.dtype), dim=1)
             scales.append(torch.maximum(q[1] - q[0], q.abs().amax(0)))
     typical = float(torch.cat(scales).median()) if scales else 0.0
     for name, (vols, ids, folder) in folders.items():
-        flat = vols.flatten(1)
-        finite = torch.isfinite(flat).all(dim=1)
+        # per volume in chunks: whole-set temporaries (|x|, isfinite) of 800 volumes of 256 x 256 x 32 are gigabytes
+        finite = per_volume_chunks(lambda v: torch.isfinite(v.flatten(1)).all(dim=1), vols)
         for i in torch.nonzero(~finite).flatten().tolist():
             raise DataError(f"{folder}/{ids[i]}: holds NaN or infinite values; fix or remove this {name} volume")
         if typical > 0:
-            peak = flat.abs().amax(dim=1).double()
+            peak = per_volume_chunks(lambda v: v.flatten(1).abs().amax(dim=1), vols).double()
             for i in torch.nonzero(peak > ABSURD_FACTOR * typical).flatten().tolist():
                 raise DataError(f"{folder}/{ids[i]}: values up to {float(peak[i]):.3g}, over {ABSURD_FACTOR:g} times the "
                                 f"typical range of the training and reference volumes ({typical:.3g}); check this {name} "

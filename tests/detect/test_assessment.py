@@ -155,6 +155,18 @@ def test_scale_intensities_maps_train_percentiles_to_the_unit_range():
     assert scale_intensities(inside, inside, inside)[1]["rule"] == "as-stored"
 
 
+def test_scale_intensities_in_place_writes_the_same_values_into_the_given_volumes():
+    # 3 x 1,000,000 voxels: over the 2,000,000 sampled, so the percentiles come from a subsample
+    train = torch.rand(3, 1, 100, 100, 100, generator=torch.Generator().manual_seed(0)) * 1000
+    copies = [train.clone(), train.clone() * 2, train.clone() - 500]
+    (t, r, s), info = scale_intensities(*copies)
+    assert torch.equal(copies[0], train)  # not in place: the inputs are left as they were
+    assert info["lo"] == pytest.approx(5, abs=2) and info["hi"] == pytest.approx(995, abs=2)
+    (t2, r2, s2), info2 = scale_intensities(*copies, in_place=True)
+    assert info2 == info and all(a is b for a, b in zip((t2, r2, s2), copies))
+    assert torch.equal(t2, t) and torch.equal(r2, r) and torch.equal(s2, s)
+
+
 def _bh_by_hand(p: np.ndarray, q: float) -> np.ndarray:
     """Benjamini-Hochberg step-up written out: flag the k smallest, k the largest index with p_(k) <= k q / m."""
     order = np.argsort(p, kind="stable")

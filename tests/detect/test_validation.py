@@ -285,7 +285,8 @@ def test_2d_images_give_every_family_and_strength_a_counted_copy(volumes):
     t = res.table
     cells = t[(t["detector"] == "contrastive") & (t["scored"] == "seen") & (t["strength"] > 0)]
     assert len(cells) == 3 * len(COPY_FAMILIES) and (cells["n_copies"] == 1).all()
-    assert set(res.scores["detector"]) == {"contrastive", "pixel", "pixel-oriented", "blocks"}
+    assert set(res.scores["detector"]) == {"contrastive", "pixel", "pixel-oriented", "blocks", "blocks-oriented",
+                                          "blocks-either"}
     # copies that keep their pixels in place (and rigid motion inside the 8 orientations' reach, strength 1)
     # lie nearest their own source by pixel correlation; a 2D rigid copy at any angle need not
     px = res.scores[(res.scores["detector"] == "pixel") & (res.scores["kind"] == "copy") & (res.scores["strength"] == 1)]

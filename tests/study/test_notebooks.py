@@ -84,8 +84,8 @@ def test_memorization_notebook_writes_consistent_results(env, main_run):
     assert "main" in (env["reports"] / "index.html").read_text()
     if shutil.which("chromium"):
         assert run["browser"]["console_errors"] == []
-        # 3 histograms (contrastive, pixel, blocks) + 4 candidate pairs + 2 loss curves
-        assert run["browser"]["plots_drawn"] == run["browser"]["plots_total"] == 9
+        # 4 histograms (contrastive, pixel, blocks, blocks-either) + 4 candidate pairs + 2 loss curves
+        assert run["browser"]["plots_drawn"] == run["browser"]["plots_total"] == 10
         assert (res.run_dir / "screenshot.png").stat().st_size > 10_000
 
 
@@ -161,8 +161,8 @@ def test_detector_validation_notebook_reports_each_family(env):
     res, summary = _run(env, "05_detector_validation", "validation",
                         data=str(env["data"]), copies_per_family=4, detector=TINY_DETECTOR)
     table = pd.DataFrame(summary["rows"])
-    assert set(table["detector"]) == {"contrastive", "contrastive-32d", "pixel", "pixel-oriented", "blocks", "aligned",
-                                      "combined"}
+    assert set(table["detector"]) == {"contrastive", "contrastive-32d", "pixel", "pixel-oriented", "blocks",
+                                      "blocks-oriented", "blocks-either", "aligned", "combined"}
     assert {"all", "all-inside", "rigid", "noise"} <= set(table["family"])
     assert (res.run_dir / "detector.pt").exists() and (res.run_dir / "validation.csv").exists()
     # the record's rows are the table validate-detector wrote, not numbers made up on the way
