@@ -48,6 +48,11 @@ RESULT_FILES = AUDIT_FILES[:5]
 #: flagged pairs shown aligned in report.html (each a three-row slice viewer of about 150 kB at 32^3; in 2D three
 #: images side by side)
 MAX_ALIGNED_PAIRS = 6
+#: the aligned pairs' viewers show planes with a side over this many voxels averaged to at most this many pixels,
+#: with at most ``VIEW_MAX_STEPS`` slider positions (:func:`memostudy.report.viewer.slice_viewer`): six pairs of
+#: 256 x 256 x 32 volumes at every voxel made a 67 MB report (18 MB now); the volumes are in the user's folders
+VIEW_MAX_SIDE = 128
+VIEW_MAX_STEPS = 32
 
 
 BUILDING_PREFIX = ".building-"
@@ -216,7 +221,7 @@ def aligned_pairs(assessment: Assessment, train: torch.Tensor, synthetic: torch.
         titles = [f"synthetic {e.synthetic_id}", f"train {e.train_id} aligned", f"train {e.train_id} as stored"]
         if sv.ndim == 4:  # a volume's rows are wide enough to name the change too (2D: it is in the section title)
             titles[1] += f" ({what})"
-        fig = slice_viewer([sv, moved, tv], titles, height_per_row=220)
+        fig = slice_viewer([sv, moved, tv], titles, height_per_row=220, max_side=VIEW_MAX_SIDE, max_steps=VIEW_MAX_STEPS)
         out.append((f"{e.synthetic_id} vs {e.train_id}: {e.detector} score {e.score:.4g}, p = {e.p_value:.3g}, "
                     f"q = {e.q_value:.3g}; change: {what}", fig))
     return out

@@ -58,6 +58,21 @@ def plane_slice(vol: np.ndarray, plane: str, index: int) -> np.ndarray:
     return np.ascontiguousarray(s)
 
 
+def display_plane(s: np.ndarray, step: int) -> np.ndarray:
+    """A plane reduced for display by ``step``: the mean of each ``step`` x ``step`` block of pixels (blocks at
+    the far edges padded by repeating the edge). ``step`` 1 returns the plane as it is."""
+    if step <= 1:
+        return s
+    p = np.pad(s, [(0, -n % step) for n in s.shape], mode="edge")
+    return p.reshape(p.shape[0] // step, step, p.shape[1] // step, step).mean(axis=(1, 3))
+
+
+def display_step(shape: Sequence[int], max_side: int | None) -> int:
+    """The reduction of :func:`display_plane` that brings a plane of ``shape`` within ``max_side`` pixels
+    per side (1: none, or no ``max_side``)."""
+    return 1 if not max_side else max(1, -(-max(shape) // max_side))
+
+
 def _axis_len(vol: np.ndarray, plane: str) -> int:
     return vol.shape[{"axial": 2, "coronal": 1, "sagittal": 0}[plane]]
 
@@ -90,6 +105,8 @@ def slice_viewer(
     titles: Sequence[str] | None = None,
     window: tuple[float, float] = (-1.0, 1.0),
     height_per_row: int = 260,
+    max_side: int | None = None,
+    max_steps: int | None = None,
 ) -> go.Figure:
     """Three orthogonal planes per volume, one row per volume, one slider over the slice position; for 2D
     images, the images side by side in one row (no slider).
@@ -104,6 +121,12 @@ def slice_viewer(
             (1, X, Y) (all of one kind).
         titles: one label per volume (row; per image: column).
         window: display range (min, max) shared by every panel; values outside it show as black / white.
+        max_side: show a plane with a side longer than this many voxels averaged over blocks
+            (:func:`display_plane`) to at most ``max_side`` pixels per side, its axes still in voxels (the
+            panel's title says "1:k"). None: every voxel (the study's reports; the share-safe scan of
+            :mod:`memostudy.report.leaks` compares voxels). Why: the audit shows whole volumes of a user's
+            folders, and six pairs of 256 x 256 x 32 volumes at every voxel made a 67 MB report.
+        max_steps: at most this many slider positions, spread evenly over the slices (None: every slice).
 
     Returns:
         A plotly Figure; ``layout.meta["display_window"]`` records ``window`` (the share-safe scan reads it).
@@ -112,26 +135,34 @@ def slice_viewer(
     titles = list(titles) if titles is not None else [f"volume {i}" for i in range(len(vols))]
     lo, hi = float(window[0]), float(window[1])
     if {v.ndim for v in vols} == {2}:
-        return image_row(vols, titles, (lo, hi), height_per_row)
+        return image_row(vols, titles, (lo, hi), height_per_row, max_side=max_side)
     if {v.ndim for v in vols} != {3}:
         raise ValueError(f"a viewer shows 2D images or 3D volumes, not both; got shapes {[v.shape for v in vols]}")
+    red = {(r, p): display_step(plane_slice(v, p, 0).shape, max_side) for r, v in enumerate(vols) for p in PLANES}
     fig = make_subplots(rows=len(vols), cols=3, horizontal_spacing=0.02, vertical_spacing=0.06,
-                        subplot_titles=[f"{t} — {p}" for t in titles for p in PLANES])
+                        subplot_titles=[f"{t} — {p}" + (f" (1:{red[r, p]})" if red[r, p] > 1 else "")
+                                        for r, t in enumerate(titles) for p in PLANES])
     n_steps = min(_axis_len(v, p) for v in vols for p in PLANES)
+    if max_steps:
+        n_steps = min(n_steps, max_steps)
     mids = {(r, p): _axis_len(v, p) // 2 for r, v in enumerate(vols) for p in PLANES}
-    for r, v in enumerate(vols):
+
+    def gray(r: int, p: str, index: int) -> np.ndarray:
+        return to_gray8(display_plane(plane_slice(vols[r], p, index), red[r, p]), (lo, hi))
+
+    for r in range(len(vols)):
         for c, p in enumerate(PLANES):
-            fig.add_trace(go.Heatmap(z=to_gray8(plane_slice(v, p, mids[(r, p)]), (lo, hi)), colorscale="gray",
-                                     zmin=0, zmax=255, showscale=False,
+            k = red[r, p]  # x and y in voxels: pixel i of a reduced plane covers voxels k*i to k*i + k - 1
+            fig.add_trace(go.Heatmap(z=gray(r, p, mids[(r, p)]), x0=(k - 1) / 2, dx=k, y0=(k - 1) / 2, dy=k,
+                                     colorscale="gray", zmin=0, zmax=255, showscale=False,
                                      hovertemplate=f"{titles[r]} {p}<br>x=%{{x}} y=%{{y}}<br>grey level %{{z}} of 255 "
                                                    f"(window {lo:g} to {hi:g})<extra></extra>"),
                           row=r + 1, col=c + 1)
     steps = []
     for k in range(n_steps):
         frac = (k + 0.5) / n_steps
-        zs = [typed_array(to_gray8(plane_slice(v, p, min(int(frac * _axis_len(v, p)), _axis_len(v, p) - 1)),
-                                   (lo, hi)))
-              for v in vols for p in PLANES]
+        zs = [typed_array(gray(r, p, min(int(frac * _axis_len(v, p)), _axis_len(v, p) - 1)))
+              for r, v in enumerate(vols) for p in PLANES]
         steps.append({"method": "restyle", "label": str(k), "args": [{"z": zs}]})
     fig.update_layout(
         height=height_per_row * len(vols) + 120, margin={"l": 10, "r": 10, "t": 40, "b": 10},
@@ -147,7 +178,7 @@ def slice_viewer(
 
 
 def image_row(images: Sequence[np.ndarray | torch.Tensor], titles: Sequence[str] | None = None,
-              window: tuple[float, float] = (-1.0, 1.0), height: int = 260) -> go.Figure:
+              window: tuple[float, float] = (-1.0, 1.0), height: int = 260, max_side: int | None = None) -> go.Figure:
     """2D images side by side in one row, one shared window, as 8-bit grey levels (:func:`to_gray8`).
 
     Args:
@@ -155,6 +186,8 @@ def image_row(images: Sequence[np.ndarray | torch.Tensor], titles: Sequence[str]
         titles: one label per image.
         window: display range (min, max) shared by every image.
         height: the row's height in pixels.
+        max_side: images with a side longer than this shown averaged to at most this many pixels per side
+            (as in :func:`slice_viewer`); None: every pixel.
 
     Returns:
         A plotly Figure, one heatmap per image; ``layout.meta["display_window"]`` records ``window``.
@@ -164,10 +197,13 @@ def image_row(images: Sequence[np.ndarray | torch.Tensor], titles: Sequence[str]
         raise ValueError(f"image_row shows 2D images, got shapes {[v.shape for v in imgs]}")
     titles = list(titles) if titles is not None else [f"image {i}" for i in range(len(imgs))]
     lo, hi = float(window[0]), float(window[1])
-    fig = make_subplots(rows=1, cols=len(imgs), horizontal_spacing=0.02, subplot_titles=titles)
+    red = [display_step(image_view(v).shape, max_side) for v in imgs]
+    fig = make_subplots(rows=1, cols=len(imgs), horizontal_spacing=0.02,
+                        subplot_titles=[t + (f" (1:{k})" if k > 1 else "") for t, k in zip(titles, red)])
     for c, v in enumerate(imgs):
-        fig.add_trace(go.Heatmap(z=to_gray8(image_view(v), (lo, hi)), colorscale="gray", zmin=0, zmax=255,
-                                 showscale=False,
+        k = red[c]
+        fig.add_trace(go.Heatmap(z=to_gray8(display_plane(image_view(v), k), (lo, hi)), x0=(k - 1) / 2, dx=k,
+                                 y0=(k - 1) / 2, dy=k, colorscale="gray", zmin=0, zmax=255, showscale=False,
                                  hovertemplate=f"{titles[c]}<br>x=%{{x}} y=%{{y}}<br>grey level %{{z}} of 255 "
                                                f"(window {lo:g} to {hi:g})<extra></extra>"),
                       row=1, col=c + 1)

@@ -101,3 +101,28 @@ def test_a_2d_image_is_the_axial_plane_of_a_volume_of_one_slice() -> None:
 def test_a_2d_viewer_is_self_contained_html() -> None:
     html = pair_viewer(np.zeros((6, 6)), np.ones((6, 6)), "t", "s").to_html(include_plotlyjs=True, full_html=True)
     assert "<script src=\"http" not in html and '"dtype":"u1"' in html.replace(" ", "")
+
+
+def test_large_planes_are_shown_as_block_means_with_their_axes_in_voxels() -> None:
+    rng = np.random.default_rng(2)
+    vol = rng.uniform(-1, 1, (300, 260, 20)).astype(np.float32)  # (X, Y, Z): axial planes are 260 x 300
+    fig = slice_viewer([vol], ["v"], max_side=128, max_steps=8)
+    axial = fig.data[0]
+    assert axial.dx == axial.dy == 3 and axial.x0 == axial.y0 == 1  # pixel i covers voxels 3i to 3i + 2
+    want = plane_slice(vol, "axial", 10)
+    want = np.pad(want, ((0, 1), (0, 0)), mode="edge").reshape(87, 3, 100, 3).mean(axis=(1, 3))
+    np.testing.assert_array_equal(np.asarray(axial.z), to_gray8(want, (-1.0, 1.0)))
+    steps = fig.layout.sliders[0].steps
+    assert len(steps) == 8  # 20 slices, at most 8 positions
+    assert all(max(_decode(z).shape) <= 128 for step in steps for z in step.args[0]["z"])
+    assert "(1:3)" in fig.layout.annotations[0].text
+    # coronal planes are 20 x 300: reduced by 3 as well (the longer side decides); without max_side every voxel
+    assert _decode(steps[0].args[0]["z"][1]).shape == (7, 100)
+    assert np.asarray(slice_viewer([vol], ["v"]).data[0].z).shape == (260, 300)
+
+
+def test_large_2d_images_are_reduced_the_same_way() -> None:
+    img = np.random.default_rng(3).uniform(-1, 1, (512, 200)).astype(np.float32)
+    fig = slice_viewer([img, img], ["a", "b"], max_side=128)
+    assert np.asarray(fig.data[0].z).shape == (50, 128) and fig.data[0].dx == 4
+    assert "(1:4)" in fig.layout.annotations[0].text
