@@ -491,8 +491,11 @@ def scale_intensities(train: torch.Tensor, reference: torch.Tensor, synthetic: t
     if hi <= lo:
         raise DataError(f"training volumes are constant (value {lo}); cannot scale intensities — check the --train folder")
 
+    if in_place and len({v.untyped_storage().data_ptr() for v in (train, reference, synthetic)}) < 3:
+        in_place = False  # one tensor passed twice would be mapped twice
+
     def f(v: torch.Tensor) -> torch.Tensor:
-        out = v if in_place else torch.empty_like(v, dtype=torch.float32)
+        out = v if in_place and v.dtype == torch.float32 else torch.empty_like(v, dtype=torch.float32)
         per = max(1, 2**26 // max(1, v[0].numel()))  # about 256 MB of float32 at a time
         for i in range(0, len(v), per):
             out[i:i + per] = ((v[i:i + per].float() - lo) / (hi - lo) * 2 - 1).clamp(-1, 1)

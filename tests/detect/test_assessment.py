@@ -165,6 +165,9 @@ def test_scale_intensities_in_place_writes_the_same_values_into_the_given_volume
     (t2, r2, s2), info2 = scale_intensities(*copies, in_place=True)
     assert info2 == info and all(a is b for a, b in zip((t2, r2, s2), copies))
     assert torch.equal(t2, t) and torch.equal(r2, r) and torch.equal(s2, s)
+    twice = train.clone()  # one tensor given as two sets is mapped once, into a new tensor
+    (t3, r3, _), _ = scale_intensities(twice, twice, train.clone(), in_place=True)
+    assert torch.equal(t3, t) and torch.equal(r3, t) and torch.equal(twice, train)
 
 
 def _bh_by_hand(p: np.ndarray, q: float) -> np.ndarray:
