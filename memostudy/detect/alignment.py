@@ -93,13 +93,10 @@ class AlignConfig:
 
 def smooth(volumes: torch.Tensor, sigma: float) -> torch.Tensor:
     """Gaussian smoothing of ``(N, C, D, H, W)`` (or images ``(N, C, H, W)``) with MONAI's separable filter
-    (a copy when ``sigma`` is 0)."""
-    if sigma <= 0:
-        return volumes.float().clone()
-    from monai.networks.layers import GaussianFilter
+    (a copy when ``sigma`` is 0), in chunks of volumes: :func:`memostudy.detect.calibration.blur`."""
+    from memostudy.detect.calibration import blur
 
-    with torch.no_grad():
-        return GaussianFilter(volumes.dim() - 2, float(sigma))(volumes.float())
+    return blur(volumes, sigma)
 
 
 def oriented_correlations(query: torch.Tensor, base: torch.Tensor, chunk: int = 256, progress: bool = False) -> torch.Tensor:

@@ -130,3 +130,16 @@ def test_matched_smoothness_leaves_a_smoother_reference_alone() -> None:
     m = matched_smoothness(smooth, sharp, match_noise=False)
     assert m.sigma == 0 and m.noise == 0
     torch.testing.assert_close(m.reference, smooth.clamp(-1, 1))
+
+
+def test_blur_in_chunks_equals_one_call_of_the_filter():
+    from monai.networks.layers import GaussianFilter
+
+    from memostudy.detect.alignment import smooth
+    from memostudy.detect.calibration import blur
+
+    x = torch.rand(34, 1, 64, 64, 64, generator=torch.Generator().manual_seed(0))  # 1 MB each: chunks of 32 and 2
+    want = GaussianFilter(3, 0.75)(x)
+    for got in (blur(x, 0.75), smooth(x, 0.75)):  # equal up to float rounding (the filter's kernels vary with batch size)
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+    assert blur(x[:0], 1.0).shape == (0, 1, 64, 64, 64) and torch.equal(blur(x, 0), x)
