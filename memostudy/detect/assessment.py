@@ -494,9 +494,11 @@ def scale_intensities(train: torch.Tensor, reference: torch.Tensor, synthetic: t
     if in_place and len({v.untyped_storage().data_ptr() for v in (train, reference, synthetic)}) < 3:
         in_place = False  # one tensor passed twice would be mapped twice
 
+    from memostudy.detect.calibration import volumes_per_chunk
+
     def f(v: torch.Tensor) -> torch.Tensor:
         out = v if in_place and v.dtype == torch.float32 else torch.empty_like(v, dtype=torch.float32)
-        per = max(1, 2**26 // max(1, v[0].numel()))  # about 256 MB of float32 at a time
+        per = volumes_per_chunk(v)
         for i in range(0, len(v), per):
             out[i:i + per] = ((v[i:i + per].float() - lo) / (hi - lo) * 2 - 1).clamp(-1, 1)
         return out
@@ -532,12 +534,12 @@ def check_intensities(folders: dict[str, tuple[torch.Tensor, list[str], str]]) -
             scales.append(torch.maximum(q[1] - q[0], q.abs().amax(0)))
     typical = float(torch.cat(scales).median()) if scales else 0.0
     for name, (vols, ids, folder) in folders.items():
-        # per volume in chunks: whole-set temporaries (|x|, isfinite) of 800 volumes of 256 x 256 x 32 are gigabytes
-        finite = per_volume_chunks(lambda v: torch.isfinite(v.flatten(1)).all(dim=1), vols)
-        for i in torch.nonzero(~finite).flatten().tolist():
+        # one pass per volume, in chunks (a whole-set |x| of 800 volumes of 256 x 256 x 32 is 6.7 GB): the largest
+        # |value|, NaN or infinite when the volume holds one (amax propagates NaN)
+        peak = per_volume_chunks(lambda v: v.flatten(1).abs().amax(dim=1), vols).double()
+        for i in torch.nonzero(~torch.isfinite(peak)).flatten().tolist():
             raise DataError(f"{folder}/{ids[i]}: holds NaN or infinite values; fix or remove this {name} volume")
         if typical > 0:
-            peak = per_volume_chunks(lambda v: v.flatten(1).abs().amax(dim=1), vols).double()
             for i in torch.nonzero(peak > ABSURD_FACTOR * typical).flatten().tolist():
                 raise DataError(f"{folder}/{ids[i]}: values up to {float(peak[i]):.3g}, over {ABSURD_FACTOR:g} times the "
                                 f"typical range of the training and reference volumes ({typical:.3g}); check this {name} "

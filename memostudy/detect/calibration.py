@@ -24,6 +24,7 @@ scores; a synthetic volume is a copy candidate when it scores higher than novel 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -147,6 +148,12 @@ def noise_std(volumes: torch.Tensor, progress: str | None = None) -> torch.Tenso
     return per_volume_chunks(one_chunk, volumes, progress=progress)
 
 
+def volumes_per_chunk(volumes: torch.Tensor, chunk_mb: float = 256.0) -> int:
+    """How many of ``volumes`` (N, C, ...) make about ``chunk_mb`` of float32 (at least 1): the chunk size of
+    every whole-set pass that would otherwise hold gigabytes of temporaries."""
+    return max(1, int(chunk_mb * 2**20 // (4 * max(1, math.prod(volumes.shape[1:])))))
+
+
 def per_volume_chunks(fn: Callable[[torch.Tensor], torch.Tensor], volumes: torch.Tensor,
                       chunk_mb: float = 256.0, progress: str | None = None) -> torch.Tensor:
     """``fn`` (a per-volume statistic of an (n, 1, ...) batch -> (n,)) over chunks of about ``chunk_mb`` of float32
@@ -157,7 +164,7 @@ def per_volume_chunks(fn: Callable[[torch.Tensor], torch.Tensor], volumes: torch
 
     if len(volumes) == 0:
         return torch.zeros(0)
-    per = max(1, int(chunk_mb * 2**20 // (4 * max(1, volumes[0].numel()))))
+    per = volumes_per_chunk(volumes, chunk_mb)
     starts = tqdm(range(0, len(volumes), per), desc=progress, delay=2, disable=progress is None)
     return torch.cat([fn(volumes[i:i + per].float()) for i in starts])
 
